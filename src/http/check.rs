@@ -1,0 +1,148 @@
+//! `POST /v1/check`: one decision, with the JSON body and rate-limit headers clients rely on.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use super::HttpState;
+use super::error::ApiError;
+use crate::limiter::{Checked, Store};
+
+/// The message every denial carries, as clients of the system we replace expect it.
+pub const DENIED_MESSAGE: &str = "Rate limit exceeded. Please try again later.";
+
+/// The body of a check. Strings borrow from the request body where they can,
+/// so parsing a typical check allocates nothing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest<'a> {
+    #[serde(borrow)]
+    policy: Cow<'a, str>,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    cost: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct DecisionBody<'a> {
+    allowed: bool,
+    policy: &'a str,
+    limit: u64,
+    remaining: u64,
+    reset_after_ms: u64,
+    retry_after_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'static str>,
+}
+
+pub async fn check<S: Store>(
+    request: HttpRequest,
+    body: web::Payload,
+    state: web::Data<HttpState<S>>,
+) -> Result<HttpResponse, ApiError> {
+    require_json(&request)?;
+    let limit = state.max_body_bytes;
+    let bytes = body
+        .to_bytes_limited(limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit })?
+        .map_err(|_| ApiError::UnreadableBody)?;
+    let parsed: CheckRequest<'_> = serde_json::from_slice(&bytes).map_err(|error| {
+        use serde_json::error::Category;
+        match error.classify() {
+            Category::Data => ApiError::InvalidRequest(error.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::MalformedJson(error.to_string())
+            }
+        }
+    })?;
+    let checked = state
+        .limiter
+        .check(&parsed.policy, &parsed.key, parsed.cost)
+        .await?;
+    Ok(decision_response(&checked))
+}
+
+fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Whole seconds, rounded up: a client that waits this long is never early.
+fn ceil_secs(duration: Duration) -> u64 {
+    duration.as_micros().div_ceil(1_000_000) as u64
+}
+
+fn ceil_millis(duration: Duration) -> u64 {
+    duration.as_micros().div_ceil(1_000) as u64
+}
+
+/// 200 or 429 with the decision as JSON and headers in two dialects:
+/// `RateLimit-Policy`/`RateLimit` from draft-ietf-httpapi-ratelimit-headers,
+/// and the older `X-RateLimit-*` that many clients still read.
+pub fn decision_response(checked: &Checked) -> HttpResponse {
+    let Checked { policy, decision } = checked;
+    let name = policy.name().as_str();
+    let status = if decision.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
+    let reset_secs = ceil_secs(decision.reset_after);
+    let mut response = HttpResponse::build(status);
+    // Policy names are [A-Za-z0-9_.-], so they are valid inside a quoted header string.
+    if let Ok(value) = HeaderValue::try_from(format!(
+        "\"{name}\";q={};w={}",
+        decision.limit,
+        ceil_secs(policy.window().as_duration())
+    )) {
+        response.insert_header((HeaderName::from_static("ratelimit-policy"), value));
+    }
+    if let Ok(value) = HeaderValue::try_from(format!(
+        "\"{name}\";r={};t={reset_secs}",
+        decision.remaining
+    )) {
+        response.insert_header((HeaderName::from_static("ratelimit"), value));
+    }
+    response
+        .insert_header((
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderValue::from(decision.limit),
+        ))
+        .insert_header((
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderValue::from(decision.remaining),
+        ))
+        .insert_header((
+            HeaderName::from_static("x-ratelimit-reset"),
+            HeaderValue::from(reset_secs),
+        ));
+    if !decision.allowed {
+        response.insert_header((
+            header::RETRY_AFTER,
+            HeaderValue::from(ceil_secs(decision.retry_after).max(1)),
+        ));
+    }
+    response.json(DecisionBody {
+        allowed: decision.allowed,
+        policy: name,
+        limit: decision.limit,
+        remaining: decision.remaining,
+        reset_after_ms: ceil_millis(decision.reset_after),
+        retry_after_ms: ceil_millis(decision.retry_after),
+        message: (!decision.allowed).then_some(DENIED_MESSAGE),
+    })
+}

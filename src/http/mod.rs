@@ -1,0 +1,46 @@
+//! The HTTP API: routes, extraction of checks from requests, and responses. Knows the limiter, never a store's internals.
+
+pub mod check;
+pub mod error;
+pub mod health;
+
+use actix_web::{HttpResponse, web};
+
+use crate::limiter::{Limiter, Store};
+
+pub use error::ApiError;
+
+/// What every handler shares: the limiter and request-size limits.
+pub struct HttpState<S> {
+    pub limiter: Limiter<S>,
+    pub max_body_bytes: usize,
+}
+
+/// Registers every route; the store type is fixed by the caller (see `startup`).
+pub fn routes<S: Store>(config: &mut web::ServiceConfig) {
+    config
+        .service(
+            web::resource("/v1/check")
+                .route(web::post().to(check::check::<S>))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/health/live")
+                .route(web::get().to(health::live))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/health/ready")
+                .route(web::get().to(health::ready::<S>))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}

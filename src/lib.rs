@@ -1,0 +1,23 @@
+//! slidegate: a distributed rate limiter whose limits hold across every replica.
+//!
+//! A tour, in the order a check travels:
+//!
+//! - [`http`] receives `POST /v1/check`, validates the body and turns the
+//!   decision into a 200 or 429 with rate-limit headers. Errors map to
+//!   statuses in one place, [`http::error`].
+//! - [`limiter`] finds the policy, validates key and cost and asks its
+//!   [`limiter::Store`] for a decision. The algorithms live in
+//!   [`limiter::algorithms`] (in memory) and `lua/` (in Redis), with one
+//!   semantics; time comes from an injectable [`limiter::Clock`].
+//! - [`store`] holds the state: [`store::RedisStore`] runs the Lua scripts
+//!   (one round-trip per decision, Redis's clock, atomic for the whole fleet);
+//!   [`store::MemoryStore`] keeps it in-process for single-replica use.
+//! - [`configuration`] reads defaults, a TOML file and `SLIDEGATE__*`
+//!   variables; [`telemetry`] sets up logs; [`startup`] wires it all together.
+
+pub mod configuration;
+pub mod http;
+pub mod limiter;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,58 @@
+//! The limiter key: what a policy counts per (a user, a tenant, an address), bounded so it cannot bloat the store.
+
+use std::fmt;
+
+/// Longest key, in bytes. Keys become part of Redis key names; a bound keeps
+/// memory per key predictable and stops clients from storing payloads in them.
+pub const MAX_KEY_LEN: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key must not be empty")]
+    Empty,
+    #[error("key is {len} bytes long; the maximum is {MAX_KEY_LEN}")]
+    TooLong { len: usize },
+}
+
+/// A validated key, borrowed from the request: validation allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LimiterKey<'a>(&'a str);
+
+impl<'a> LimiterKey<'a> {
+    /// # Errors
+    /// When the key is empty or longer than [`MAX_KEY_LEN`] bytes.
+    pub fn parse(key: &'a str) -> Result<Self, KeyError> {
+        match key.len() {
+            0 => Err(KeyError::Empty),
+            len if len > MAX_KEY_LEN => Err(KeyError::TooLong { len }),
+            _ => Ok(Self(key)),
+        }
+    }
+
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+/// Keys may identify people (user ids, addresses): debug output shows only their length.
+impl fmt::Debug for LimiterKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LimiterKey({} bytes)", self.0.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_bounded_in_bytes_not_characters() {
+        assert_eq!(LimiterKey::parse(""), Err(KeyError::Empty));
+        assert!(LimiterKey::parse(&"k".repeat(MAX_KEY_LEN)).is_ok());
+        // 86 three-byte characters: 258 bytes.
+        assert_eq!(
+            LimiterKey::parse(&"€".repeat(86)),
+            Err(KeyError::TooLong { len: 258 })
+        );
+    }
+}

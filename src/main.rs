@@ -1,0 +1,74 @@
+//! The `slidegate` binary: read settings, start logging, run one replica until stopped.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use slidegate::configuration::Settings;
+use slidegate::startup::Application;
+use slidegate::telemetry;
+
+const USAGE: &str = "usage: slidegate [--config PATH]
+
+Runs one slidegate replica. Settings come from built-in defaults, then the TOML
+file given by --config (or SLIDEGATE_CONFIG), then SLIDEGATE__SECTION__KEY
+environment variables. See README.md and config/default.toml.";
+
+fn config_path() -> Result<Option<PathBuf>, String> {
+    let mut args = std::env::args().skip(1);
+    let mut path = std::env::var_os("SLIDEGATE_CONFIG").map(PathBuf::from);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => match args.next() {
+                Some(value) => path = Some(PathBuf::from(value)),
+                None => return Err("--config needs a path".into()),
+            },
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(path)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let path = match config_path() {
+        Ok(path) => path,
+        Err(problem) => {
+            if !problem.is_empty() {
+                eprintln!("slidegate: {problem}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match Settings::load(path.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("slidegate: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+
+    let application = match Application::build(&settings).await {
+        Ok(application) => application,
+        Err(error) => {
+            tracing::error!(%error, "slidegate could not start");
+            eprintln!("slidegate: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let address = application.address();
+    tracing::info!(
+        %address,
+        store = application.store_kind(),
+        "slidegate is listening; try: curl -i -X POST http://{address}/v1/check -H 'Content-Type: application/json' -d '{{\"policy\":\"demo\",\"key\":\"alice\"}}'"
+    );
+    match application.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "slidegate stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Assembles a replica: store, limiter, HTTP server and background tasks. Nothing else knows how the app is wired.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use tokio::task::JoinHandle;
+
+use crate::configuration::{ConfigurationError, Settings};
+use crate::http::{self, HttpState};
+use crate::limiter::{Clock, Limiter, StoreError, SystemClock};
+use crate::store::{AnyStore, MemoryStore, RedisOptions, RedisStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Configuration(#[from] ConfigurationError),
+    #[error("cannot set up the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// A replica, bound to its port and ready to run.
+pub struct Application {
+    address: SocketAddr,
+    store_kind: &'static str,
+    server: Server,
+    sweeper: Option<JoinHandle<()>>,
+}
+
+impl Application {
+    /// # Errors
+    /// Invalid settings, an unusable Redis URL, or an address that cannot be bound.
+    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Application::build`], with the clock the embedded store judges time
+    /// by (Redis mode ignores it: the scripts read Redis `TIME`).
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub async fn build_with_clock(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        let policies = settings.validate()?;
+        let store = match settings.redis.url() {
+            Some(url) => AnyStore::Redis(RedisStore::new(RedisOptions {
+                url: url.to_owned(),
+                key_prefix: settings.limiter.key_prefix.clone(),
+                pool_size: settings.redis.pool_size,
+                connect_timeout: settings.redis.connect_timeout,
+                command_timeout: settings.redis.command_timeout,
+            })?),
+            None => AnyStore::Memory(MemoryStore::new(clock)),
+        };
+        let store_kind = match store {
+            AnyStore::Memory(_) => "memory",
+            AnyStore::Redis(_) => "redis",
+        };
+        let state = web::Data::new(HttpState {
+            limiter: Limiter::new(policies, store),
+            max_body_bytes: settings.server.max_body_bytes,
+        });
+
+        let listener =
+            TcpListener::bind(&settings.server.bind).map_err(|source| StartupError::Bind {
+                address: settings.server.bind.clone(),
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| StartupError::Bind {
+            address: settings.server.bind.clone(),
+            source,
+        })?;
+
+        let server_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(server_state.clone())
+                .configure(http::routes::<AnyStore>)
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1));
+        if let Some(workers) = settings.server.workers {
+            server = server.workers(workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                address: settings.server.bind.clone(),
+                source,
+            })?
+            .run();
+
+        let sweeper = matches!(state.limiter.store(), AnyStore::Memory(_)).then(|| {
+            let interval = settings.limiter.sweep_interval;
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    if let AnyStore::Memory(store) = state.limiter.store() {
+                        let evicted = store.evict_idle();
+                        tracing::trace!(evicted, remaining = store.len(), "swept idle keys");
+                    }
+                }
+            })
+        });
+
+        Ok(Self {
+            address,
+            store_kind,
+            server,
+            sweeper,
+        })
+    }
+
+    /// The address actually bound (port 0 in settings becomes a real port here).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// `"memory"` or `"redis"`.
+    pub fn store_kind(&self) -> &'static str {
+        self.store_kind
+    }
+
+    /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish
+    /// within `server.shutdown_timeout` and stops background tasks.
+    ///
+    /// # Errors
+    /// When the server fails while running.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        if let Some(sweeper) = self.sweeper {
+            sweeper.abort();
+        }
+        result
+    }
+}

@@ -1,0 +1,39 @@
+//! Where limiter state lives: in this process ([`memory`]) or in Redis ([`redis`]), behind one type.
+
+pub mod memory;
+pub mod redis;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::{RedisOptions, RedisStore};
+
+use crate::limiter::{LimiterKey, Outcome, Policy, Store, StoreError, StoreHealth};
+
+/// The store a replica runs on, chosen by configuration at start-up.
+///
+/// An enum rather than a boxed trait object: the hot path dispatches with a
+/// `match` and awaits the store's future in place, with no allocation per check.
+pub enum AnyStore {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl Store for AnyStore {
+    async fn check(
+        &self,
+        policy: &Policy,
+        key: LimiterKey<'_>,
+        cost: u64,
+    ) -> Result<Outcome, StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.check(policy, key, cost).await,
+            AnyStore::Redis(store) => store.check(policy, key, cost).await,
+        }
+    }
+
+    async fn health(&self) -> StoreHealth {
+        match self {
+            AnyStore::Memory(store) => store.health().await,
+            AnyStore::Redis(store) => store.health().await,
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The shared store: limiter state in Redis, changed only by the Lua scripts in `lua/`.
+//!
+//! Every decision is one `EVALSHA` round-trip on a pooled multiplexed
+//! connection. The script reads Redis `TIME`, so all replicas judge a key by
+//! one clock, and Redis runs one script at a time, so read-decide-write is
+//! atomic across the fleet: a limit of 100 admits 100, not 100 per replica.
+//!
+//! Keys look like `<prefix>{<policy>:<key>}:<algorithm>`. The braces are a
+//! Redis Cluster hash tag: every key one script call touches shares the slot
+//! of `<policy>:<key>`, so the same scripts run unchanged on a cluster.
+
+use std::time::{Duration, Instant};
+
+use bb8::{ManageConnection, Pool, RunError};
+use bb8_redis::RedisConnectionManager;
+use redis::aio::MultiplexedConnection;
+use redis::{RedisError, Script};
+
+use crate::limiter::{
+    Algorithm, DependencyHealth, LimiterKey, Outcome, Policy, PoolHealth, Store, StoreError,
+    StoreHealth,
+};
+
+const SLIDING_LOG: &str = include_str!("../../lua/sliding_log.lua");
+const SLIDING_WINDOW: &str = include_str!("../../lua/sliding_window.lua");
+const GCRA: &str = include_str!("../../lua/gcra.lua");
+
+/// How the Redis store connects and how long it waits.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// Key prefix before the hash tag; must not contain `{` or `}`.
+    pub key_prefix: String,
+    pub pool_size: u32,
+    /// Longest wait for a pooled connection, including establishing one.
+    pub connect_timeout: Duration,
+    /// Longest wait for one command's reply.
+    pub command_timeout: Duration,
+}
+
+/// The three scripts, each built once; `Script` keeps the SHA1 it sends with `EVALSHA`.
+struct Scripts {
+    sliding_log: Script,
+    sliding_window: Script,
+    gcra: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            sliding_log: Script::new(SLIDING_LOG),
+            sliding_window: Script::new(SLIDING_WINDOW),
+            gcra: Script::new(GCRA),
+        }
+    }
+
+    fn get(&self, algorithm: Algorithm) -> &Script {
+        match algorithm {
+            Algorithm::SlidingLog => &self.sliding_log,
+            Algorithm::SlidingWindow => &self.sliding_window,
+            Algorithm::Gcra => &self.gcra,
+        }
+    }
+}
+
+/// Limiter state in Redis, shared by every replica pointed at the same server.
+pub struct RedisStore {
+    pool: Pool<TrackedConnectionManager>,
+    scripts: Scripts,
+    key_prefix: String,
+    command_timeout: Duration,
+}
+
+impl RedisStore {
+    /// Builds the pool without connecting: a replica starts (and reports
+    /// itself not ready) while Redis is down, and connects when it returns.
+    ///
+    /// # Errors
+    /// When the URL does not parse. The message never repeats the URL, which may hold a password.
+    pub fn new(options: RedisOptions) -> Result<Self, StoreError> {
+        let manager = RedisConnectionManager::new(options.url.as_str()).map_err(|error| {
+            StoreError::Unavailable(format!(
+                "the Redis URL is invalid ({:?}); expected redis://host:port",
+                error.kind()
+            ))
+        })?;
+        let pool = Pool::builder()
+            .max_size(options.pool_size)
+            .connection_timeout(options.connect_timeout)
+            // A PING on every checkout would double the round-trips per
+            // decision; broken connections are dropped when a command fails.
+            .test_on_check_out(false)
+            .build_unchecked(TrackedConnectionManager(manager));
+        Ok(Self {
+            pool,
+            scripts: Scripts::new(),
+            key_prefix: options.key_prefix,
+            command_timeout: options.command_timeout,
+        })
+    }
+
+    /// The Redis keys one check of `key` under `policy` may write, in the order
+    /// the script expects them as `KEYS`.
+    pub fn keys_for(&self, policy: &Policy, key: LimiterKey<'_>) -> Vec<String> {
+        let mut base = String::with_capacity(
+            self.key_prefix.len() + policy.name().as_str().len() + key.as_str().len() + 24,
+        );
+        base.push_str(&self.key_prefix);
+        base.push('{');
+        base.push_str(policy.name().as_str());
+        base.push(':');
+        base.push_str(key.as_str());
+        base.push('}');
+        match policy.algorithm() {
+            Algorithm::SlidingLog => {
+                let sequence = format!("{base}:seq");
+                base.push_str(":log");
+                vec![base, sequence]
+            }
+            Algorithm::SlidingWindow => {
+                base.push_str(":sw");
+                vec![base]
+            }
+            Algorithm::Gcra => {
+                base.push_str(":gcra");
+                vec![base]
+            }
+        }
+    }
+
+    /// SHA1 of each algorithm's script, as sent with `EVALSHA`.
+    pub fn script_hashes(&self) -> Vec<(Algorithm, String)> {
+        Algorithm::ALL
+            .into_iter()
+            .map(|algorithm| (algorithm, self.scripts.get(algorithm).get_hash().to_owned()))
+            .collect()
+    }
+
+    async fn connection(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, TrackedConnectionManager>, StoreError> {
+        self.pool.get().await.map_err(|error| match error {
+            RunError::TimedOut => StoreError::Timeout {
+                operation: "waiting for a Redis connection",
+                after: self.pool.config().connection_timeout,
+            },
+            RunError::User(error) => StoreError::Unavailable(describe(&error)),
+        })
+    }
+}
+
+/// A Redis error as text fit for logs and readiness: kind and server message,
+/// never the connection URL.
+fn describe(error: &RedisError) -> String {
+    if error.is_connection_refusal() {
+        "connection refused".to_owned()
+    } else if error.is_timeout() {
+        "connection timed out".to_owned()
+    } else if error.is_connection_dropped() {
+        "connection dropped".to_owned()
+    } else {
+        error.to_string()
+    }
+}
+
+impl Store for RedisStore {
+    async fn check(
+        &self,
+        policy: &Policy,
+        key: LimiterKey<'_>,
+        cost: u64,
+    ) -> Result<Outcome, StoreError> {
+        let mut connection = self.connection().await?;
+        let mut invocation = self.scripts.get(policy.algorithm()).prepare_invoke();
+        for redis_key in self.keys_for(policy, key) {
+            invocation.key(redis_key);
+        }
+        invocation
+            .arg(policy.window().as_micros())
+            .arg(policy.limit())
+            .arg(cost);
+        // `invoke_async` sends EVALSHA and, on NOSCRIPT (a restart, a failover,
+        // SCRIPT FLUSH), loads the script and repeats the call once.
+        let reply = tokio::time::timeout(
+            self.command_timeout,
+            invocation.invoke_async::<(u8, i64, i64, i64)>(&mut connection.connection),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout {
+            operation: "running a limiter script",
+            after: self.command_timeout,
+        })?;
+        let (allowed, remaining, reset_after, retry_after) = reply.map_err(|error| {
+            if error.is_unrecoverable_error() || error.is_connection_dropped() {
+                connection.broken = true;
+            }
+            StoreError::Unavailable(describe(&error))
+        })?;
+        let non_negative = |value: i64| {
+            u64::try_from(value)
+                .map_err(|_| StoreError::InvalidReply(format!("negative value {value}")))
+        };
+        Ok(Outcome {
+            allowed: allowed == 1,
+            remaining: non_negative(remaining)?,
+            reset_after_us: non_negative(reset_after)?,
+            retry_after_us: non_negative(retry_after)?,
+        })
+    }
+
+    async fn health(&self) -> StoreHealth {
+        let started = Instant::now();
+        let probe = async {
+            let mut connection = self.connection().await?;
+            let ping = tokio::time::timeout(
+                self.command_timeout,
+                redis::cmd("PING").query_async::<String>(&mut connection.connection),
+            )
+            .await
+            .map_err(|_| StoreError::Timeout {
+                operation: "waiting for PING",
+                after: self.command_timeout,
+            })?;
+            ping.map_err(|error| {
+                if error.is_unrecoverable_error() || error.is_connection_dropped() {
+                    connection.broken = true;
+                }
+                StoreError::Unavailable(describe(&error))
+            })
+        };
+        let result = probe.await;
+        let state = self.pool.state();
+        let pool = Some(PoolHealth {
+            max_size: self.pool.config().max_size,
+            connections: state.connections,
+            idle: state.idle_connections,
+        });
+        let ok = result.is_ok();
+        StoreHealth {
+            store: "redis",
+            ok,
+            dependencies: vec![DependencyHealth {
+                name: "redis",
+                ok,
+                latency_ms: ok.then(|| started.elapsed().as_secs_f64() * 1000.0),
+                error: result.err().map(|error| error.to_string()),
+                pool,
+            }],
+            scripts: self.script_hashes(),
+        }
+    }
+}
+
+/// A pooled multiplexed connection that remembers whether it failed.
+///
+/// A `MultiplexedConnection` does not reconnect by itself and bb8-redis cannot
+/// tell a dead one from a live one without a PING per checkout. Marking it
+/// broken when a command fails at the connection level lets bb8 drop it and
+/// open a fresh one, so a replica recovers by itself after Redis restarts.
+pub struct TrackedConnection {
+    connection: MultiplexedConnection,
+    broken: bool,
+}
+
+/// bb8-redis's manager, with connections that can be marked broken.
+pub struct TrackedConnectionManager(RedisConnectionManager);
+
+impl ManageConnection for TrackedConnectionManager {
+    type Connection = TrackedConnection;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        Ok(TrackedConnection {
+            connection: self.0.connect().await?,
+            broken: false,
+        })
+    }
+
+    async fn is_valid(&self, connection: &mut Self::Connection) -> Result<(), Self::Error> {
+        self.0.is_valid(&mut connection.connection).await
+    }
+
+    fn has_broken(&self, connection: &mut Self::Connection) -> bool {
+        connection.broken
+    }
+}
