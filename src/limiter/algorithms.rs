@@ -218,6 +218,8 @@ mod tests {
     use super::*;
 
     const SECOND: u64 = 1_000_000;
+
+    type NamedDecider = (&'static str, Box<dyn FnMut(u64, u64) -> Outcome>);
     const T0: u64 = 1_767_225_600 * SECOND;
 
     #[test]
@@ -322,7 +324,7 @@ mod tests {
     fn denied_checks_are_admitted_exactly_at_retry_after() {
         let window = 10 * SECOND;
         let limit = 5;
-        let deciders: [(&str, Box<dyn FnMut(u64, u64) -> Outcome>); 3] = [
+        let deciders: [NamedDecider; 3] = [
             ("sliding_log", {
                 let mut s = SlidingLog::default();
                 Box::new(move |now, cost| s.decide(now, window, limit, cost))
