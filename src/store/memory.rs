@@ -88,7 +88,8 @@ impl MemoryStore {
         self.entries.is_empty()
     }
 
-    fn decide(&self, policy: &Policy, key: LimiterKey<'_>, cost: u64) -> Outcome {
+    /// Decides one check synchronously; [`Store::check`] wraps this. Public for benchmarks.
+    pub fn decide(&self, policy: &Policy, key: LimiterKey<'_>, cost: u64) -> Outcome {
         let now = self.clock.now();
         KEY_BUFFER.with_borrow_mut(|composite| {
             // Policy names cannot contain NUL, so "policy\0algorithm\0key" is
