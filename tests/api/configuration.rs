@@ -1,0 +1,201 @@
+//! Configuration: the shipped files, layering, and errors that name the field.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use slidegate::configuration::{ConfigurationError, Settings};
+
+/// Environment variables are process-wide: tests that read or set them take turns.
+static ENV: Mutex<()> = Mutex::new(());
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn load_toml(text: &str) -> Result<Settings, ConfigurationError> {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    Settings::load(Some(file.path()))
+}
+
+fn invalid_setting(text: &str) -> String {
+    match load_toml(text).and_then(|settings| settings.validate().map(|_| settings)) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn the_shipped_default_file_matches_the_built_in_defaults() {
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let from_file = Settings::load(Some(&repo_file("config/default.toml"))).unwrap();
+    let built_in = Settings::default();
+    assert_eq!(format!("{from_file:?}"), format!("{built_in:?}"));
+    assert_eq!(from_file.validate().unwrap().len(), 1, "the demo policy");
+}
+
+#[test]
+fn the_shipped_example_file_is_valid() {
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let settings = Settings::load(Some(&repo_file("config/example.toml"))).unwrap();
+    let policies = settings.validate().unwrap();
+    assert!(policies.len() >= 3);
+    assert!(settings.redis.url().is_some());
+}
+
+#[test]
+fn invalid_settings_name_the_field_and_the_problem() {
+    let cases = [
+        ("[redis]\npool_size = 0", "redis.pool_size"),
+        (
+            "[redis]\ncommand_timeout = \"soon\"",
+            "redis.command_timeout",
+        ),
+        ("[server]\nbind = \"localhost\"", "server.bind"),
+        ("[server]\nport = 8080", "port"),
+        ("[limiter]\nkey_prefix = \"a{b}\"", "limiter.key_prefix"),
+        (
+            "[[policies]]\nname = \"api\"\nalgorithm = \"leaky\"\nlimit = 5\nwindow = \"1m\"",
+            "policies[0].algorithm",
+        ),
+        (
+            "[[policies]]\nname = \"api\"\nalgorithm = \"gcra\"\nlimit = 0\nwindow = \"1m\"",
+            "policies[0].limit",
+        ),
+        (
+            "[[policies]]\nname = \"api\"\nalgorithm = \"gcra\"\nlimit = 5\nwindow = \"0s\"",
+            "policies[0].window",
+        ),
+        (
+            "[[policies]]\nname = \"api\"\nalgorithm = \"gcra\"\nlimit = 5\nwindow = \"25h\"",
+            "24h",
+        ),
+        (
+            "[[policies]]\nname = \"a:b\"\nalgorithm = \"gcra\"\nlimit = 5\nwindow = \"1m\"",
+            "policies[0].name",
+        ),
+        (
+            "[[policies]]\nname = \"api\"\nalgorithm = \"gcra\"\nlimit = 5\nwindow = \"1m\"\ncost = 6",
+            "policies[0].cost",
+        ),
+        (
+            "[[policies]]\nname = \"a\"\nalgorithm = \"gcra\"\nlimit = 5\nwindow = \"1m\"\n[[policies]]\nname = \"a\"\nalgorithm = \"gcra\"\nlimit = 5\nwindow = \"1m\"",
+            "used twice",
+        ),
+    ];
+    for (text, mentions) in cases {
+        let message = invalid_setting(text);
+        assert!(
+            message.contains(mentions),
+            "{message:?} does not mention {mentions:?}"
+        );
+    }
+}
+
+#[test]
+fn a_redis_url_with_a_bad_scheme_is_refused_without_echoing_it() {
+    let message = invalid_setting("[redis]\nurl = \"http://:topsecret@127.0.0.1\"");
+    assert!(message.contains("redis.url"));
+    assert!(!message.contains("topsecret"));
+}
+
+#[test]
+fn environment_variables_override_the_file() {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(b"[redis]\npool_size = 3\n[server]\nbind = \"127.0.0.1:9000\"\n")
+        .unwrap();
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: every test that reads or writes the environment holds `ENV`.
+    unsafe { std::env::set_var("SLIDEGATE__REDIS__POOL_SIZE", "7") };
+    let settings = Settings::load(Some(file.path()));
+    unsafe { std::env::remove_var("SLIDEGATE__REDIS__POOL_SIZE") };
+    let settings = settings.unwrap();
+    assert_eq!(settings.redis.pool_size, 7);
+    assert_eq!(settings.server.bind, "127.0.0.1:9000");
+}
+
+#[test]
+fn the_binary_refuses_an_invalid_file_with_exit_code_2_and_the_field() {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(b"[redis]\npool_size = 0\n").unwrap();
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let output = Command::new(env!("CARGO_BIN_EXE_slidegate"))
+        .arg("--config")
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("redis.pool_size"), "{stderr}");
+}
+
+/// The README's first command: no file, no Redis: the embedded store and the demo policy.
+#[test]
+fn the_binary_with_no_configuration_serves_the_demo_policy_on_the_embedded_store() {
+    let env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slidegate"))
+        .env("SLIDEGATE__SERVER__BIND", "127.0.0.1:0")
+        .env("SLIDEGATE__LOG__FORMAT", "json")
+        .env_remove("SLIDEGATE__REDIS__URL")
+        .env_remove("SLIDEGATE_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(env);
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = sender.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut started = None;
+    while started.is_none() && Instant::now() < deadline {
+        if let Ok(line) = receiver.recv_timeout(Duration::from_millis(200)) {
+            let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if log["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("listening"))
+            {
+                started = Some(log);
+            }
+        }
+    }
+    let result = std::panic::catch_unwind(|| {
+        let log = started.expect("the binary logs that it is listening");
+        assert_eq!(log["store"], "memory");
+        let address = log["address"].as_str().unwrap().to_owned();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let reply = reqwest::Client::new()
+                .post(format!("http://{address}/v1/check"))
+                .json(&serde_json::json!({"policy": "demo", "key": "alice"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status(), 200);
+            let body: serde_json::Value = reply.json().await.unwrap();
+            assert_eq!(body["limit"], 10);
+            assert_eq!(body["remaining"], 9);
+        });
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests, compiled as one binary: the real server, real Redis, no mocks.
+
+mod bad_input;
+mod boundaries;
+mod check;
+mod configuration;
+mod exactness;
+mod health;
+mod helpers;
+mod scripts;
+mod store_contract;
