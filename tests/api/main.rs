@@ -7,5 +7,6 @@ mod configuration;
 mod exactness;
 mod health;
 mod helpers;
+mod recovery;
 mod scripts;
 mod store_contract;
