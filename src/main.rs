@@ -59,10 +59,11 @@ async fn main() -> ExitCode {
         }
     };
     let address = application.address();
+    let policy = application.example_policy().unwrap_or("demo");
     tracing::info!(
         %address,
         store = application.store_kind(),
-        "slidegate is listening; try: curl -i -X POST http://{address}/v1/check -H 'Content-Type: application/json' -d '{{\"policy\":\"demo\",\"key\":\"alice\"}}'"
+        "slidegate is listening; try: curl -i -X POST http://{address}/v1/check -H 'Content-Type: application/json' -d '{{\"policy\":\"{policy}\",\"key\":\"alice\"}}'"
     );
     match application.run_until_stopped().await {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,7 @@ pub enum StartupError {
 pub struct Application {
     address: SocketAddr,
     store_kind: &'static str,
+    example_policy: Option<String>,
     server: Server,
     sweeper: Option<JoinHandle<()>>,
 }
@@ -64,6 +65,10 @@ impl Application {
             AnyStore::Memory(_) => "memory",
             AnyStore::Redis(_) => "redis",
         };
+        let example_policy = policies
+            .iter_sorted()
+            .first()
+            .map(|policy| policy.name().to_string());
         let state = web::Data::new(HttpState {
             limiter: Limiter::new(policies, store),
             max_body_bytes: settings.server.max_body_bytes,
@@ -115,6 +120,7 @@ impl Application {
         Ok(Self {
             address,
             store_kind,
+            example_policy,
             server,
             sweeper,
         })
@@ -127,6 +133,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.address.port()
+    }
+
+    /// A policy name to show in the start-up hint.
+    pub fn example_policy(&self) -> Option<&str> {
+        self.example_policy.as_deref()
     }
 
     /// `"memory"` or `"redis"`.
