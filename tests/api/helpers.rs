@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use slidegate::configuration::{LogSettings, PolicySettings, Settings};
+use slidegate::configuration::{LogSettings, PolicySettings, Settings, TracingSettings};
 use slidegate::limiter::{Clock, SystemClock};
 use slidegate::startup::Application;
 
@@ -72,10 +72,14 @@ pub struct TestApp {
 fn init_test_logging() {
     // Quiet unless asked: TEST_LOG=1 cargo test
     if std::env::var_os("TEST_LOG").is_some() {
-        slidegate::telemetry::init(&LogSettings {
-            level: "debug".into(),
-            ..LogSettings::default()
-        });
+        // Logs only: tests that need traces run the binary in a process of its own.
+        let _logs = slidegate::telemetry::init(
+            &LogSettings {
+                level: "debug".into(),
+                ..LogSettings::default()
+            },
+            &TracingSettings::default(),
+        );
     }
 }
 
