@@ -215,7 +215,7 @@ pub struct Replica {
     pub client: reqwest::Client,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
     logged: Arc<Notify>,
-    child: Child,
+    child: Option<Child>,
     _config: tempfile::NamedTempFile,
 }
 
@@ -261,7 +261,7 @@ impl Replica {
             client: reqwest::Client::new(),
             logs,
             logged,
-            child,
+            child: Some(child),
             _config: file,
         };
         let address = replica
@@ -299,11 +299,29 @@ impl Replica {
     pub fn logs(&self) -> Vec<serde_json::Value> {
         self.logs.lock().unwrap().clone()
     }
+
+    /// Sends SIGTERM, as an orchestrator does, and waits up to 20 s for the exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the replica is running");
+        let signalled = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(signalled.success());
+        let exited = tokio::task::spawn_blocking(move || child.wait());
+        tokio::time::timeout(Duration::from_secs(20), exited)
+            .await
+            .expect("the replica exits within 20 s of SIGTERM")
+            .unwrap()
+            .unwrap()
+    }
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

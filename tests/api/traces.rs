@@ -274,6 +274,37 @@ async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_caller
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_queued_at_shutdown_are_exported_before_the_process_exits() {
+    let receiver = OtlpReceiver::start().await;
+    let mut env = tracing_env(&receiver, "slidegate-shutdown");
+    // Far longer than the test: only the flush at shutdown can send them.
+    env.retain(|(name, _)| *name != "SLIDEGATE__TRACING__BATCH_DELAY");
+    env.push(("SLIDEGATE__TRACING__BATCH_DELAY", "10m".into()));
+    let mut replica = Replica::spawn(POLICY, &env).await;
+
+    let (trace_id, caller_span) = caller_ids();
+    let response = replica
+        .client
+        .post(format!("{}/v1/check", replica.address))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&serde_json::json!({"policy": "api", "key": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(receiver.received.spans.lock().unwrap().is_empty());
+
+    assert!(replica.terminate().await.success());
+    let spans = receiver
+        .wait_for_trace(&trace_id, &["POST /v1/check", "limiter.decide"])
+        .await;
+    assert_eq!(
+        span(&spans, "limiter.decide").attributes["slidegate.store"],
+        "memory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_collector_stalled_checks_are_answered_and_overflowing_spans_are_counted_as_dropped()
  {
     // Accepts connections (the kernel does, up to the backlog) but never
