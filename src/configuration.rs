@@ -43,6 +43,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub limiter: LimiterSettings,
     pub log: LogSettings,
+    pub tracing: TracingSettings,
     /// Policies in force. Absent: one demo policy, so a bare `cargo run` answers checks.
     pub policies: Option<Vec<PolicySettings>>,
 }
@@ -154,6 +155,142 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// OpenTelemetry traces, exported over OTLP/HTTP. Off unless an endpoint is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingSettings {
+    /// `false` turns tracing off even when an endpoint is set (as does `OTEL_SDK_DISABLED=true`).
+    pub enabled: bool,
+    /// Base URL of an OTLP/HTTP collector (Jaeger, an OpenTelemetry Collector);
+    /// `/v1/traces` is appended. Unset: no tracing. `OTEL_EXPORTER_OTLP_ENDPOINT` sets it too.
+    pub endpoint: Option<String>,
+    /// `service.name` of every span. `OTEL_SERVICE_NAME` sets it too.
+    pub service_name: String,
+    /// `service.instance.id`, telling replicas apart; unset: `<hostname>-<pid>`.
+    pub instance_id: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0. A request that arrives with a
+    /// `traceparent` follows the caller's decision instead.
+    pub sample_ratio: f64,
+    /// Finished spans waiting for export. When full, new spans are dropped
+    /// (and counted) rather than slowing requests down.
+    pub max_queue_size: usize,
+    /// Most spans sent in one export request.
+    pub max_export_batch_size: usize,
+    /// Longest a finished span waits before its batch is sent.
+    #[serde(deserialize_with = "duration")]
+    pub batch_delay: Duration,
+    /// Longest wait for the collector to accept one batch.
+    #[serde(deserialize_with = "duration")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoint: None,
+            service_name: "slidegate".into(),
+            instance_id: None,
+            sample_ratio: 1.0,
+            max_queue_size: 2048,
+            max_export_batch_size: 512,
+            batch_delay: Duration::from_secs(5),
+            export_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TracingSettings {
+    /// The collector's base URL when tracing is on; `None` means no tracing at all.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|endpoint| self.enabled && !endpoint.is_empty())
+    }
+
+    /// Applies the standard OpenTelemetry variables, which rank above the file
+    /// and below this service's own `SLIDEGATE__TRACING__*` variables.
+    fn apply_otel_environment(&mut self, var: impl Fn(&str) -> Option<String>) {
+        let set = |name: &str| var(name).filter(|value| !value.trim().is_empty());
+        let ours = |field: &str| {
+            set(&format!(
+                "{ENV_PREFIX}{ENV_SEPARATOR}TRACING{ENV_SEPARATOR}{field}"
+            ))
+        };
+        if ours("ENDPOINT").is_none()
+            && let Some(endpoint) = set("OTEL_EXPORTER_OTLP_ENDPOINT")
+        {
+            self.endpoint = Some(endpoint);
+        }
+        if ours("SERVICE_NAME").is_none()
+            && let Some(name) = set("OTEL_SERVICE_NAME")
+        {
+            self.service_name = name;
+        }
+        if set("OTEL_SDK_DISABLED").is_some_and(|value| value.trim().eq_ignore_ascii_case("true")) {
+            self.enabled = false;
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigurationError> {
+        let invalid = |field: &str, problem: &str| {
+            Err(ConfigurationError::invalid(
+                format!("tracing.{field}"),
+                problem,
+            ))
+        };
+        if let Some(endpoint) = self.endpoint() {
+            if endpoint.starts_with("https://") {
+                // The exporter's HTTP client is built without TLS to keep the
+                // build small; a collector or sidecar on the host takes plain HTTP.
+                return invalid(
+                    "endpoint",
+                    "https is not supported by this build; send to a collector over http://",
+                );
+            }
+            // Never echo the URL: it may carry credentials.
+            let Some(rest) = endpoint.strip_prefix("http://") else {
+                return invalid("endpoint", "must start with http://");
+            };
+            // Credentials in the URL would show in logs and export errors;
+            // OTEL_EXPORTER_OTLP_HEADERS carries them without that risk.
+            if rest
+                .split('/')
+                .next()
+                .is_some_and(|authority| authority.contains('@'))
+            {
+                return invalid(
+                    "endpoint",
+                    "must not carry credentials; set them in OTEL_EXPORTER_OTLP_HEADERS",
+                );
+            }
+        }
+        if self.service_name.trim().is_empty() {
+            return invalid("service_name", "must not be empty");
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return invalid("sample_ratio", "must be between 0.0 and 1.0");
+        }
+        if self.max_queue_size == 0 {
+            return invalid("max_queue_size", "must be at least 1");
+        }
+        if self.max_export_batch_size == 0 || self.max_export_batch_size > self.max_queue_size {
+            return invalid(
+                "max_export_batch_size",
+                "must be between 1 and tracing.max_queue_size",
+            );
+        }
+        if self.batch_delay.is_zero() {
+            return invalid("batch_delay", "must be longer than 0");
+        }
+        if self.export_timeout.is_zero() {
+            return invalid("export_timeout", "must be longer than 0");
+        }
+        Ok(())
+    }
+}
+
 /// A policy as written in the file: `[[policies]]` with name, algorithm, limit, window.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -190,7 +327,9 @@ impl PolicySettings {
 }
 
 impl Settings {
-    /// Reads defaults, then `file` if given, then the environment.
+    /// Reads defaults, then `file` if given, then the environment
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME` and `OTEL_SDK_DISABLED`
+    /// included).
     ///
     /// # Errors
     /// When the file cannot be read or parsed, or a value has the wrong type;
@@ -204,7 +343,7 @@ impl Settings {
                     .required(true),
             );
         }
-        let settings = builder
+        let mut settings = builder
             .add_source(
                 config::Environment::with_prefix(ENV_PREFIX)
                     .separator(ENV_SEPARATOR)
@@ -212,6 +351,9 @@ impl Settings {
             )
             .build()?
             .try_deserialize::<Settings>()?;
+        settings
+            .tracing
+            .apply_otel_environment(|name| std::env::var(name).ok());
         Ok(settings)
     }
 
@@ -262,6 +404,7 @@ impl Settings {
                 "must start with redis://, rediss:// or unix://",
             ));
         }
+        self.tracing.validate()?;
         let prefix = &self.limiter.key_prefix;
         if prefix.contains(['{', '}']) || prefix.len() > 64 {
             return Err(ConfigurationError::invalid(
@@ -315,4 +458,77 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
             "{text:?} is not a duration ({error}); write e.g. \"250ms\", \"10s\", \"1m\""
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        |name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        }
+    }
+
+    #[test]
+    fn the_standard_otel_variables_set_the_endpoint_and_the_service_name() {
+        let mut tracing = TracingSettings::default();
+        assert_eq!(tracing.endpoint(), None, "off by default");
+        tracing.apply_otel_environment(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SERVICE_NAME", "edge-limiter"),
+        ]));
+        assert_eq!(tracing.endpoint(), Some("http://collector:4318"));
+        assert_eq!(tracing.service_name, "edge-limiter");
+    }
+
+    #[test]
+    fn slidegate_variables_rank_above_the_otel_ones() {
+        let mut tracing = TracingSettings {
+            endpoint: Some("http://from-slidegate-variable:4318".into()),
+            ..TracingSettings::default()
+        };
+        tracing.apply_otel_environment(env(&[
+            (
+                "SLIDEGATE__TRACING__ENDPOINT",
+                "http://from-slidegate-variable:4318",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ]));
+        assert_eq!(
+            tracing.endpoint(),
+            Some("http://from-slidegate-variable:4318")
+        );
+    }
+
+    #[test]
+    fn otel_sdk_disabled_or_enabled_false_switch_tracing_off() {
+        let mut tracing = TracingSettings::default();
+        tracing.apply_otel_environment(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ]));
+        assert_eq!(tracing.endpoint(), None);
+
+        let tracing = TracingSettings {
+            enabled: false,
+            endpoint: Some("http://collector:4318".into()),
+            ..TracingSettings::default()
+        };
+        assert_eq!(tracing.endpoint(), None);
+    }
+
+    #[test]
+    fn a_tracing_endpoint_with_credentials_is_refused_without_echoing_them() {
+        let tracing = TracingSettings {
+            endpoint: Some("http://user:hunter2@collector:4318".into()),
+            ..TracingSettings::default()
+        };
+        let message = tracing.validate().unwrap_err().to_string();
+        assert!(message.contains("tracing.endpoint"), "{message}");
+        assert!(message.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
 }

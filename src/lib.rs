@@ -13,11 +13,13 @@
 //!   (one round-trip per decision, Redis's clock, atomic for the whole fleet);
 //!   [`store::MemoryStore`] keeps it in-process for single-replica use.
 //! - [`configuration`] reads defaults, a TOML file and `SLIDEGATE__*`
-//!   variables; [`telemetry`] sets up logs; [`startup`] wires it all together.
+//!   variables; [`telemetry`] sets up logs and traces; [`metrics`] counts
+//!   decisions for `GET /metrics`; [`startup`] wires it all together.
 
 pub mod configuration;
 pub mod http;
 pub mod limiter;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! The `slidegate` binary: read settings, start logging, run one replica until stopped.
+//! The `slidegate` binary: read settings, start logs and traces, run one replica until stopped.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,13 +48,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
+    // Validate before telemetry starts, so a bad tracing setting is reported
+    // as plainly as any other instead of half-starting an exporter.
+    if let Err(error) = settings.validate() {
+        eprintln!("slidegate: {error}");
+        return ExitCode::from(2);
+    }
+    let telemetry = telemetry::init(&settings.log, &settings.tracing);
 
     let application = match Application::build(&settings).await {
         Ok(application) => application,
         Err(error) => {
             tracing::error!(%error, "slidegate could not start");
             eprintln!("slidegate: {error}");
+            stop_telemetry(telemetry).await;
             return ExitCode::from(2);
         }
     };
@@ -65,11 +72,19 @@ async fn main() -> ExitCode {
         store = application.store_kind(),
         "slidegate is listening; try: curl -i -X POST http://{address}/v1/check -H 'Content-Type: application/json' -d '{{\"policy\":\"{policy}\",\"key\":\"alice\"}}'"
     );
-    match application.run_until_stopped().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(%error, "slidegate stopped with an error");
-            ExitCode::FAILURE
-        }
+    let result = application.run_until_stopped().await;
+    if let Err(error) = &result {
+        tracing::error!(%error, "slidegate stopped with an error");
     }
+    stop_telemetry(telemetry).await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Sends the spans still queued. The exporter blocks on network I/O, so it
+/// runs on a blocking thread: on a runtime worker the last batch would be lost.
+async fn stop_telemetry(telemetry: telemetry::Telemetry) {
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
 }

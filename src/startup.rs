@@ -4,12 +4,15 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
+use actix_web::middleware::Condition;
 use actix_web::{App, HttpServer, web};
 use tokio::task::JoinHandle;
+use tracing_actix_web::TracingLogger;
 
 use crate::configuration::{ConfigurationError, Settings};
-use crate::http::{self, HttpState};
-use crate::limiter::{Clock, Limiter, StoreError, SystemClock};
+use crate::http::{self, HttpState, RootSpan};
+use crate::limiter::{Clock, Limiter, Store, StoreError, SystemClock};
+use crate::metrics::Metrics;
 use crate::store::{AnyStore, MemoryStore, RedisOptions, RedisStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,18 +64,20 @@ impl Application {
             })?),
             None => AnyStore::Memory(MemoryStore::new(clock)),
         };
-        let store_kind = match store {
-            AnyStore::Memory(_) => "memory",
-            AnyStore::Redis(_) => "redis",
-        };
+        let store_kind = store.kind();
+        let metrics = Metrics::new(store_kind, policies.len());
         let example_policy = policies
             .iter_sorted()
             .first()
             .map(|policy| policy.name().to_string());
         let state = web::Data::new(HttpState {
-            limiter: Limiter::new(policies, store),
+            limiter: Limiter::new(policies, store, &metrics),
+            metrics,
             max_body_bytes: settings.server.max_body_bytes,
         });
+        // Without tracing the middleware is not in the chain at all, so a
+        // request pays for no root span, request id or header parsing.
+        let traced = settings.tracing.endpoint().is_some();
 
         let listener =
             TcpListener::bind(&settings.server.bind).map_err(|source| StartupError::Bind {
@@ -87,10 +92,19 @@ impl Application {
         let server_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(Condition::new(traced, TracingLogger::<RootSpan>::new()))
                 .app_data(server_state.clone())
                 .configure(http::routes::<AnyStore>)
         })
-        .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1));
+        .shutdown_timeout(
+            // actix counts whole seconds: round up so "2500ms" is not cut to 2 s.
+            settings
+                .server
+                .shutdown_timeout
+                .as_secs_f64()
+                .ceil()
+                .max(1.0) as u64,
+        );
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }

@@ -1,37 +1,363 @@
-//! Logging set up once per process: JSON lines for log pipelines, readable text in a terminal.
+//! Telemetry set up once per process: logs (JSON lines or readable text) and, when configured, OpenTelemetry traces over OTLP.
+//!
+//! Two layers sit on one `tracing` registry, each with its own filter:
+//!
+//! - the log layer, filtered by `RUST_LOG` or `log.level`. The filter is
+//!   attached to this layer only: a global filter would also decide which
+//!   spans reach OpenTelemetry, and `RUST_LOG=warn` would silently end tracing.
+//! - the OpenTelemetry layer, present only when `tracing.endpoint` is set. It
+//!   sees slidegate's own spans (the HTTP root span and the debug-level spans
+//!   of the limiter and the stores), never those of the HTTP client that
+//!   exports them, which would trace the exporter itself.
+//!
+//! Spans leave through a bounded queue. When it is full, because the
+//! collector is down or slow, new spans are dropped and counted
+//! ([`span_export_stats`]); a request never waits for the collector.
 
+use std::fmt;
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData,
+    SpanExporter, SpanProcessor,
+};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::configuration::{LogFormat, LogSettings};
+use crate::configuration::{LogFormat, LogSettings, TracingSettings};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `settings.level`.
+/// The OTLP/HTTP path for traces, appended to the configured base URL as the
+/// specification says for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+const TRACES_PATH: &str = "/v1/traces";
+
+/// What [`init`] installed. Keep it until the process ends, then call
+/// [`Telemetry::shutdown`] so the last spans are sent.
+#[must_use = "dropping it loses the spans still queued; call shutdown()"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported by this process.
+    pub fn tracing(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Sends what is queued and stops the exporter. It blocks on network I/O:
+    /// call it on a blocking thread (`spawn_blocking`), never on an async
+    /// worker, where the export would stall and the last batch be lost.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "the last spans could not be exported");
+        }
+    }
+}
+
+/// Installs the global subscriber and, when `tracing` has an endpoint, the
+/// OpenTelemetry pipeline. `RUST_LOG`, when set, overrides `log.level`.
 ///
-/// Calling it twice is harmless (the second call changes nothing), which lets
-/// every test ask for logs without coordinating.
-pub fn init(settings: &LogSettings) {
+/// Only the first call in a process installs anything (a later one changes
+/// nothing and returns a `Telemetry` that traces nothing), which lets every
+/// test ask for logs without coordinating.
+pub fn init(log: &LogSettings, tracing: &TracingSettings) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match settings.format {
+    let json = match log.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let registry = tracing_subscriber::registry().with(filter);
-    let _already_set = if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
+    let log_layer = if json {
+        tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(WithTraceIds(
+                tracing_subscriber::fmt::format()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
-            )
-            .try_init()
+                    .with_current_span(true)
+                    // The current span already carries its fields; the list would repeat them.
+                    .with_span_list(false),
+            ))
+            .with_filter(filter)
+            .boxed()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+        tracing_subscriber::fmt::layer().with_filter(filter).boxed()
     };
+
+    let provider = tracing
+        .endpoint()
+        .map(|endpoint| tracer_provider(endpoint, tracing));
+    let otel_layer = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("slidegate"))
+            // Each of these costs work per span (thread names are copied
+            // into a new String every time) and says nothing the span
+            // names and attributes do not.
+            .with_threads(false)
+            .with_location(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_filter(Targets::new().with_target("slidegate", Level::DEBUG))
+    });
+
+    let installed = tracing_subscriber::registry()
+        .with(log_layer)
+        .with(otel_layer)
+        .try_init()
+        .is_ok();
+    match provider {
+        Some(provider) if installed => {
+            // Without a propagator an incoming `traceparent` is ignored and
+            // every request starts a trace of its own.
+            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            tracing::info!(
+                endpoint = tracing.endpoint(),
+                service_name = %tracing.service_name,
+                sample_ratio = tracing.sample_ratio,
+                "exporting traces over OTLP/HTTP"
+            );
+            Telemetry {
+                provider: Some(provider),
+            }
+        }
+        Some(provider) => {
+            let _ = provider.shutdown();
+            Telemetry { provider: None }
+        }
+        None => Telemetry { provider: None },
+    }
+}
+
+fn tracer_provider(endpoint: &str, settings: &TracingSettings) -> SdkTracerProvider {
+    let url = format!("{}{TRACES_PATH}", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url)
+        .with_timeout(settings.export_timeout)
+        .build();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let mut provider = SdkTracerProvider::builder()
+        // A request that carries a sampled `traceparent` is recorded whatever
+        // the ratio, so a gateway's trace is never cut in the middle.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            settings.sample_ratio,
+        ))))
+        .with_resource(resource(settings));
+    match exporter {
+        Ok(exporter) => {
+            let batches = BatchSpanProcessor::new(
+                CountingExporter {
+                    inner: exporter,
+                    queued: Arc::clone(&queued),
+                    failing: AtomicBool::new(false),
+                },
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(settings.max_queue_size)
+                    .with_max_export_batch_size(settings.max_export_batch_size)
+                    .with_scheduled_delay(settings.batch_delay)
+                    .build(),
+            );
+            provider = provider.with_span_processor(BoundedQueue {
+                inner: batches,
+                queued,
+                capacity: settings.max_queue_size,
+            });
+        }
+        // Settings were validated, so this is a bug or an exhausted machine;
+        // serving checks matters more than tracing them.
+        Err(error) => {
+            tracing::error!(%error, "cannot build the OTLP exporter; spans are not exported")
+        }
+    }
+    provider.build()
+}
+
+/// `service.name`, `service.version` and `service.instance.id`, on top of
+/// whatever `OTEL_RESOURCE_ATTRIBUTES` adds.
+fn resource(settings: &TracingSettings) -> Resource {
+    let instance = settings.instance_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|host| host.trim().to_owned())
+            .filter(|host| !host.is_empty())
+            .unwrap_or_else(|| "unknown-host".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.instance.id", instance),
+        ])
+        .build()
+}
+
+static SPANS_EXPORTED: AtomicU64 = AtomicU64::new(0);
+static SPANS_DROPPED: AtomicU64 = AtomicU64::new(0);
+static EXPORTS_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts of the span pipeline since the process started (zero without tracing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpanExportStats {
+    /// Spans the collector accepted.
+    pub exported: u64,
+    /// Spans dropped because the queue was full.
+    pub dropped: u64,
+    /// Export requests that failed or timed out (their spans are lost).
+    pub failed_exports: u64,
+}
+
+/// Process-wide, like the tracer provider they describe.
+pub fn span_export_stats() -> SpanExportStats {
+    SpanExportStats {
+        exported: SPANS_EXPORTED.load(Ordering::Relaxed),
+        dropped: SPANS_DROPPED.load(Ordering::Relaxed),
+        failed_exports: EXPORTS_FAILED.load(Ordering::Relaxed),
+    }
+}
+
+/// Admits a finished span only while fewer than `capacity` are queued or
+/// being exported, and counts the rest as dropped.
+///
+/// The SDK's batch processor drops spans on a full queue too, but keeps the
+/// count to itself until shutdown; gating in front of it with the same
+/// capacity means it never has to drop, and every drop is counted here.
+#[derive(Debug)]
+struct BoundedQueue {
+    inner: BatchSpanProcessor,
+    /// Incremented here, decremented by [`CountingExporter`] once a batch is done.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl SpanProcessor for BoundedQueue {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP exporter, counting what it sends and logging once when exports
+/// start failing and once when they recover, not once per batch.
+#[derive(Debug)]
+struct CountingExporter {
+    inner: opentelemetry_otlp::SpanExporter,
+    queued: Arc<AtomicUsize>,
+    failing: AtomicBool,
+}
+
+impl SpanExporter for CountingExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        self.queued.fetch_sub(spans, Ordering::Relaxed);
+        match &result {
+            Ok(()) => {
+                SPANS_EXPORTED.fetch_add(spans as u64, Ordering::Relaxed);
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("span export works again");
+                }
+            }
+            Err(error) => {
+                EXPORTS_FAILED.fetch_add(1, Ordering::Relaxed);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        %error,
+                        "cannot export spans; they are dropped until the collector answers"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// JSON log lines with the `trace_id` and `span_id` of the span they were
+/// logged in, at the top level where log pipelines look for them.
+///
+/// The ids come from the OpenTelemetry context the tracing layer activates on
+/// entering a span, so lines outside a traced request carry none.
+struct WithTraceIds(Format<Json>);
+
+impl<S, N> FormatEvent<S, N> for WithTraceIds
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let context = Context::current();
+        let span = context.span();
+        let ids = span.span_context();
+        if !ids.is_valid() {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::with_capacity(256);
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",{rest}",
+                ids.trace_id(),
+                ids.span_id()
+            ),
+            None => writer.write_str(&line),
+        }
+    }
 }

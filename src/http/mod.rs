@@ -3,16 +3,20 @@
 pub mod check;
 pub mod error;
 pub mod health;
+pub mod root_span;
 
 use actix_web::{HttpResponse, web};
 
 use crate::limiter::{Limiter, Store};
+use crate::metrics::{self, Metrics};
 
 pub use error::ApiError;
+pub use root_span::RootSpan;
 
-/// What every handler shares: the limiter and request-size limits.
+/// What every handler shares: the limiter, its metrics and request-size limits.
 pub struct HttpState<S> {
     pub limiter: Limiter<S>,
+    pub metrics: Metrics,
     pub max_body_bytes: usize,
 }
 
@@ -34,7 +38,20 @@ pub fn routes<S: Store>(config: &mut web::ServiceConfig) {
                 .route(web::get().to(health::ready::<S>))
                 .default_service(web::to(method_not_allowed)),
         )
+        .service(
+            web::resource("/metrics")
+                .route(web::get().to(scrape::<S>))
+                .default_service(web::to(method_not_allowed)),
+        )
         .default_service(web::to(not_found));
+}
+
+/// `GET /metrics`: every metric in the Prometheus text format.
+async fn scrape<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
+    let body = state.metrics.render(&state.limiter.store().pools());
+    HttpResponse::Ok()
+        .content_type(metrics::CONTENT_TYPE)
+        .body(body)
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

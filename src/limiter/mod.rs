@@ -10,11 +10,16 @@ pub mod decision;
 pub mod key;
 pub mod policy;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::metrics::{Metrics, PolicyMetrics, StoreErrorMetrics};
 
 pub use clock::{Clock, FakeClock, Micros, SystemClock};
 pub use decision::{Decision, Outcome};
@@ -42,6 +47,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store's own view of its health, for readiness.
     fn health(&self) -> impl Future<Output = StoreHealth> + Send;
+
+    /// `"redis"` or `"memory"`: a label for metrics and spans.
+    fn kind(&self) -> &'static str;
+
+    /// The connection pools behind the store, read when metrics are scraped.
+    fn pools(&self) -> Vec<PoolStats> {
+        Vec::new()
+    }
 }
 
 /// The store could not decide. Never carries secrets: connection URLs are not part of it.
@@ -56,6 +69,17 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store replied with something the limiter cannot read: {0}")]
     InvalidReply(String),
+}
+
+impl StoreError {
+    /// A short, fixed name of the failure, for metrics labels and `error.type` in spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout { .. } => "timeout",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::InvalidReply(_) => "invalid_reply",
+        }
+    }
 }
 
 /// Readiness of a store and the dependencies behind it.
@@ -89,6 +113,24 @@ pub struct PoolHealth {
     pub idle: u32,
 }
 
+/// A connection pool as metrics see it: its size now and what happened to it so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `"redis"` (later also `"postgres"`).
+    pub name: &'static str,
+    pub max_size: u32,
+    pub connections: u32,
+    pub idle: u32,
+    /// Checks waiting for a connection now.
+    pub waiting: u64,
+    /// Waits for a connection that ran out of time, since start.
+    pub timeouts_total: u64,
+    /// Connections opened since start; more than `max_size` means reconnects.
+    pub opened_total: u64,
+    /// Connections dropped because a command failed at the connection level.
+    pub closed_broken_total: u64,
+}
+
 /// Why a check could not be decided.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -103,6 +145,18 @@ pub enum CheckError {
     Store(#[from] StoreError),
 }
 
+impl CheckError {
+    /// A short, fixed name of the problem, for `error.type` in spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckError::UnknownPolicy(_) => "unknown_policy",
+            CheckError::InvalidKey(_) => "invalid_key",
+            CheckError::CostExceedsLimit { .. } => "cost_exceeds_limit",
+            CheckError::Store(error) => error.kind(),
+        }
+    }
+}
+
 /// A decision together with the policy that made it (for headers and bodies).
 #[derive(Debug, Clone)]
 pub struct Checked {
@@ -114,15 +168,48 @@ pub struct Checked {
 #[derive(Debug)]
 pub struct Limiter<S> {
     policies: PolicySet,
+    /// The same policies with their metric handles, so one lookup per check finds both.
+    entries: HashMap<Box<str>, Entry>,
     store: S,
+    store_errors: StoreErrorMetrics,
+}
+
+#[derive(Debug)]
+struct Entry {
+    policy: Arc<Policy>,
+    metrics: PolicyMetrics,
 }
 
 impl<S: Store> Limiter<S> {
-    pub fn new(policies: PolicySet, store: S) -> Self {
-        Self { policies, store }
+    /// A limiter recording into `metrics`; every series it can touch is created here.
+    pub fn new(policies: PolicySet, store: S, metrics: &Metrics) -> Self {
+        let entries = policies
+            .iter_sorted()
+            .into_iter()
+            .map(|policy| {
+                let name = policy.name().as_str();
+                let entry = Entry {
+                    policy: Arc::clone(policy),
+                    metrics: metrics.policy(name),
+                };
+                (Box::from(name), entry)
+            })
+            .collect();
+        let store_errors = metrics.store_errors(store.kind());
+        Self {
+            policies,
+            entries,
+            store,
+            store_errors,
+        }
     }
 
     /// Checks `cost` units (the policy's default cost when `None`) of `key` against `policy`.
+    ///
+    /// Spans (created at debug level, so a replica that neither traces nor
+    /// logs at debug skips them at the cost of one atomic load each):
+    /// `policy.match`, then `limiter.decide` around the store's call. Neither
+    /// records the key: keys may identify people.
     ///
     /// # Errors
     /// Unknown policy, invalid key, a cost above the limit, or a store failure.
@@ -133,7 +220,86 @@ impl<S: Store> Limiter<S> {
         key: &str,
         cost: Option<u64>,
     ) -> Result<Checked, CheckError> {
-        let policy = self.policies.get(policy).ok_or_else(|| {
+        let matching = tracing::debug_span!(
+            "policy.match",
+            slidegate.policy = Empty,
+            error.type = Empty,
+        );
+        let (entry, key, cost) = matching.in_scope(|| {
+            let matched = self.match_check(policy, key, cost);
+            if !matching.is_disabled() {
+                match &matched {
+                    Ok((entry, ..)) => {
+                        matching.record("slidegate.policy", entry.policy.name().as_str());
+                    }
+                    Err(error) => {
+                        matching.record("error.type", error.kind());
+                    }
+                }
+            }
+            matched
+        })?;
+        let policy = &entry.policy;
+
+        let deciding = tracing::debug_span!(
+            "limiter.decide",
+            slidegate.policy = policy.name().as_str(),
+            slidegate.algorithm = policy.algorithm().as_str(),
+            slidegate.store = self.store.kind(),
+            slidegate.cost = cost,
+            slidegate.outcome = Empty,
+            slidegate.remaining = Empty,
+            error.type = Empty,
+            otel.status_code = Empty,
+        );
+        let started = Instant::now();
+        let outcome = self
+            .store
+            .check(policy, key, cost)
+            .instrument(deciding.clone())
+            .await;
+        let elapsed = started.elapsed();
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                match error {
+                    StoreError::Timeout { .. } => self.store_errors.timeout(),
+                    StoreError::Unavailable(_) => self.store_errors.unavailable(),
+                    StoreError::InvalidReply(_) => self.store_errors.invalid_reply(),
+                }
+                if !deciding.is_disabled() {
+                    deciding.record("slidegate.outcome", "error");
+                    deciding.record("error.type", error.kind());
+                    deciding.record("otel.status_code", "ERROR");
+                }
+                return Err(error.into());
+            }
+        };
+        let decision = Decision::from_outcome(outcome, policy.limit());
+        entry.metrics.record(decision.allowed, elapsed);
+        if !deciding.is_disabled() {
+            let verdict = if decision.allowed {
+                "allowed"
+            } else {
+                "denied"
+            };
+            deciding.record("slidegate.outcome", verdict);
+            deciding.record("slidegate.remaining", decision.remaining);
+        }
+        Ok(Checked {
+            policy: Arc::clone(policy),
+            decision,
+        })
+    }
+
+    /// Finds the policy and validates key and cost: everything a check needs before the store.
+    fn match_check<'k>(
+        &self,
+        policy: &str,
+        key: &'k str,
+        cost: Option<u64>,
+    ) -> Result<(&Entry, LimiterKey<'k>, u64), CheckError> {
+        let entry = self.entries.get(policy).ok_or_else(|| {
             // Echo short names only: a long one cannot exist and need not be logged back.
             let shown = if policy.len() <= policy::MAX_POLICY_NAME_LEN {
                 policy.to_owned()
@@ -145,18 +311,14 @@ impl<S: Store> Limiter<S> {
             CheckError::UnknownPolicy(shown)
         })?;
         let key = LimiterKey::parse(key)?;
-        let cost = cost.unwrap_or(policy.default_cost());
-        if cost > policy.limit() {
+        let cost = cost.unwrap_or(entry.policy.default_cost());
+        if cost > entry.policy.limit() {
             return Err(CheckError::CostExceedsLimit {
                 cost,
-                limit: policy.limit(),
+                limit: entry.policy.limit(),
             });
         }
-        let outcome = self.store.check(policy, key, cost).await?;
-        Ok(Checked {
-            policy: Arc::clone(policy),
-            decision: Decision::from_outcome(outcome, policy.limit()),
-        })
+        Ok((entry, key, cost))
     }
 
     pub fn policies(&self) -> &PolicySet {

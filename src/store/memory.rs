@@ -142,6 +142,10 @@ impl Store for MemoryStore {
         Ok(self.decide(policy, key, cost))
     }
 
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     async fn health(&self) -> StoreHealth {
         StoreHealth {
             store: "memory",

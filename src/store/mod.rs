@@ -6,7 +6,7 @@ pub mod redis;
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisOptions, RedisStore};
 
-use crate::limiter::{LimiterKey, Outcome, Policy, Store, StoreError, StoreHealth};
+use crate::limiter::{LimiterKey, Outcome, Policy, PoolStats, Store, StoreError, StoreHealth};
 
 /// The store a replica runs on, chosen by configuration at start-up.
 ///
@@ -34,6 +34,20 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(store) => store.health().await,
             AnyStore::Redis(store) => store.health().await,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            AnyStore::Memory(store) => store.kind(),
+            AnyStore::Redis(store) => store.kind(),
+        }
+    }
+
+    fn pools(&self) -> Vec<PoolStats> {
+        match self {
+            AnyStore::Memory(store) => store.pools(),
+            AnyStore::Redis(store) => store.pools(),
         }
     }
 }

@@ -10,17 +10,19 @@
 //! of `<policy>:<key>`, so the same scripts run unchanged on a cluster.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use bb8::{ManageConnection, Pool, RunError};
 use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Script, ScriptInvocation};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::limiter::{
-    Algorithm, DependencyHealth, LimiterKey, Outcome, Policy, PoolHealth, Store, StoreError,
-    StoreHealth,
+    Algorithm, DependencyHealth, LimiterKey, Outcome, Policy, PoolHealth, PoolStats, Store,
+    StoreError, StoreHealth,
 };
 
 const SLIDING_LOG: &str = include_str!("../../lua/sliding_log.lua");
@@ -69,6 +71,7 @@ impl Scripts {
 /// Limiter state in Redis, shared by every replica pointed at the same server.
 pub struct RedisStore {
     pool: Pool<TrackedConnectionManager>,
+    reachability: Arc<Reachability>,
     scripts: Scripts,
     key_prefix: String,
     command_timeout: Duration,
@@ -87,6 +90,7 @@ impl RedisStore {
                 error.kind()
             ))
         })?;
+        let reachability = Arc::new(Reachability::default());
         let pool = Pool::builder()
             .max_size(options.pool_size)
             .connection_timeout(options.connect_timeout)
@@ -97,9 +101,13 @@ impl RedisStore {
             // pool would open one connection and stop; keep them all open, and
             // bb8's FIFO queue spreads checks over them.
             .min_idle(Some(options.pool_size))
-            .build_unchecked(TrackedConnectionManager(manager));
+            .build_unchecked(TrackedConnectionManager {
+                manager,
+                reachability: Arc::clone(&reachability),
+            });
         Ok(Self {
             pool,
+            reachability,
             scripts: Scripts::new(),
             key_prefix: options.key_prefix,
             command_timeout: options.command_timeout,
@@ -171,10 +179,13 @@ impl RedisStore {
 struct BrokenFlag(Arc<AtomicBool>);
 
 impl BrokenFlag {
-    fn mark_if_fatal(&self, error: &RedisError) {
-        if error.is_unrecoverable_error() || error.is_connection_dropped() {
+    /// Returns whether the error was fatal to the connection.
+    fn mark_if_fatal(&self, error: &RedisError) -> bool {
+        let fatal = error.is_unrecoverable_error() || error.is_connection_dropped();
+        if fatal {
             self.0.store(true, Ordering::Relaxed);
         }
+        fatal
     }
 }
 
@@ -192,8 +203,9 @@ fn describe(error: &RedisError) -> String {
     }
 }
 
-impl Store for RedisStore {
-    async fn check(
+impl RedisStore {
+    /// One decision: a pooled connection, then `EVALSHA` of the policy's script.
+    async fn evalsha(
         &self,
         policy: &Policy,
         key: LimiterKey<'_>,
@@ -218,7 +230,9 @@ impl Store for RedisStore {
             after: self.command_timeout,
         })?;
         let (allowed, remaining, reset_after, retry_after) = reply.map_err(|error| {
-            broken.mark_if_fatal(&error);
+            if broken.mark_if_fatal(&error) {
+                self.reachability.down(&describe(&error));
+            }
             StoreError::Unavailable(describe(&error))
         })?;
         let non_negative = |value: i64| {
@@ -231,6 +245,59 @@ impl Store for RedisStore {
             reset_after_us: non_negative(reset_after)?,
             retry_after_us: non_negative(retry_after)?,
         })
+    }
+}
+
+impl Store for RedisStore {
+    /// Traced as one client span, `EVALSHA`, with the database and the
+    /// algorithm but never the Redis keys (they contain the limiter key).
+    async fn check(
+        &self,
+        policy: &Policy,
+        key: LimiterKey<'_>,
+        cost: u64,
+    ) -> Result<Outcome, StoreError> {
+        let span = tracing::debug_span!(
+            "redis.evalsha",
+            otel.name = "EVALSHA",
+            otel.kind = "client",
+            db.system = "redis",
+            db.system.name = "redis",
+            db.operation.name = "EVALSHA",
+            slidegate.algorithm = policy.algorithm().as_str(),
+            error.type = Empty,
+            otel.status_code = Empty,
+        );
+        let result = self
+            .evalsha(policy, key, cost)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &result
+            && !span.is_disabled()
+        {
+            span.record("error.type", error.kind());
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn pools(&self) -> Vec<PoolStats> {
+        let state = self.pool.state();
+        let statistics = &state.statistics;
+        vec![PoolStats {
+            name: "redis",
+            max_size: self.pool.config().max_size,
+            connections: state.connections,
+            idle: state.idle_connections,
+            waiting: statistics.pending_gets(),
+            timeouts_total: statistics.get_timed_out,
+            opened_total: statistics.connections_created,
+            closed_broken_total: statistics.connections_closed_broken,
+        }]
     }
 
     async fn health(&self) -> StoreHealth {
@@ -247,7 +314,9 @@ impl Store for RedisStore {
                 after: self.command_timeout,
             })?;
             ping.map_err(|error| {
-                broken.mark_if_fatal(&error);
+                if broken.mark_if_fatal(&error) {
+                    self.reachability.down(&describe(&error));
+                }
                 StoreError::Unavailable(describe(&error))
             })
         };
@@ -286,25 +355,69 @@ pub struct TrackedConnection {
     broken: Arc<AtomicBool>,
 }
 
-/// bb8-redis's manager, with connections that can be marked broken.
-pub struct TrackedConnectionManager(RedisConnectionManager);
+/// bb8-redis's manager, with connections that can be marked broken and a
+/// log line when Redis is lost or regained.
+pub struct TrackedConnectionManager {
+    manager: RedisConnectionManager,
+    reachability: Arc<Reachability>,
+}
 
 impl ManageConnection for TrackedConnectionManager {
     type Connection = TrackedConnection;
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        Ok(TrackedConnection {
-            connection: self.0.connect().await?,
-            broken: Arc::new(AtomicBool::new(false)),
-        })
+        match self.manager.connect().await {
+            Ok(connection) => {
+                self.reachability.up();
+                Ok(TrackedConnection {
+                    connection,
+                    broken: Arc::new(AtomicBool::new(false)),
+                })
+            }
+            Err(error) => {
+                self.reachability.down(&describe(&error));
+                Err(error)
+            }
+        }
     }
 
     async fn is_valid(&self, connection: &mut Self::Connection) -> Result<(), Self::Error> {
-        self.0.is_valid(&mut connection.connection).await
+        self.manager.is_valid(&mut connection.connection).await
     }
 
     fn has_broken(&self, connection: &mut Self::Connection) -> bool {
         connection.broken.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether Redis answered the last time a connection was opened or failed,
+/// so that losing and regaining it is logged once per change, not once per
+/// failed check: during an outage every check fails, and readiness and
+/// metrics already report it continuously.
+#[derive(Debug, Default)]
+struct Reachability(AtomicU8);
+
+impl Reachability {
+    const UNKNOWN: u8 = 0;
+    const UP: u8 = 1;
+    const DOWN: u8 = 2;
+
+    fn up(&self) {
+        match self.0.swap(Self::UP, Ordering::Relaxed) {
+            Self::UNKNOWN => tracing::info!("connected to Redis"),
+            Self::DOWN => tracing::info!("reconnected to Redis; checks are decided again"),
+            _ => {}
+        }
+    }
+
+    /// `error` comes from [`describe`]: it never holds the URL.
+    fn down(&self, error: &str) {
+        if self.0.swap(Self::DOWN, Ordering::Relaxed) != Self::DOWN {
+            tracing::warn!(
+                error,
+                "cannot reach Redis; checks answer 503 limiter_unavailable until it returns"
+            );
+        }
     }
 }

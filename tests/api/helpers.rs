@@ -1,9 +1,14 @@
-//! `spawn_app`: the real server on port 0, on the machine's Redis, with data no other test can see.
+//! `spawn_app`: the real server on port 0, on the machine's Redis, with data no other test can see; `Replica`: the binary in a process of its own.
 
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use slidegate::configuration::{LogSettings, PolicySettings, Settings};
+use tokio::sync::Notify;
+
+use slidegate::configuration::{LogSettings, PolicySettings, Settings, TracingSettings};
 use slidegate::limiter::{Clock, SystemClock};
 use slidegate::startup::Application;
 
@@ -72,10 +77,14 @@ pub struct TestApp {
 fn init_test_logging() {
     // Quiet unless asked: TEST_LOG=1 cargo test
     if std::env::var_os("TEST_LOG").is_some() {
-        slidegate::telemetry::init(&LogSettings {
-            level: "debug".into(),
-            ..LogSettings::default()
-        });
+        // Logs only: tests that need traces run the binary in a process of its own.
+        let _logs = slidegate::telemetry::init(
+            &LogSettings {
+                level: "debug".into(),
+                ..LogSettings::default()
+            },
+            &TracingSettings::default(),
+        );
     }
 }
 
@@ -171,4 +180,148 @@ pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("the machine's Redis answers (bash .ci/run starts it)")
+}
+
+/// Waits until `condition` holds, re-checking whenever `changed` is notified,
+/// and fails the test at `deadline`. No fixed sleeps: it returns as soon as
+/// the condition is true.
+pub async fn wait_until<T>(
+    what: &str,
+    deadline: Duration,
+    changed: &Notify,
+    mut condition: impl FnMut() -> Option<T>,
+) -> T {
+    let give_up = Instant::now() + deadline;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        let left = give_up.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        // A notification sent between the check above and this wait is kept
+        // as a permit by `notify_one`, so none is missed.
+        let _ = tokio::time::timeout(left, changed.notified()).await;
+    }
+}
+
+/// The real `slidegate` binary in a process of its own, for what a process can
+/// set up only once: the global log subscriber and the tracer. Its JSON log
+/// lines are collected; it is killed when dropped (also when a test fails).
+pub struct Replica {
+    pub address: String,
+    pub client: reqwest::Client,
+    logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    logged: Arc<Notify>,
+    child: Option<Child>,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Replica {
+    /// Starts the binary with `config` as its file and only the `env` given
+    /// (plus JSON logs on port 0): nothing leaks in from the test's environment.
+    pub async fn spawn(config: &str, env: &[(&str, String)]) -> Replica {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(config.as_bytes()).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_slidegate"));
+        command
+            .env_clear()
+            .arg("--config")
+            .arg(file.path())
+            .env("SLIDEGATE__SERVER__BIND", "127.0.0.1:0")
+            .env("SLIDEGATE__SERVER__WORKERS", "1")
+            .env("SLIDEGATE__LOG__FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the slidegate binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let logged = Arc::new(Notify::new());
+        {
+            let (logs, logged) = (Arc::clone(&logs), Arc::clone(&logged));
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let line = match serde_json::from_str(&line) {
+                        Ok(json) => json,
+                        Err(_) => serde_json::Value::String(line),
+                    };
+                    logs.lock().unwrap().push(line);
+                    logged.notify_one();
+                }
+            });
+        }
+        let mut replica = Replica {
+            address: String::new(),
+            client: reqwest::Client::new(),
+            logs,
+            logged,
+            child: Some(child),
+            _config: file,
+        };
+        let address = replica
+            .wait_for_log("the replica to listen", |line| {
+                line["message"]
+                    .as_str()
+                    .is_some_and(|message| message.contains("listening"))
+            })
+            .await["address"]
+            .as_str()
+            .expect("the listening line names the address")
+            .to_owned();
+        replica.address = format!("http://{address}");
+        replica
+    }
+
+    /// The first log line for which `matches` holds, waiting for it up to 20 s.
+    pub async fn wait_for_log(
+        &self,
+        what: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let logs = Arc::clone(&self.logs);
+        wait_until(what, Duration::from_secs(20), &self.logged, || {
+            logs.lock()
+                .unwrap()
+                .iter()
+                .find(|line| matches(line))
+                .cloned()
+        })
+        .await
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM, as an orchestrator does, and waits up to 20 s for the exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the replica is running");
+        let signalled = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(signalled.success());
+        let exited = tokio::task::spawn_blocking(move || child.wait());
+        tokio::time::timeout(Duration::from_secs(20), exited)
+            .await
+            .expect("the replica exits within 20 s of SIGTERM")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -7,6 +7,8 @@ mod configuration;
 mod exactness;
 mod health;
 mod helpers;
+mod metrics;
 mod recovery;
 mod scripts;
 mod store_contract;
+mod traces;

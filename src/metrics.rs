@@ -1,0 +1,364 @@
+//! Prometheus metrics: owns the registry, hands out lock-free handles per policy, and renders `GET /metrics`.
+//!
+//! A check must not take a lock to be counted. prometheus-client's `Family`
+//! looks label sets up under a read lock and its `Histogram` observes under a
+//! mutex, so every label set a check can touch is resolved once, at start-up,
+//! into handles that are plain atomics: [`PolicyMetrics`] per policy and
+//! [`StoreErrorMetrics`] per store. Label values come from configuration
+//! (policy names, the store kind) or fixed lists (outcomes, error kinds),
+//! never from requests, so the number of series is bounded by the config.
+//!
+//! Values owned by someone else (connection pools, the span exporter) are read
+//! when Prometheus scrapes, not pushed on the request path.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+use crate::limiter::PoolStats;
+use crate::telemetry::{self, SpanExportStats};
+
+/// `Content-Type` of [`Metrics::render`]'s output: the Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Prefix of every metric name.
+const PREFIX: &str = "slidegate";
+
+/// Upper bounds of the decision-latency buckets, in seconds: an embedded
+/// decision takes microseconds, a Redis one a fraction of a millisecond on a
+/// LAN, and `redis.command_timeout` (100 ms by default) caps the slow end.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    policy: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreErrorLabels {
+    store: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: &'static str,
+}
+
+/// The registry of one replica. Each [`crate::startup::Application`] has its
+/// own, so tests running several replicas in one process read their own numbers.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    decision_seconds: Family<PolicyLabels, LatencyHistogram>,
+    store_errors: Family<StoreErrorLabels, Counter>,
+}
+
+impl Metrics {
+    /// A registry for a replica running on `store` (`"redis"` or `"memory"`)
+    /// with `policies` loaded.
+    pub fn new(store: &'static str, policies: usize) -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Checks decided, by policy and outcome (allowed, denied)",
+            decisions.clone(),
+        );
+        let decision_seconds = Family::<PolicyLabels, LatencyHistogram>::default();
+        registry.register(
+            "decision_duration_seconds",
+            "Time the store took to decide one check, by policy",
+            decision_seconds.clone(),
+        );
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Checks the store could not decide, by kind (timeout, unavailable, invalid_reply); each answered 503",
+            store_errors.clone(),
+        );
+        let loaded = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        loaded.set(i64::try_from(policies).unwrap_or(i64::MAX));
+        registry.register("policies", "Policies loaded", loaded);
+        registry.register(
+            "build",
+            "The running version and store; always 1",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("store", store),
+            ]),
+        );
+        Self {
+            registry,
+            decisions,
+            decision_seconds,
+            store_errors,
+        }
+    }
+
+    /// The handles for one policy. Creates its series, so they are exported
+    /// (at zero) before the first check.
+    pub fn policy(&self, name: &str) -> PolicyMetrics {
+        let decisions = |outcome| {
+            self.decisions.get_or_create_owned(&DecisionLabels {
+                policy: name.to_owned(),
+                outcome,
+            })
+        };
+        PolicyMetrics {
+            allowed: decisions("allowed"),
+            denied: decisions("denied"),
+            latency: self.decision_seconds.get_or_create_owned(&PolicyLabels {
+                policy: name.to_owned(),
+            }),
+        }
+    }
+
+    /// The error counters of one store.
+    pub fn store_errors(&self, store: &'static str) -> StoreErrorMetrics {
+        let kind = |kind| {
+            self.store_errors
+                .get_or_create_owned(&StoreErrorLabels { store, kind })
+        };
+        StoreErrorMetrics {
+            timeout: kind("timeout"),
+            unavailable: kind("unavailable"),
+            invalid_reply: kind("invalid_reply"),
+        }
+    }
+
+    /// Everything in the Prometheus text format: the registry, then the
+    /// values read at scrape time from `pools` and the span exporter.
+    pub fn render(&self, pools: &[PoolStats]) -> String {
+        let mut scraped = Registry::with_prefix(PREFIX);
+        register_pools(&mut scraped, pools);
+        register_spans(&mut scraped, telemetry::span_export_stats());
+        let mut body = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut body, &self.registry)
+            .and_then(|()| prometheus_text::encode(&mut body, &scraped));
+        body
+    }
+}
+
+fn register_pools(registry: &mut Registry, pools: &[PoolStats]) {
+    let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    let max = Family::<PoolLabels, Gauge>::default();
+    let open = Family::<PoolLabels, Gauge>::default();
+    let idle = Family::<PoolLabels, Gauge>::default();
+    let waiting = Family::<PoolLabels, Gauge>::default();
+    let timeouts = Family::<PoolLabels, Counter>::default();
+    let opened = Family::<PoolLabels, Counter>::default();
+    let broken = Family::<PoolLabels, Counter>::default();
+    for pool in pools {
+        let labels = PoolLabels { pool: pool.name };
+        max.get_or_create(&labels).set(gauge(pool.max_size.into()));
+        open.get_or_create(&labels)
+            .set(gauge(pool.connections.into()));
+        idle.get_or_create(&labels).set(gauge(pool.idle.into()));
+        waiting.get_or_create(&labels).set(gauge(pool.waiting));
+        timeouts.get_or_create(&labels).inc_by(pool.timeouts_total);
+        opened.get_or_create(&labels).inc_by(pool.opened_total);
+        broken
+            .get_or_create(&labels)
+            .inc_by(pool.closed_broken_total);
+    }
+    registry.register("pool_max_connections", "Pool size limit", max);
+    registry.register("pool_connections", "Connections open now", open);
+    registry.register(
+        "pool_idle_connections",
+        "Open connections not in use now",
+        idle,
+    );
+    registry.register(
+        "pool_waiting",
+        "Checks waiting for a connection now",
+        waiting,
+    );
+    registry.register(
+        "pool_timeouts",
+        "Waits for a connection that timed out",
+        timeouts,
+    );
+    registry.register(
+        "pool_connections_opened",
+        "Connections opened, including reconnects",
+        opened,
+    );
+    registry.register(
+        "pool_connections_broken",
+        "Connections dropped after a connection-level error",
+        broken,
+    );
+}
+
+fn register_spans(registry: &mut Registry, spans: SpanExportStats) {
+    let counter = |value: u64| {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        counter
+    };
+    registry.register(
+        "trace_spans_exported",
+        "Spans accepted by the OTLP collector",
+        counter(spans.exported),
+    );
+    registry.register(
+        "trace_spans_dropped",
+        "Spans dropped because the export queue was full (collector down or slow)",
+        counter(spans.dropped),
+    );
+    registry.register(
+        "trace_export_failures",
+        "Export requests the collector refused or did not answer in time",
+        counter(spans.failed_exports),
+    );
+}
+
+/// What the limiter records for one policy. Cloned handles of the registry's
+/// series: recording touches only atomics.
+#[derive(Clone, Debug)]
+pub struct PolicyMetrics {
+    allowed: Counter,
+    denied: Counter,
+    latency: LatencyHistogram,
+}
+
+impl PolicyMetrics {
+    /// Counts one decision and how long the store took to make it.
+    pub fn record(&self, allowed: bool, elapsed: Duration) {
+        if allowed {
+            self.allowed.inc();
+        } else {
+            self.denied.inc();
+        }
+        self.latency.observe(elapsed);
+    }
+}
+
+/// Store failures, counted at the one boundary where the limiter sees them.
+#[derive(Clone, Debug)]
+pub struct StoreErrorMetrics {
+    timeout: Counter,
+    unavailable: Counter,
+    invalid_reply: Counter,
+}
+
+impl StoreErrorMetrics {
+    pub fn timeout(&self) {
+        self.timeout.inc();
+    }
+
+    pub fn unavailable(&self) {
+        self.unavailable.inc();
+    }
+
+    pub fn invalid_reply(&self) {
+        self.invalid_reply.inc();
+    }
+}
+
+/// A histogram of durations with fixed buckets, updated with atomic adds only.
+///
+/// Each bucket counts the observations that fall into it alone (cumulative
+/// sums are formed at scrape time), and `_count` is the sum of the buckets, so
+/// a scrape never shows a `_count` that disagrees with the `+Inf` bucket.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram(Arc<HistogramCells>);
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    /// One per bound in [`LATENCY_BUCKETS`], then `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// In nanoseconds: integer adds are exact and need no compare-and-swap loop.
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS.partition_point(|bound| *bound < seconds);
+        self.0.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(0.0, 0u64); LATENCY_BUCKETS.len() + 1];
+        let mut count = 0u64;
+        for (index, cell) in self.0.buckets.iter().enumerate() {
+            let observed = cell.load(Ordering::Relaxed);
+            let bound = LATENCY_BUCKETS.get(index).copied().unwrap_or(f64::INFINITY);
+            buckets[index] = (bound, observed);
+            count += observed;
+        }
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_puts_each_observation_in_its_bucket_and_sums_exactly() {
+        let histogram = LatencyHistogram::default();
+        histogram.observe(Duration::from_micros(10)); // <= 25µs
+        histogram.observe(Duration::from_micros(300)); // <= 500µs
+        histogram.observe(Duration::from_millis(1)); // <= 1ms: bounds are inclusive
+        histogram.observe(Duration::from_secs(5)); // +Inf
+        let mut registry = Registry::default();
+        registry.register("latency_seconds", "test", histogram);
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &registry).unwrap();
+        assert!(out.contains("latency_seconds_count 4\n"), "{out}");
+        assert!(out.contains("latency_seconds_sum 5.00131\n"), "{out}");
+        assert!(
+            out.contains("latency_seconds_bucket{le=\"2.5e-05\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("latency_seconds_bucket{le=\"0.0005\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("latency_seconds_bucket{le=\"0.001\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("latency_seconds_bucket{le=\"+Inf\"} 4\n"),
+            "{out}"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! `GET /metrics`: parsed as Prometheus would, counters and histograms move with checks, label sets stay bounded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+
+use crate::helpers::{TestOptions, policy, spawn_app};
+
+/// One sample line of the Prometheus text format: `name{label="value",…} value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the Prometheus text exposition format (0.0.4), failing the test on
+/// any line that is not a comment, a blank or a well-formed sample.
+pub fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            other => other
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), BTreeMap::new()),
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+                (name.to_owned(), parse_labels(body, line))
+            }
+        };
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "bad metric name in {line:?}"
+        );
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+fn parse_labels(mut body: &str, line: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    while !body.is_empty() {
+        let (key, rest) = body
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("bad label in {line:?}"));
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, escaped)) => value.push(escaped),
+                    None => panic!("dangling escape in {line:?}"),
+                },
+                Some((index, '"')) => break index,
+                Some((_, c)) => value.push(c),
+                None => panic!("unterminated label value in {line:?}"),
+            }
+        };
+        labels.insert(key.to_owned(), value);
+        body = rest[end + 1..].trim_start_matches(',');
+    }
+    labels
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<_> = samples
+        .iter()
+        .filter(|sample| {
+            sample.name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(value))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
+    found[0].value
+}
+
+async fn scrape(address: &str) -> Vec<Sample> {
+    let response = reqwest::get(format!("{address}/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    parse_exposition(&response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn decisions_are_counted_by_policy_and_outcome_and_timed_per_policy() {
+    let app = spawn_app(TestOptions::redis(vec![
+        policy("login", "sliding_log", 3, "1m"),
+        policy("search", "gcra", 100, "1m"),
+    ]))
+    .await;
+    let before = scrape(&app.address).await;
+    // Every series a check can touch exists from the start, at zero.
+    for outcome in ["allowed", "denied"] {
+        for policy in ["login", "search"] {
+            let labels = [("policy", policy), ("outcome", outcome)];
+            assert_eq!(value(&before, "slidegate_decisions_total", &labels), 0.0);
+        }
+    }
+
+    for _ in 0..5 {
+        app.check("login", "alice", None).await;
+    }
+    let after = scrape(&app.address).await;
+    let decisions = |policy, outcome| {
+        value(
+            &after,
+            "slidegate_decisions_total",
+            &[("policy", policy), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(decisions("login", "allowed"), 3.0);
+    assert_eq!(decisions("login", "denied"), 2.0);
+    assert_eq!(decisions("search", "allowed"), 0.0);
+
+    let latency = |suffix: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![("policy", "login")];
+        labels.extend_from_slice(extra);
+        value(
+            &after,
+            &format!("slidegate_decision_duration_seconds{suffix}"),
+            &labels,
+        )
+    };
+    assert_eq!(latency("_count", &[]), 5.0);
+    assert_eq!(latency("_bucket", &[("le", "+Inf")]), 5.0);
+    assert!(latency("_sum", &[]) > 0.0);
+    // Cumulative buckets, and a Redis round-trip here is well under a second.
+    let buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter(|sample| {
+            sample.name == "slidegate_decision_duration_seconds_bucket"
+                && sample.labels["policy"] == "login"
+        })
+        .map(|sample| (sample.labels["le"].parse().unwrap(), sample.value))
+        .collect();
+    assert!(buckets.len() > 10, "{buckets:?}");
+    assert!(
+        buckets
+            .windows(2)
+            .all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1)
+    );
+    assert!(
+        buckets
+            .iter()
+            .any(|(le, count)| *le == 1.0 && *count == 5.0),
+        "{buckets:?}"
+    );
+
+    assert_eq!(
+        value(
+            &after,
+            "slidegate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION")), ("store", "redis")]
+        ),
+        1.0
+    );
+    assert_eq!(value(&after, "slidegate_policies", &[]), 2.0);
+    let pool = [("pool", "redis")];
+    assert_eq!(value(&after, "slidegate_pool_max_connections", &pool), 10.0);
+    assert!(value(&after, "slidegate_pool_connections", &pool) >= 1.0);
+    assert!(value(&after, "slidegate_pool_connections_opened_total", &pool) >= 1.0);
+    assert_eq!(value(&after, "slidegate_pool_waiting", &pool), 0.0);
+}
+
+#[tokio::test]
+async fn the_label_set_stays_bounded_after_many_distinct_keys_and_unknown_policies() {
+    let app = spawn_app(TestOptions::memory(vec![policy("api", "gcra", 5, "1m")])).await;
+    let series = |samples: &[Sample]| -> BTreeSet<String> {
+        samples
+            .iter()
+            .map(|sample| format!("{}{:?}", sample.name, sample.labels))
+            .collect()
+    };
+    app.check("api", "warm-up", None).await;
+    let before = series(&scrape(&app.address).await);
+
+    for index in 0..300 {
+        let key = format!("user-{index}@example.com");
+        assert_eq!(app.check("api", &key, None).await.status, 200);
+        let unknown = format!("no-such-policy-{index}");
+        assert_eq!(app.check(&unknown, &key, None).await.status, 422);
+    }
+
+    let samples = scrape(&app.address).await;
+    let after = series(&samples);
+    assert_eq!(before, after, "checks created or removed series");
+    let text = format!("{samples:?}");
+    assert!(!text.contains("example.com"), "a key leaked into a label");
+    assert!(
+        !text.contains("no-such-policy"),
+        "a requested policy name leaked"
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "slidegate_decisions_total",
+            &[("policy", "api"), ("outcome", "allowed")]
+        ),
+        301.0
+    );
+}
+
+#[tokio::test]
+async fn store_failures_are_counted_by_kind_without_the_redis_password() {
+    let password = "hunter2-metrics";
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut options = TestOptions::redis(vec![policy("p", "gcra", 5, "1m")]);
+    options.redis_url = Some(format!("redis://:{password}@127.0.0.1:{port}"));
+    let app = spawn_app(options).await;
+    for _ in 0..2 {
+        assert_eq!(app.check("p", "k", None).await.status, 503);
+    }
+
+    let response = reqwest::get(format!("{}/metrics", app.address))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!response.contains(password));
+    let samples = parse_exposition(&response);
+    let failed: f64 = ["timeout", "unavailable", "invalid_reply"]
+        .into_iter()
+        .map(|kind| {
+            value(
+                &samples,
+                "slidegate_store_errors_total",
+                &[("store", "redis"), ("kind", kind)],
+            )
+        })
+        .sum();
+    assert_eq!(failed, 2.0);
+    let decided: f64 = ["allowed", "denied"]
+        .into_iter()
+        .map(|outcome| {
+            value(
+                &samples,
+                "slidegate_decisions_total",
+                &[("policy", "p"), ("outcome", outcome)],
+            )
+        })
+        .sum();
+    assert_eq!(decided, 0.0, "a failure is not a decision");
+}

@@ -1,0 +1,452 @@
+//! Traces, received by a real OTLP/HTTP receiver from the real binary: the span tree, the caller's trace, a stalled collector, log correlation.
+//!
+//! The tracer is global to a process, so each test runs `slidegate` as a
+//! child process configured only through the environment, which also proves
+//! that the standard `OTEL_*` variables work.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use prost::Message;
+use tokio::sync::Notify;
+
+use crate::helpers::{Replica, redis_url, unique_prefix, wait_until};
+use crate::metrics::{parse_exposition, value};
+
+/// A span as the collector received it, with ids in hex as Jaeger shows them.
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    resource: HashMap<String, String>,
+    name: String,
+    kind: i32,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    attributes: HashMap<String, String>,
+    status: i32,
+}
+
+#[derive(Default)]
+struct Received {
+    spans: Mutex<Vec<ReceivedSpan>>,
+    /// Every request body, to search for what must never be exported.
+    raw: Mutex<Vec<Vec<u8>>>,
+    arrived: Notify,
+}
+
+/// An OTLP/HTTP collector on a free port that decodes `ExportTraceServiceRequest`.
+struct OtlpReceiver {
+    endpoint: String,
+    received: web::Data<Received>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl OtlpReceiver {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let received = web::Data::new(Received::default());
+        let shared = received.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                .route("/v1/traces", web::post().to(export))
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            endpoint,
+            received,
+            server: handle,
+        }
+    }
+
+    /// Waits until the spans of `trace_id` include every name in `names`.
+    async fn wait_for_trace(&self, trace_id: &str, names: &[&str]) -> Vec<ReceivedSpan> {
+        let received = &self.received;
+        wait_until(
+            &format!("spans {names:?} of trace {trace_id}"),
+            Duration::from_secs(20),
+            &received.arrived,
+            || {
+                let spans: Vec<_> = received
+                    .spans
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|span| span.trace_id == trace_id)
+                    .cloned()
+                    .collect();
+                names
+                    .iter()
+                    .all(|name| spans.iter().any(|span| span.name == *name))
+                    .then_some(spans)
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        // Not awaited: stopping is requested and the runtime ends with the test.
+        drop(self.server.stop(false));
+    }
+}
+
+async fn export(body: web::Bytes, received: web::Data<Received>) -> HttpResponse {
+    let request = ExportTraceServiceRequest::decode(body.as_ref())
+        .expect("the body is an OTLP ExportTraceServiceRequest");
+    let mut spans = Vec::new();
+    for resource_spans in request.resource_spans {
+        let resource = resource_spans
+            .resource
+            .map(|resource| attributes(&resource.attributes))
+            .unwrap_or_default();
+        for scope_spans in resource_spans.scope_spans {
+            for span in scope_spans.spans {
+                spans.push(ReceivedSpan {
+                    resource: resource.clone(),
+                    name: span.name,
+                    kind: span.kind,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    attributes: attributes(&span.attributes),
+                    status: span.status.map_or(0, |status| status.code),
+                });
+            }
+        }
+    }
+    received.raw.lock().unwrap().push(body.to_vec());
+    received.spans.lock().unwrap().extend(spans);
+    received.arrived.notify_one();
+    HttpResponse::Ok()
+        .content_type("application/x-protobuf")
+        .body(ExportTraceServiceResponse::default().encode_to_vec())
+}
+
+fn attributes(pairs: &[KeyValue]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|pair| (pair.key.clone(), show(pair.value.as_ref())))
+        .collect()
+}
+
+fn show(value: Option<&AnyValue>) -> String {
+    match value.and_then(|value| value.value.as_ref()) {
+        Some(any_value::Value::StringValue(text)) => text.clone(),
+        Some(any_value::Value::IntValue(number)) => number.to_string(),
+        Some(any_value::Value::BoolValue(flag)) => flag.to_string(),
+        Some(any_value::Value::DoubleValue(number)) => number.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Fresh W3C ids for a caller's trace: 32 and 16 hex digits, never all zero.
+fn caller_ids() -> (String, String) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let trace = format!("{:032x}", nanos ^ (u128::from(std::process::id()) << 64));
+    let parent = format!("{:016x}", (nanos as u64) | 1);
+    (trace, parent)
+}
+
+const POLICY: &str = r#"
+[[policies]]
+name = "api"
+algorithm = "sliding_log"
+limit = 5
+window = "1m"
+"#;
+
+/// A key that looks like personal data: it must not appear in any span.
+const PERSONAL_KEY: &str = "jane.doe+4711@example.com";
+
+fn tracing_env(receiver: &OtlpReceiver, service: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()),
+        ("OTEL_SERVICE_NAME", service.to_owned()),
+        ("SLIDEGATE__TRACING__BATCH_DELAY", "50ms".to_owned()),
+    ]
+}
+
+fn span<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans.iter().filter(|span| span.name == name).collect();
+    assert_eq!(found.len(), 1, "{name}: {spans:#?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_callers_trace() {
+    let receiver = OtlpReceiver::start().await;
+    let mut env = tracing_env(&receiver, "slidegate-under-test");
+    env.push(("SLIDEGATE__REDIS__URL", redis_url()));
+    env.push(("SLIDEGATE__LIMITER__KEY_PREFIX", unique_prefix()));
+    let replica = Replica::spawn(POLICY, &env).await;
+
+    let (trace_id, caller_span) = caller_ids();
+    let response = replica
+        .client
+        .post(format!("{}/v1/check", replica.address))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&serde_json::json!({"policy": "api", "key": PERSONAL_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let spans = receiver
+        .wait_for_trace(
+            &trace_id,
+            &[
+                "POST /v1/check",
+                "policy.match",
+                "limiter.decide",
+                "EVALSHA",
+            ],
+        )
+        .await;
+    let root = span(&spans, "POST /v1/check");
+    let matching = span(&spans, "policy.match");
+    let deciding = span(&spans, "limiter.decide");
+    let redis = span(&spans, "EVALSHA");
+
+    // One tree, hanging from the caller's span.
+    assert_eq!(root.parent_span_id, caller_span);
+    assert_eq!(matching.parent_span_id, root.span_id);
+    assert_eq!(deciding.parent_span_id, root.span_id);
+    assert_eq!(redis.parent_span_id, deciding.span_id);
+    assert_eq!(root.kind, SpanKind::Server as i32);
+    assert_eq!(redis.kind, SpanKind::Client as i32);
+
+    // OpenTelemetry HTTP field names on the root.
+    assert_eq!(root.attributes["http.method"], "POST");
+    assert_eq!(root.attributes["http.route"], "/v1/check");
+    assert_eq!(root.attributes["http.status_code"], "200");
+    assert_eq!(root.status, StatusCode::Ok as i32);
+
+    assert_eq!(matching.attributes["slidegate.policy"], "api");
+    for (attribute, expected) in [
+        ("slidegate.policy", "api"),
+        ("slidegate.algorithm", "sliding_log"),
+        ("slidegate.store", "redis"),
+        ("slidegate.outcome", "allowed"),
+        ("slidegate.remaining", "4"),
+        ("slidegate.cost", "1"),
+    ] {
+        assert_eq!(deciding.attributes[attribute], expected, "{attribute}");
+    }
+    assert_eq!(redis.attributes["db.system"], "redis");
+    assert_eq!(redis.attributes["db.operation.name"], "EVALSHA");
+
+    assert_eq!(root.resource["service.name"], "slidegate-under-test");
+    assert_eq!(root.resource["service.version"], env!("CARGO_PKG_VERSION"));
+    assert!(!root.resource["service.instance.id"].is_empty());
+
+    // Neither the key nor the Redis key built from it left the process.
+    let raw = receiver.received.raw.lock().unwrap().concat();
+    let needle = PERSONAL_KEY.as_bytes();
+    assert!(
+        !raw.windows(needle.len()).any(|window| window == needle),
+        "the limiter key was exported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_queued_at_shutdown_are_exported_before_the_process_exits() {
+    let receiver = OtlpReceiver::start().await;
+    let mut env = tracing_env(&receiver, "slidegate-shutdown");
+    // Far longer than the test: only the flush at shutdown can send them.
+    env.retain(|(name, _)| *name != "SLIDEGATE__TRACING__BATCH_DELAY");
+    env.push(("SLIDEGATE__TRACING__BATCH_DELAY", "10m".into()));
+    let mut replica = Replica::spawn(POLICY, &env).await;
+
+    let (trace_id, caller_span) = caller_ids();
+    let response = replica
+        .client
+        .post(format!("{}/v1/check", replica.address))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&serde_json::json!({"policy": "api", "key": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(receiver.received.spans.lock().unwrap().is_empty());
+
+    assert!(replica.terminate().await.success());
+    let spans = receiver
+        .wait_for_trace(&trace_id, &["POST /v1/check", "limiter.decide"])
+        .await;
+    assert_eq!(
+        span(&spans, "limiter.decide").attributes["slidegate.store"],
+        "memory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_collector_stalled_checks_are_answered_and_overflowing_spans_are_counted_as_dropped()
+ {
+    // Accepts connections (the kernel does, up to the backlog) but never
+    // answers: every export waits for its full timeout.
+    let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", stalled.local_addr().unwrap());
+    let config = r#"
+[[policies]]
+name = "api"
+algorithm = "gcra"
+limit = 1000
+window = "1m"
+"#;
+    let replica = Replica::spawn(
+        config,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("SLIDEGATE__TRACING__MAX_QUEUE_SIZE", "8".into()),
+            ("SLIDEGATE__TRACING__MAX_EXPORT_BATCH_SIZE", "4".into()),
+            ("SLIDEGATE__TRACING__BATCH_DELAY", "20ms".into()),
+            ("SLIDEGATE__TRACING__EXPORT_TIMEOUT", "60s".into()),
+        ],
+    )
+    .await;
+
+    let started = Instant::now();
+    for index in 0..50 {
+        let response = replica
+            .client
+            .post(format!("{}/v1/check", replica.address))
+            .json(&serde_json::json!({"policy": "api", "key": format!("k{index}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // Had any check waited for the collector it would have taken a minute.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "50 checks took {took:?}");
+
+    let metrics = replica
+        .client
+        .get(format!("{}/metrics", replica.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = parse_exposition(&metrics);
+    // 50 checks make 150 spans; at most 8 fit in the queue.
+    let dropped = value(&samples, "slidegate_trace_spans_dropped_total", &[]);
+    assert!(dropped >= 142.0, "dropped {dropped}");
+    assert_eq!(
+        value(&samples, "slidegate_trace_spans_exported_total", &[]),
+        0.0
+    );
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_written_during_a_traced_request_carry_its_trace_and_span_ids() {
+    let receiver = OtlpReceiver::start().await;
+    let password = "hunter2-in-logs";
+    let closed_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = tracing_env(&receiver, "slidegate-logs");
+    env.push((
+        "SLIDEGATE__REDIS__URL",
+        format!("redis://:{password}@127.0.0.1:{closed_port}"),
+    ));
+    // The store failure below is logged at debug, once per failed check.
+    env.push(("RUST_LOG", "info,slidegate=debug".into()));
+    let replica = Replica::spawn(POLICY, &env).await;
+
+    let (trace_id, caller_span) = caller_ids();
+    let response = replica
+        .client
+        .post(format!("{}/v1/check", replica.address))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&serde_json::json!({"policy": "api", "key": PERSONAL_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+
+    let line = replica
+        .wait_for_log("the store failure to be logged", |line| {
+            line["message"] == "check failed in the store"
+        })
+        .await;
+    assert_eq!(line["trace_id"], trace_id.as_str(), "{line}");
+    let span_id = line["span_id"].as_str().expect("a span_id");
+    let spans = receiver
+        .wait_for_trace(&trace_id, &["POST /v1/check", "limiter.decide"])
+        .await;
+    assert!(
+        spans.iter().any(|span| span.span_id == span_id),
+        "{span_id} is none of the request's spans: {spans:#?}"
+    );
+    let root = span(&spans, "POST /v1/check");
+    assert_eq!(root.attributes["http.status_code"], "503");
+    assert_eq!(root.attributes["error.type"], "limiter_unavailable");
+    assert_eq!(root.status, StatusCode::Error as i32);
+    let deciding = span(&spans, "limiter.decide");
+    assert_eq!(deciding.attributes["slidegate.outcome"], "error");
+    let kind = deciding.attributes["error.type"].as_str();
+    assert!(["timeout", "unavailable"].contains(&kind), "{kind}");
+    assert_eq!(deciding.status, StatusCode::Error as i32);
+
+    // Losing Redis is one line, whatever the number of failed checks.
+    let lost = |logs: &[serde_json::Value]| {
+        logs.iter()
+            .filter(|line| {
+                line["message"]
+                    .as_str()
+                    .is_some_and(|message| message.starts_with("cannot reach Redis"))
+            })
+            .count()
+    };
+    replica
+        .wait_for_log("the lost Redis to be logged", |line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|message| message.starts_with("cannot reach Redis"))
+        })
+        .await;
+    for _ in 0..3 {
+        let response = replica
+            .client
+            .post(format!("{}/v1/check", replica.address))
+            .json(&serde_json::json!({"policy": "api", "key": "k"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+    }
+    assert_eq!(lost(&replica.logs()), 1);
+    let logs = serde_json::to_string(&replica.logs()).unwrap();
+    assert!(!logs.contains(password), "the Redis password was logged");
+    assert!(!logs.contains(PERSONAL_KEY), "the limiter key was logged");
+}
