@@ -38,6 +38,8 @@ pub fn policy(name: &str, algorithm: &str, limit: u64, window: &str) -> PolicySe
         limit,
         window: window.into(),
         cost: 1,
+        matches: None,
+        key: None,
     }
 }
 
