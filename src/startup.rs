@@ -214,10 +214,7 @@ impl Application {
                 }
                 tracing::info!("no longer accepting connections; finishing in-flight requests");
                 handle.stop(true).await;
-                server
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r)
+                server.await.map_err(std::io::Error::other).and_then(|r| r)
             }
         };
         if let Some(sweeper) = self.sweeper {

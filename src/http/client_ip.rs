@@ -79,9 +79,7 @@ impl ClientIpRules {
 /// so one client has one key and trusted IPv4 ranges match.
 fn canonical(address: IpAddr) -> IpAddr {
     match address {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -145,7 +143,10 @@ mod tests {
             ip("10.0.0.3")
         );
         assert_eq!(
-            rules.client_ip(ip("10.0.0.2"), ["[2001:db8::1]:4711", "192.0.2.1:80"].into_iter()),
+            rules.client_ip(
+                ip("10.0.0.2"),
+                ["[2001:db8::1]:4711", "192.0.2.1:80"].into_iter()
+            ),
             ip("192.0.2.1")
         );
     }

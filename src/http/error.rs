@@ -19,9 +19,7 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("the request is invalid: {0}")]
     InvalidRequest(String),
-    #[error(
-        "forward-auth needs the protected request's path in X-Forwarded-Uri or X-Original-URI"
-    )]
+    #[error("forward-auth needs the protected request's path in X-Forwarded-Uri or X-Original-URI")]
     MissingForwardedUri,
     #[error("no policy covers this request, and forward_auth.no_match is deny")]
     NoMatchingPolicy,

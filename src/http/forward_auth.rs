@@ -75,16 +75,15 @@ pub async fn forward_auth<S: Store>(
 ) -> Result<HttpResponse, ApiError> {
     let headers = request.headers();
     let method = header(headers, "x-forwarded-method").unwrap_or(request.method().as_str());
-    let target: Cow<'_, str> = match header(headers, "x-forwarded-uri")
-        .or_else(|| header(headers, "x-original-uri"))
-    {
-        Some(target) => Cow::Borrowed(target),
-        None => match request.uri().path().strip_prefix(PATH) {
-            // Envoy: the original path follows the prefix.
-            Some(rest) if rest.starts_with('/') => Cow::Borrowed(rest),
-            _ => return Err(ApiError::MissingForwardedUri),
-        },
-    };
+    let target: Cow<'_, str> =
+        match header(headers, "x-forwarded-uri").or_else(|| header(headers, "x-original-uri")) {
+            Some(target) => Cow::Borrowed(target),
+            None => match request.uri().path().strip_prefix(PATH) {
+                // Envoy: the original path follows the prefix.
+                Some(rest) if rest.starts_with('/') => Cow::Borrowed(rest),
+                _ => return Err(ApiError::MissingForwardedUri),
+            },
+        };
     let path = normalize_path(&target);
     let host = header(headers, "x-forwarded-host")
         .or_else(|| header(headers, "host"))

@@ -249,10 +249,12 @@ impl KeySpec {
 fn digest(value: &str) -> String {
     use std::fmt::Write;
     let bytes = sha1_smol::Sha1::from(value.as_bytes()).digest().bytes();
-    bytes.iter().fold(String::with_capacity(40), |mut hex, byte| {
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(40), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 /// What the limiter needs to know about a request a gateway forwards.
@@ -441,12 +443,8 @@ mod tests {
 
     #[test]
     fn methods_and_hosts_must_all_match_when_given() {
-        let rule = RequestMatch::new(
-            &["post".into(), "PUT".into()],
-            None,
-            Some("*.Example.com"),
-        )
-        .unwrap();
+        let rule =
+            RequestMatch::new(&["post".into(), "PUT".into()], None, Some("*.Example.com")).unwrap();
         assert!(rule.matches(&request("POST", "/", Some("a.example.com"), NO_HEADERS)));
         assert!(!rule.matches(&request("GET", "/", Some("a.example.com"), NO_HEADERS)));
         assert!(!rule.matches(&request("POST", "/", Some("example.com"), NO_HEADERS)));
@@ -459,7 +457,9 @@ mod tests {
     #[test]
     fn invalid_rules_are_refused_with_the_field() {
         assert_eq!(
-            RequestMatch::new(&["GE T".into()], None, None).unwrap_err().0,
+            RequestMatch::new(&["GE T".into()], None, None)
+                .unwrap_err()
+                .0,
             "methods"
         );
         assert_eq!(
@@ -467,7 +467,9 @@ mod tests {
             "path_prefix"
         );
         assert_eq!(
-            RequestMatch::new(&[], None, Some("https://x.com")).unwrap_err().0,
+            RequestMatch::new(&[], None, Some("https://x.com"))
+                .unwrap_err()
+                .0,
             "host"
         );
         assert!(matches!(
@@ -497,6 +499,9 @@ mod tests {
         let key = spec.derive(&forwarded).unwrap();
         assert!(key.starts_with("ip=203.0.113.7|key="), "{key}");
         assert!(key.contains("|h.x-tenant="), "{key}");
-        assert!(!key.contains("secret-token") && !key.contains("acme"), "{key}");
+        assert!(
+            !key.contains("secret-token") && !key.contains("acme"),
+            "{key}"
+        );
     }
 }

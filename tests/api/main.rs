@@ -10,5 +10,6 @@ mod helpers;
 mod metrics;
 mod recovery;
 mod scripts;
+mod shutdown;
 mod store_contract;
 mod traces;
