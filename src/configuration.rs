@@ -11,6 +11,10 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
+use ipnet::IpNet;
+
+use crate::http::client_ip::ClientIpRules;
+use crate::limiter::rules::{KeySpec, NoMatch, RequestMatch, Rule, Rules};
 use crate::limiter::{Algorithm, Policy, PolicyError, PolicyName, PolicySet, Window};
 
 /// Prefix of every environment variable read: `SLIDEGATE__REDIS__URL` sets `redis.url`.
@@ -44,6 +48,7 @@ pub struct Settings {
     pub limiter: LimiterSettings,
     pub log: LogSettings,
     pub tracing: TracingSettings,
+    pub forward_auth: ForwardAuthSettings,
     /// Policies in force. Absent: one demo policy, so a bare `cargo run` answers checks.
     pub policies: Option<Vec<PolicySettings>>,
 }
@@ -55,7 +60,11 @@ pub struct ServerSettings {
     pub bind: String,
     /// HTTP worker threads; default: one per CPU core.
     pub workers: Option<usize>,
-    /// How long in-flight requests may take to finish after a stop signal.
+    /// After SIGTERM/SIGINT, how long readiness answers 503 while requests are
+    /// still served, so load balancers stop sending before the listener closes.
+    #[serde(deserialize_with = "duration")]
+    pub drain_delay: Duration,
+    /// Then, how long in-flight requests may take to finish.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
     /// Largest request body accepted, in bytes; a check body is well under 1 KiB.
@@ -67,6 +76,7 @@ impl Default for ServerSettings {
         Self {
             bind: "127.0.0.1:8080".into(),
             workers: None,
+            drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             max_body_bytes: 4096,
         }
@@ -291,6 +301,73 @@ impl TracingSettings {
     }
 }
 
+/// `GET /v1/forward-auth`: who may vouch for a client's address, and what passes when no policy matches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardAuthSettings {
+    /// Proxies (CIDR or single addresses) whose `X-Forwarded-For` is believed.
+    /// Empty: the TCP peer is always the client. In the environment, a comma-separated list.
+    #[serde(deserialize_with = "string_list")]
+    pub trusted_proxies: Vec<String>,
+    /// IPv6 clients are counted per network of this many leading bits (0 to 128).
+    pub ipv6_prefix: u8,
+    /// `allow` (2xx) or `deny` (403) a request that no policy's match rule covers.
+    pub no_match: NoMatch,
+}
+
+impl Default for ForwardAuthSettings {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            ipv6_prefix: 64,
+            no_match: NoMatch::Allow,
+        }
+    }
+}
+
+impl ForwardAuthSettings {
+    /// # Errors
+    /// An entry that is neither an address nor a CIDR, or a prefix above 128.
+    pub fn client_ip_rules(&self) -> Result<ClientIpRules, ConfigurationError> {
+        if self.ipv6_prefix > 128 {
+            return Err(ConfigurationError::invalid(
+                "forward_auth.ipv6_prefix",
+                format!("must be between 0 and 128 (got {})", self.ipv6_prefix),
+            ));
+        }
+        let trusted = self
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let text = text.trim();
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| {
+                        ConfigurationError::invalid(
+                            format!("forward_auth.trusted_proxies[{index}]"),
+                            format!("{text:?} is not an address or a CIDR such as \"10.0.0.0/8\""),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ClientIpRules::new(trusted, self.ipv6_prefix))
+    }
+}
+
+/// Which forwarded requests a policy limits (`[policies.match]`); conditions given must all hold.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MatchSettings {
+    /// e.g. `["GET", "HEAD"]`; empty or absent: any method.
+    pub methods: Vec<String>,
+    /// e.g. `"/api"`: covers `/api` and `/api/…`, after normalising the path.
+    pub path_prefix: Option<String>,
+    /// e.g. `"api.example.com"` or `"*.example.com"`; compared without port, case-insensitively.
+    pub host: Option<String>,
+}
+
 /// A policy as written in the file: `[[policies]]` with name, algorithm, limit, window.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,6 +380,14 @@ pub struct PolicySettings {
     /// Units a check consumes when it names no cost.
     #[serde(default = "one")]
     pub cost: u64,
+    /// Makes the policy apply to forward-auth requests it matches. Absent:
+    /// the policy is used only by name, through `POST /v1/check`.
+    #[serde(default, rename = "match")]
+    pub matches: Option<MatchSettings>,
+    /// What forward-auth counts per: any of `"client_ip"`, `"api_key"`,
+    /// `"header:<name>"`, combined. Default `["client_ip"]`; needs `match`.
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
 }
 
 fn one() -> u64 {
@@ -335,6 +420,18 @@ impl Settings {
     /// When the file cannot be read or parsed, or a value has the wrong type;
     /// the message names the key. Call [`Settings::validate`] next.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigurationError> {
+        Self::load_with_env(file, std::env::vars().collect())
+    }
+
+    /// As [`Settings::load`], with `env` in place of the process environment:
+    /// lets a test load what a compose file or a manifest would set.
+    ///
+    /// # Errors
+    /// As [`Settings::load`].
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: config::Map<String, String>,
+    ) -> Result<Self, ConfigurationError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(
@@ -347,13 +444,14 @@ impl Settings {
             .add_source(
                 config::Environment::with_prefix(ENV_PREFIX)
                     .separator(ENV_SEPARATOR)
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(env.clone())),
             )
             .build()?
             .try_deserialize::<Settings>()?;
         settings
             .tracing
-            .apply_otel_environment(|name| std::env::var(name).ok());
+            .apply_otel_environment(|name| env.get(name).cloned());
         Ok(settings)
     }
 
@@ -405,6 +503,12 @@ impl Settings {
             ));
         }
         self.tracing.validate()?;
+        if self.server.drain_delay > Duration::from_secs(300) {
+            return Err(ConfigurationError::invalid(
+                "server.drain_delay",
+                "must be at most 5m",
+            ));
+        }
         let prefix = &self.limiter.key_prefix;
         if prefix.contains(['{', '}']) || prefix.len() > 64 {
             return Err(ConfigurationError::invalid(
@@ -414,7 +518,53 @@ impl Settings {
                 ),
             ));
         }
-        self.policy_set()
+        let policies = self.policy_set()?;
+        self.forward_auth.client_ip_rules()?;
+        self.rules(&policies)?;
+        Ok(policies)
+    }
+
+    /// The forward-auth rules of the policies that declare `match`, in file order.
+    ///
+    /// # Errors
+    /// The first invalid match rule or key spec, naming its field.
+    pub fn rules(&self, policies: &PolicySet) -> Result<Rules, ConfigurationError> {
+        let mut rules = Vec::new();
+        for (index, declared) in self.policies.iter().flatten().enumerate() {
+            let field = |name: &str| format!("policies[{index}].{name}");
+            let Some(matches) = &declared.matches else {
+                if declared.key.is_some() {
+                    return Err(ConfigurationError::invalid(
+                        field("key"),
+                        "applies only to a policy with a [policies.match] table",
+                    ));
+                }
+                continue;
+            };
+            let request_match = RequestMatch::new(
+                &matches.methods,
+                matches.path_prefix.as_deref(),
+                matches.host.as_deref(),
+            )
+            .map_err(|(name, problem)| {
+                ConfigurationError::invalid(field(&format!("match.{name}")), problem)
+            })?;
+            let key = match &declared.key {
+                Some(parts) => KeySpec::parse(parts)
+                    .map_err(|problem| ConfigurationError::invalid(field("key"), problem))?,
+                None => KeySpec::client_ip(),
+            };
+            let policy = policies
+                .get(&declared.name)
+                .cloned()
+                .ok_or_else(|| ConfigurationError::invalid(field("name"), "not loaded"))?;
+            rules.push(Rule {
+                policy,
+                matches: request_match,
+                key,
+            });
+        }
+        Ok(Rules::new(rules))
     }
 
     fn policy_set(&self) -> Result<PolicySet, ConfigurationError> {
@@ -448,6 +598,25 @@ pub fn demo_policies() -> PolicySet {
     )
     .expect("a valid literal policy");
     PolicySet::new([demo]).expect("one policy cannot clash")
+}
+
+/// A list written either as a TOML array or, as environment variables are, one comma-separated string.
+fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::Many(items) => items,
+        OneOrMany::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// Reads "250ms", "10s", "1m" into a `Duration`.

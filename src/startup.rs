@@ -1,7 +1,10 @@
 //! Assembles a replica: store, limiter, HTTP server and background tasks. Nothing else knows how the app is wired.
 
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::Condition;
@@ -10,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing_actix_web::TracingLogger;
 
 use crate::configuration::{ConfigurationError, Settings};
-use crate::http::{self, HttpState, RootSpan};
+use crate::http::{self, ForwardAuth, HttpState, RootSpan};
 use crate::limiter::{Clock, Limiter, Store, StoreError, SystemClock};
 use crate::metrics::Metrics;
 use crate::store::{AnyStore, MemoryStore, RedisOptions, RedisStore};
@@ -35,6 +38,8 @@ pub struct Application {
     example_policy: Option<String>,
     server: Server,
     sweeper: Option<JoinHandle<()>>,
+    draining: Arc<AtomicBool>,
+    drain_delay: Duration,
 }
 
 impl Application {
@@ -54,6 +59,12 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
         let policies = settings.validate()?;
+        let forward_auth = ForwardAuth {
+            rules: settings.rules(&policies)?,
+            client_ip: settings.forward_auth.client_ip_rules()?,
+            no_match: settings.forward_auth.no_match,
+        };
+        let draining = Arc::new(AtomicBool::new(false));
         let store = match settings.redis.url() {
             Some(url) => AnyStore::Redis(RedisStore::new(RedisOptions {
                 url: url.to_owned(),
@@ -74,6 +85,8 @@ impl Application {
             limiter: Limiter::new(policies, store, &metrics),
             metrics,
             max_body_bytes: settings.server.max_body_bytes,
+            forward_auth,
+            draining: Arc::clone(&draining),
         });
         // Without tracing the middleware is not in the chain at all, so a
         // request pays for no root span, request id or header parsing.
@@ -96,6 +109,9 @@ impl Application {
                 .app_data(server_state.clone())
                 .configure(http::routes::<AnyStore>)
         })
+        // Signals are ours (see `run_until`): actix would stop accepting at
+        // once, before load balancers have noticed the replica is leaving.
+        .disable_signals()
         .shutdown_timeout(
             // actix counts whole seconds: round up so "2500ms" is not cut to 2 s.
             settings
@@ -137,6 +153,8 @@ impl Application {
             example_policy,
             server,
             sweeper,
+            draining,
+            drain_delay: settings.server.drain_delay,
         })
     }
 
@@ -159,16 +177,77 @@ impl Application {
         self.store_kind
     }
 
-    /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish
-    /// within `server.shutdown_timeout` and stops background tasks.
+    /// Serves until SIGINT or SIGTERM, then drains: see [`Application::run_until`].
     ///
     /// # Errors
     /// When the server fails while running.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
+        self.run_until(stop_signal()).await
+    }
+
+    /// Serves until `stop` completes, then shuts down in the order load
+    /// balancers need: readiness answers 503 at once while requests are
+    /// still served for `server.drain_delay`; then the listener closes and
+    /// in-flight requests get `server.shutdown_timeout` to finish; then
+    /// background tasks stop. A second signal during the drain cuts it short.
+    ///
+    /// # Errors
+    /// When the server fails while running.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        let result = tokio::select! {
+            finished = &mut server => Some(finished),
+            () = stop => None,
+        };
+        let result = match result {
+            Some(finished) => finished.map_err(std::io::Error::other).and_then(|r| r),
+            None => {
+                self.draining.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    drain_delay = ?self.drain_delay,
+                    "stop signal received; readiness now answers 503, still serving while load balancers notice"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(self.drain_delay) => {}
+                    () = stop_signal() => tracing::info!("second stop signal; ending the drain early"),
+                }
+                tracing::info!("no longer accepting connections; finishing in-flight requests");
+                handle.stop(true).await;
+                server.await.map_err(std::io::Error::other).and_then(|r| r)
+            }
+        };
         if let Some(sweeper) = self.sweeper {
             sweeper.abort();
         }
+        tracing::info!("stopped");
         result
+    }
+}
+
+/// Completes on SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            _ => {
+                tracing::error!("cannot listen for stop signals; stopping only on Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

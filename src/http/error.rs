@@ -19,6 +19,10 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("the request is invalid: {0}")]
     InvalidRequest(String),
+    #[error("forward-auth needs the protected request's path in X-Forwarded-Uri or X-Original-URI")]
+    MissingForwardedUri,
+    #[error("no policy covers this request, and forward_auth.no_match is deny")]
+    NoMatchingPolicy,
     #[error("no route for this path; see the README for the API")]
     NotFound,
     #[error("this method is not allowed here")]
@@ -42,6 +46,8 @@ impl ApiError {
             ApiError::UnreadableBody => "unreadable_body",
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::MissingForwardedUri => "missing_forwarded_uri",
+            ApiError::NoMatchingPolicy => "no_matching_policy",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Check(CheckError::UnknownPolicy(_)) => "unknown_policy",
@@ -57,7 +63,11 @@ impl ResponseError for ApiError {
         match self {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnreadableBody | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnreadableBody
+            | ApiError::MalformedJson(_)
+            | ApiError::MissingForwardedUri => StatusCode::BAD_REQUEST,
+            // 403, not 429: waiting will not help, and nginx's auth_request passes 403 on.
+            ApiError::NoMatchingPolicy => StatusCode::FORBIDDEN,
             ApiError::InvalidRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -1,6 +1,7 @@
 //! `GET /health/live` and `GET /health/ready`: whether to restart a replica, and whether to send it traffic.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
@@ -16,6 +17,8 @@ pub async fn live() -> HttpResponse {
 #[derive(Serialize)]
 struct Readiness<'a> {
     ready: bool,
+    /// True from SIGTERM/SIGINT on: the replica still answers, but wants no new traffic.
+    draining: bool,
     checks: BTreeMap<&'static str, Check<'a>>,
 }
 
@@ -36,8 +39,8 @@ struct LimiterCheck {
 }
 
 /// 200 `{"ready": true, ...}` when the replica can decide checks: its store
-/// answers and it has at least one policy. 503 with `"ready": false` otherwise,
-/// naming what is wrong in `checks`.
+/// answers and it has at least one policy, and it is not draining. 503 with
+/// `"ready": false` otherwise, naming what is wrong in `checks` (or `"draining": true`).
 pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     let health = state.limiter.health().await;
     let policies = state.limiter.policies().len();
@@ -63,8 +66,14 @@ pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
             policies,
         }),
     );
-    let ready = limiter_ok && health.dependencies.iter().all(|dependency| dependency.ok);
-    let body = Readiness { ready, checks };
+    let draining = state.draining.load(Ordering::SeqCst);
+    let ready =
+        !draining && limiter_ok && health.dependencies.iter().all(|dependency| dependency.ok);
+    let body = Readiness {
+        ready,
+        draining,
+        checks,
+    };
     if ready {
         HttpResponse::Ok().json(body)
     } else {

@@ -1,9 +1,14 @@
 //! The HTTP API: routes, extraction of checks from requests, and responses. Knows the limiter, never a store's internals.
 
 pub mod check;
+pub mod client_ip;
 pub mod error;
+pub mod forward_auth;
 pub mod health;
 pub mod root_span;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use actix_web::{HttpResponse, web};
 
@@ -11,13 +16,18 @@ use crate::limiter::{Limiter, Store};
 use crate::metrics::{self, Metrics};
 
 pub use error::ApiError;
+pub use forward_auth::ForwardAuth;
 pub use root_span::RootSpan;
 
-/// What every handler shares: the limiter, its metrics and request-size limits.
+/// What every handler shares: the limiter, its metrics, request-size limits,
+/// forward-auth's rules, and whether the replica is draining.
 pub struct HttpState<S> {
     pub limiter: Limiter<S>,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
+    pub forward_auth: ForwardAuth,
+    /// Set on SIGTERM/SIGINT: readiness answers 503 from then on.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Registers every route; the store type is fixed by the caller (see `startup`).
@@ -27,6 +37,13 @@ pub fn routes<S: Store>(config: &mut web::ServiceConfig) {
             web::resource("/v1/check")
                 .route(web::post().to(check::check::<S>))
                 .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource([
+                forward_auth::PATH.to_owned(),
+                format!("{}/{{tail:.*}}", forward_auth::PATH),
+            ])
+            .route(web::route().to(forward_auth::forward_auth::<S>)),
         )
         .service(
             web::resource("/health/live")

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod decision;
 pub mod key;
 pub mod policy;
+pub mod rules;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -38,6 +38,8 @@ pub fn policy(name: &str, algorithm: &str, limit: u64, window: &str) -> PolicySe
         limit,
         window: window.into(),
         cost: 1,
+        matches: None,
+        key: None,
     }
 }
 
@@ -302,18 +304,34 @@ impl Replica {
 
     /// Sends SIGTERM, as an orchestrator does, and waits up to 20 s for the exit.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("the replica is running");
+        self.signal("TERM");
+        self.wait_for_exit(Duration::from_secs(20)).await
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`) to the running replica.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("the replica is running");
         let signalled = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([&format!("-{name}"), &child.id().to_string()])
             .status()
             .expect("kill(1) runs");
-        assert!(signalled.success());
+        assert!(signalled.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the replica to exit, failing the test after `within`.
+    pub async fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the replica is running");
+        let pid = child.id().to_string();
         let exited = tokio::task::spawn_blocking(move || child.wait());
-        tokio::time::timeout(Duration::from_secs(20), exited)
-            .await
-            .expect("the replica exits within 20 s of SIGTERM")
-            .unwrap()
-            .unwrap()
+        match tokio::time::timeout(within, exited).await {
+            Ok(status) => status.unwrap().unwrap(),
+            Err(_) => {
+                // The waiting thread owns the child now: kill it by pid so
+                // nothing outlives the failed test.
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                panic!("the replica did not exit within {within:?}")
+            }
+        }
     }
 }
 

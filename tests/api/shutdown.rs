@@ -1,0 +1,160 @@
+//! Graceful shutdown of the real binary: readiness fails first, requests are still served during the drain, in-flight ones finish, exit code 0.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::helpers::Replica;
+
+const CONFIG: &str = r#"
+[[policies]]
+name = "p"
+algorithm = "sliding_log"
+limit = 1000
+window = "1m"
+"#;
+
+const BODY: &str = r#"{"policy": "p", "key": "in-flight"}"#;
+
+fn host_port(address: &str) -> &str {
+    address.trim_start_matches("http://")
+}
+
+/// Polls `probe` until it returns `Some`, failing the test after `deadline`.
+async fn eventually<T>(
+    what: &str,
+    deadline: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let give_up = Instant::now() + deadline;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        // A short pause between polls, not a wait for the condition itself.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn status_of(request: reqwest::RequestBuilder) -> Option<u16> {
+    request
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()
+        .map(|response| response.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_at_once_keeps_serving_through_the_drain_finishes_in_flight_requests_and_exits_0()
+ {
+    let mut replica = Replica::spawn(
+        CONFIG,
+        &[
+            ("SLIDEGATE__SERVER__DRAIN_DELAY", "1s".into()),
+            ("SLIDEGATE__SERVER__SHUTDOWN_TIMEOUT", "5s".into()),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let ready = format!("{}/health/ready", replica.address);
+    let check = format!("{}/v1/check", replica.address);
+    assert_eq!(status_of(client.get(&ready)).await, Some(200));
+
+    // A request in flight across the whole shutdown: headers and half its
+    // body now, the rest once the listener has closed.
+    let mut in_flight = TcpStream::connect(host_port(&replica.address)).unwrap();
+    in_flight
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (first, rest) = BODY.split_at(10);
+    write!(
+        in_flight,
+        "POST /v1/check HTTP/1.1\r\nHost: slidegate\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        BODY.len()
+    )
+    .unwrap();
+    in_flight.flush().unwrap();
+
+    let signalled = Instant::now();
+    replica.signal("TERM");
+    eventually(
+        "readiness to answer 503",
+        Duration::from_millis(500),
+        async || (status_of(client.get(&ready)).await == Some(503)).then_some(()),
+    )
+    .await;
+    // Still within the drain: new checks are answered as usual.
+    let during_drain = status_of(
+        client
+            .post(&check)
+            .json(&serde_json::json!({"policy": "p", "key": "k"})),
+    )
+    .await;
+    assert!(
+        signalled.elapsed() < Duration::from_secs(1),
+        "the drain check came too late to prove anything"
+    );
+    assert_eq!(during_drain, Some(200), "a check during the drain");
+
+    // After the drain the listener closes…
+    eventually(
+        "the listener to close",
+        Duration::from_secs(5),
+        async || {
+            TcpStream::connect(host_port(&replica.address))
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(900),
+        "closed before the drain ended"
+    );
+
+    // …and the request in flight still gets its answer.
+    in_flight.write_all(rest.as_bytes()).unwrap();
+    let mut response = String::new();
+    let mut buffer = [0; 4096];
+    while !response.contains("\r\n\r\n{") || !response.ends_with('}') {
+        let read = in_flight
+            .read(&mut buffer)
+            .expect("the in-flight request is answered");
+        assert!(
+            read > 0,
+            "connection closed before the answer: {response:?}"
+        );
+        response.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let status = replica.wait_for_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_the_replica_the_same_way_with_exit_code_0() {
+    let mut replica = Replica::spawn(
+        CONFIG,
+        &[("SLIDEGATE__SERVER__DRAIN_DELAY", "100ms".into())],
+    )
+    .await;
+    replica.signal("INT");
+    let status = replica.wait_for_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let logs = replica.logs();
+    assert!(
+        logs.iter().any(|line| line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stop signal received"))),
+        "{logs:?}"
+    );
+}
