@@ -96,6 +96,11 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.workers = Some(2);
     settings.redis.url = options.redis_url.map(Into::into);
+    // Generous waits: these tests are about decisions, not timeouts, and run
+    // in parallel on two cores where a starved worker can pause for a while.
+    // The fault tests set their own.
+    settings.redis.connect_timeout = std::time::Duration::from_secs(3);
+    settings.redis.command_timeout = std::time::Duration::from_secs(2);
     settings.limiter.key_prefix = options.key_prefix;
     settings.policies = Some(options.policies);
     let application = Application::build_with_clock(&settings, options.clock)
