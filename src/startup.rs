@@ -1,6 +1,5 @@
 //! Assembles a replica: store, limiter, HTTP server and background tasks. Nothing else knows how the app is wired.
 
-use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +37,7 @@ pub struct Application {
     example_policy: Option<String>,
     server: Server,
     sweeper: Option<JoinHandle<()>>,
+    signals: StopSignals,
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
 }
@@ -153,6 +153,7 @@ impl Application {
             example_policy,
             server,
             sweeper,
+            signals: StopSignals::install(),
             draining,
             drain_delay: settings.server.drain_delay,
         })
@@ -177,15 +178,7 @@ impl Application {
         self.store_kind
     }
 
-    /// Serves until SIGINT or SIGTERM, then drains: see [`Application::run_until`].
-    ///
-    /// # Errors
-    /// When the server fails while running.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.run_until(stop_signal()).await
-    }
-
-    /// Serves until `stop` completes, then shuts down in the order load
+    /// Serves until SIGINT or SIGTERM, then shuts down in the order load
     /// balancers need: readiness answers 503 at once while requests are
     /// still served for `server.drain_delay`; then the listener closes and
     /// in-flight requests get `server.shutdown_timeout` to finish; then
@@ -193,12 +186,12 @@ impl Application {
     ///
     /// # Errors
     /// When the server fails while running.
-    pub async fn run_until(self, stop: impl Future<Output = ()>) -> std::io::Result<()> {
+    pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
             finished = &mut server => Some(finished),
-            () = stop => None,
+            () = self.signals.next() => None,
         };
         let result = match result {
             Some(finished) => finished.map_err(std::io::Error::other).and_then(|r| r),
@@ -210,7 +203,7 @@ impl Application {
                 );
                 tokio::select! {
                     () = tokio::time::sleep(self.drain_delay) => {}
-                    () = stop_signal() => tracing::info!("second stop signal; ending the drain early"),
+                    () = self.signals.next() => tracing::info!("second stop signal; ending the drain early"),
                 }
                 tracing::info!("no longer accepting connections; finishing in-flight requests");
                 handle.stop(true).await;
@@ -225,29 +218,45 @@ impl Application {
     }
 }
 
-/// Completes on SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
-async fn stop_signal() {
+/// SIGTERM (what orchestrators send) and SIGINT (Ctrl-C), listened for from
+/// the moment the application is built: a signal sent as soon as the replica
+/// says it is listening must stop it gracefully, not kill it by default action.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut terminate), Ok(mut interrupt)) => {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = interrupt.recv() => {}
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(terminate), Ok(interrupt)) => Some((terminate, interrupt)),
+                _ => {
+                    tracing::error!("cannot listen for stop signals; stopping only on Ctrl-C");
+                    None
                 }
-            }
-            _ => {
-                tracing::error!("cannot listen for stop signals; stopping only on Ctrl-C");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            };
+            Self { streams }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Completes at the next stop signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((terminate, interrupt)) = &mut self.streams {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
