@@ -1,23 +1,31 @@
 //! The HTTP API: routes, extraction of checks from requests, and responses. Knows the limiter, never a store's internals.
 
+pub mod admin;
 pub mod check;
 pub mod error;
 pub mod health;
 pub mod root_span;
 
+use std::sync::Arc;
+
 use actix_web::{HttpResponse, web};
 
+use crate::catalog::Catalog;
 use crate::limiter::{Limiter, Store};
 use crate::metrics::{self, Metrics};
 
 pub use error::ApiError;
 pub use root_span::RootSpan;
 
-/// What every handler shares: the limiter, its metrics and request-size limits.
+/// What every handler shares: the limiter, its metrics and request-size limits,
+/// and the catalog and admin token when Postgres is configured.
 pub struct HttpState<S> {
     pub limiter: Limiter<S>,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
+    pub catalog: Option<Arc<Catalog>>,
+    /// `None`: the admin API is off.
+    pub admin_token: Option<admin::AdminToken>,
 }
 
 /// Registers every route; the store type is fixed by the caller (see `startup`).
@@ -38,6 +46,7 @@ pub fn routes<S: Store>(config: &mut web::ServiceConfig) {
                 .route(web::get().to(health::ready::<S>))
                 .default_service(web::to(method_not_allowed)),
         )
+        .configure(admin::routes::<S>)
         .service(
             web::resource("/metrics")
                 .route(web::get().to(scrape::<S>))
@@ -48,7 +57,11 @@ pub fn routes<S: Store>(config: &mut web::ServiceConfig) {
 
 /// `GET /metrics`: every metric in the Prometheus text format.
 async fn scrape<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
-    let body = state.metrics.render(&state.limiter.store().pools());
+    let mut pools = state.limiter.store().pools();
+    if let Some(catalog) = &state.catalog {
+        pools.push(catalog.pool_stats());
+    }
+    let body = state.metrics.render(&pools);
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
         .body(body)
@@ -58,6 +71,6 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+pub(crate) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }

@@ -97,6 +97,12 @@ impl MemoryStore {
             // policy's algorithm starts from fresh state instead of a mismatch.
             composite.clear();
             composite.push_str(policy.name().as_str());
+            // A tenant's keys live beside the policy name (`policy@tenant`):
+            // names cannot contain '@', so they never meet an unscoped key.
+            if let Some(tenant) = key.tenant() {
+                composite.push('@');
+                composite.push_str(tenant);
+            }
             composite.push('\0');
             composite.push_str(policy.algorithm().as_str());
             composite.push('\0');
