@@ -85,9 +85,18 @@ impl Catalog {
         config.options(&merged);
         config.connect_timeout(options.connect_timeout);
         config.application_name("slidegate");
-        // With `sslmode=prefer` (the default) TLS is used when the server offers
-        // it, with `require` it must be; certificates are checked against the
-        // system's roots.
+        // TLS only where the URL asks for it: `sslmode=require` (TLS or no
+        // connection) or `sslmode=prefer` (TLS when the server offers it).
+        // Certificates are then verified against the system's roots, unlike
+        // libpq's `require`. Without `sslmode` the connection is plain,
+        // rather than libpq's silent `prefer`.
+        let asks_for_tls = options
+            .url
+            .split_once('?')
+            .is_some_and(|(_, query)| query.split('&').any(|pair| pair.starts_with("sslmode=")));
+        if !asks_for_tls {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        }
         let connector = native_tls::TlsConnector::new()
             .map_err(|error| CatalogError::Url(format!("cannot set up TLS: {error}")))?;
         let tls = MakeTlsConnector::new(connector);
@@ -257,7 +266,7 @@ impl Catalog {
             latency_ms: ok.then(|| started.elapsed().as_secs_f64() * 1000.0),
             error: result.err().map(|error| error.to_string()),
             pool: Some(PoolHealth {
-                max_size: self.pool.state().connections.max(self.options.pool_size),
+                max_size: self.options.pool_size,
                 connections: state.connections,
                 idle: state.idle_connections,
             }),
@@ -522,9 +531,11 @@ impl Catalog {
                     }
                     let mut ticks = tokio::time::interval(self.options.resync_interval);
                     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    // An interval's first tick is immediate; the load below is that one.
+                    ticks.tick().await;
                     loop {
-                        // The first tick fires at once: the load after LISTEN
-                        // sees everything committed before it.
+                        // Loading after LISTEN succeeded: whatever was committed
+                        // before is in this load, whatever after is notified.
                         if !self.resync(&apply).await {
                             break;
                         }
