@@ -51,6 +51,9 @@ pub struct CatalogOptions {
 /// The catalog's Postgres side: a pool for reads and writes, and what the listener needs to connect.
 pub struct Catalog {
     pool: Pool<Manager>,
+    /// Why the pool last failed to open a connection: a timed-out wait says
+    /// only that it waited, this says why (refused, TLS, authentication).
+    last_connect_error: LastError,
     config: Config,
     tls: MakeTlsConnector,
     options: CatalogOptions,
@@ -100,12 +103,15 @@ impl Catalog {
         let connector = native_tls::TlsConnector::new()
             .map_err(|error| CatalogError::Url(format!("cannot set up TLS: {error}")))?;
         let tls = MakeTlsConnector::new(connector);
+        let last_connect_error = LastError::default();
         let pool = Pool::builder()
             .max_size(options.pool_size)
             .connection_timeout(options.connect_timeout)
+            .error_sink(Box::new(last_connect_error.clone()))
             .build_unchecked(PostgresConnectionManager::new(config.clone(), tls.clone()));
         Ok(Self {
             pool,
+            last_connect_error,
             config,
             tls,
             options,
@@ -119,10 +125,14 @@ impl Catalog {
 
     async fn connection(&self) -> Result<PooledConnection<'_, Manager>, CatalogError> {
         self.pool.get().await.map_err(|error| match error {
-            RunError::TimedOut => CatalogError::Unavailable(format!(
-                "no connection within {:?}",
-                self.options.connect_timeout
-            )),
+            RunError::TimedOut => {
+                let mut problem =
+                    format!("no connection within {:?}", self.options.connect_timeout);
+                if let Some(cause) = self.last_connect_error.get() {
+                    problem = format!("{problem}; last connection error: {cause}");
+                }
+                CatalogError::Unavailable(problem)
+            }
             RunError::User(error) => CatalogError::Unavailable(describe(&error)),
         })
     }
@@ -624,6 +634,28 @@ impl Catalog {
             .await
             .map_err(db_error)?;
         Ok((client, receiver))
+    }
+}
+
+/// Keeps the last error the pool met while connecting, already described without the URL.
+#[derive(Debug, Clone, Default)]
+struct LastError(Arc<std::sync::Mutex<Option<String>>>);
+
+impl LastError {
+    fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|last| last.clone())
+    }
+}
+
+impl bb8::ErrorSink<tokio_postgres::Error> for LastError {
+    fn sink(&self, error: tokio_postgres::Error) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(describe(&error));
+        }
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
     }
 }
 

@@ -219,6 +219,21 @@ mod tests {
     }
 
     #[test]
+    fn a_tenants_key_never_shares_state_with_an_unscoped_key() {
+        let store = MemoryStore::new(Arc::new(FakeClock::default()));
+        let policy = policy(Algorithm::SlidingLog, 1, "1h");
+        let scoped = LimiterKey::parse("bob").unwrap().scoped("acme");
+        assert!(store.decide(&policy, scoped, 1).allowed);
+        assert!(!store.decide(&policy, scoped, 1).allowed);
+        for unscoped in ["bob", "acme/bob", "@acme\0bob", "acme\0bob"] {
+            let key = LimiterKey::parse(unscoped).unwrap();
+            assert!(store.decide(&policy, key, 1).allowed, "{unscoped:?}");
+        }
+        let other_tenant = LimiterKey::parse("bob").unwrap().scoped("acme2");
+        assert!(store.decide(&policy, other_tenant, 1).allowed);
+    }
+
+    #[test]
     fn peeks_and_denials_of_unknown_keys_store_nothing() {
         let store = MemoryStore::new(Arc::new(FakeClock::default()));
         let policy = policy(Algorithm::Gcra, 5, "1s");

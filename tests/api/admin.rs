@@ -144,6 +144,16 @@ async fn policies_are_created_read_listed_replaced_and_deleted_and_decide_checks
         (reply.status, &reply.body["error"]),
         (422, &json!("unknown_policy"))
     );
+    // The deleted policy's series are gone: labels stay bounded by the policies that exist.
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(!text.contains("policy=\"api\""), "{text}");
+    assert!(text.contains("slidegate_policies 0\n"), "{text}");
 
     let ready = app.get("/health/ready").await;
     assert_eq!(ready.status, 200, "{:?}", ready.body);

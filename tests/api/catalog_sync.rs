@@ -358,3 +358,21 @@ async fn a_replica_refuses_to_start_on_a_schema_newer_than_it_understands() {
     let message = error.to_string();
     assert!(message.contains("newer than this build"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_that_asks_for_tls_gets_tls_with_the_certificate_verified() {
+    // The local server offers TLS with a self-signed certificate: a replica
+    // that asks for TLS must try it and refuse the unverifiable certificate,
+    // rather than fall back to plain text.
+    let database = TestDatabase::create().await;
+    let mut options = TestOptions::catalog(&database, &unique_prefix());
+    options.postgres_url = Some(format!("{}?sslmode=require", database.url));
+    let app = spawn_app(options).await;
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, 503, "{:?}", ready.body);
+    let error = ready.body["checks"]["postgres"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("TLS") || error.contains("certificate"),
+        "{error}"
+    );
+}
