@@ -87,6 +87,14 @@ impl Catalog {
         };
         config.options(&merged);
         config.connect_timeout(options.connect_timeout);
+        // The LISTEN connection is idle most of the time; without keepalives
+        // a silently dropped one (a partition without resets) would go
+        // unnoticed for hours and notifications with it.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
         config.application_name("slidegate");
         // TLS only where the URL asks for it: `sslmode=require` (TLS or no
         // connection) or `sslmode=prefer` (TLS when the server offers it).
@@ -556,7 +564,15 @@ impl Catalog {
                                 }
                                 while notifications.try_recv().is_ok() {}
                             }
-                            _ = ticks.tick() => {}
+                            _ = ticks.tick() => {
+                                // The periodic load goes through the pool; make sure the
+                                // listener itself still answers, or reconnect it.
+                                let ping = client.simple_query("SELECT 1");
+                                let alive = tokio::time::timeout(self.options.connect_timeout, ping).await;
+                                if !matches!(alive, Ok(Ok(_))) {
+                                    break;
+                                }
+                            }
                         }
                     }
                     drop(client);

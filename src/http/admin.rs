@@ -171,6 +171,7 @@ async fn create_policy<S: Store>(
         .validate(None)
         .map_err(|invalid| ApiError::Catalog(invalid.into()))?;
     let record = catalog.create_policy(valid).await?;
+    tracing::info!(policy = %record.name, version = record.version, "policy created through the admin API");
     refresh(&state, catalog).await;
     Ok(HttpResponse::Created()
         .insert_header((
@@ -192,6 +193,7 @@ async fn replace_policy<S: Store>(
         .validate(Some(&path))
         .map_err(|invalid| ApiError::Catalog(invalid.into()))?;
     let record = catalog.replace_policy(valid).await?;
+    tracing::info!(policy = %record.name, version = record.version, "policy replaced through the admin API");
     refresh(&state, catalog).await;
     Ok(HttpResponse::Ok().json(record))
 }
@@ -203,6 +205,7 @@ async fn delete_policy<S: Store>(
 ) -> Result<HttpResponse, ApiError> {
     let catalog = authorize(&request, &state)?;
     catalog.delete_policy(&path).await?;
+    tracing::info!(policy = %path.as_str(), "policy deleted through the admin API");
     refresh(&state, catalog).await;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -232,6 +235,8 @@ async fn create_key<S: Store>(
     let catalog = authorize(&request, &state)?;
     let document: NewKeyDocument = read_json(&request, body).await?;
     let (record, key) = catalog.create_key(document).await?;
+    // The id and display prefix identify the key; the key itself is never logged.
+    tracing::info!(id = record.id, prefix = %record.prefix, tenant = %record.tenant, "API key created through the admin API");
     refresh(&state, catalog).await;
     Ok(HttpResponse::Created()
         // The body holds a secret: no cache may keep it.
@@ -249,6 +254,7 @@ async fn revoke_key<S: Store>(
 ) -> Result<HttpResponse, ApiError> {
     let catalog = authorize(&request, &state)?;
     let record = catalog.revoke_key(key_id(&path)?).await?;
+    tracing::info!(id = record.id, prefix = %record.prefix, tenant = %record.tenant, "API key revoked through the admin API");
     refresh(&state, catalog).await;
     Ok(HttpResponse::Ok().json(record))
 }
@@ -263,6 +269,7 @@ async fn set_overrides<S: Store>(
     let id = key_id(&path)?;
     let document: OverridesDocument = read_json(&request, body).await?;
     let record = catalog.set_overrides(id, &document.overrides).await?;
+    tracing::info!(id = record.id, tenant = %record.tenant, "API key overrides replaced through the admin API");
     refresh(&state, catalog).await;
     Ok(HttpResponse::Ok().json(record))
 }

@@ -443,3 +443,51 @@ async fn a_shadow_policy_is_counted_but_never_denies() {
     };
     assert_eq!((count("allowed"), count("denied")), (1.0, 1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neither_an_api_key_nor_the_admin_token_ever_reaches_the_logs() {
+    let database = TestDatabase::create().await;
+    let replica = crate::helpers::Replica::spawn(
+        "",
+        &[
+            ("SLIDEGATE__POSTGRES__URL", database.url.clone()),
+            (
+                "SLIDEGATE__ADMIN__TOKEN",
+                crate::helpers::ADMIN_TOKEN.to_owned(),
+            ),
+            // Everything, dependencies' debug output included.
+            ("RUST_LOG", "debug".to_owned()),
+        ],
+    )
+    .await;
+    let app = crate::helpers::TestApp {
+        address: replica.address.clone(),
+        client: replica.client.clone(),
+    };
+    app.admin(Method::POST, "/policies", Some(policy_body("api", 5)))
+        .await;
+    let created = app
+        .admin(Method::POST, "/keys", Some(json!({ "tenant": "acme" })))
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let key = created.body["key"].as_str().unwrap().to_owned();
+    let id = created.body["id"].as_i64().unwrap();
+    assert_eq!(app.check_with_key("api", "k", &key).await.status, 200);
+    app.admin(Method::POST, &format!("/keys/{id}/revoke"), None)
+        .await;
+    assert_eq!(app.check_with_key("api", "k", &key).await.status, 401);
+    replica
+        .wait_for_log("the revocation to be logged", |line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("API key revoked"))
+        })
+        .await;
+    let logs = serde_json::to_string(&replica.logs()).unwrap();
+    assert!(logs.contains("API key created"), "the audit line is there");
+    assert!(!logs.contains(&key[12..]), "the key leaked into the logs");
+    assert!(
+        !logs.contains(crate::helpers::ADMIN_TOKEN),
+        "the admin token leaked into the logs"
+    );
+}
