@@ -49,6 +49,8 @@ pub struct Settings {
     pub log: LogSettings,
     pub tracing: TracingSettings,
     pub forward_auth: ForwardAuthSettings,
+    pub postgres: PostgresSettings,
+    pub admin: AdminSettings,
     /// Policies in force. Absent: one demo policy, so a bare `cargo run` answers checks.
     pub policies: Option<Vec<PolicySettings>>,
 }
@@ -117,6 +119,71 @@ impl RedisSettings {
             .as_ref()
             .map(|url| url.expose_secret().trim())
             .filter(|url| !url.is_empty())
+    }
+}
+
+/// The catalog database. Set: policies and API keys come from Postgres (the
+/// file's `[[policies]]` are ignored) and the admin API can change them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// `postgres://user[:password]@host[:port]/database`; `?sslmode=require`
+    /// for TLS. Unset or empty: policies come from this file.
+    pub url: Option<SecretString>,
+    /// Pooled connections, for admin writes, reloads and health probes (never checks).
+    pub pool_size: u32,
+    /// Longest wait for a pooled connection, including opening one.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// The server's `statement_timeout` on every connection.
+    #[serde(deserialize_with = "duration")]
+    pub statement_timeout: Duration,
+    /// How often the whole catalog is reloaded even without a change notification.
+    #[serde(deserialize_with = "duration")]
+    pub resync_interval: Duration,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(2),
+            resync_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl PostgresSettings {
+    /// The URL if one is configured (an empty string counts as none).
+    pub fn url(&self) -> Option<&str> {
+        self.url
+            .as_ref()
+            .map(|url| url.expose_secret().trim())
+            .filter(|url| !url.is_empty())
+    }
+}
+
+/// The admin API under `/v1/admin/`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Bearer token the admin API requires. Unset or empty: the admin API is
+    /// off (404). Never logged.
+    pub token: Option<SecretString>,
+}
+
+/// Shortest admin token accepted: a guessable token would open the admin API.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+impl AdminSettings {
+    /// The token if one is configured (an empty string counts as none).
+    pub fn token(&self) -> Option<&str> {
+        self.token
+            .as_ref()
+            .map(|token| token.expose_secret().trim())
+            .filter(|token| !token.is_empty())
     }
 }
 
@@ -509,6 +576,7 @@ impl Settings {
                 "must be at most 5m",
             ));
         }
+        self.validate_catalog()?;
         let prefix = &self.limiter.key_prefix;
         if prefix.contains(['{', '}']) || prefix.len() > 64 {
             return Err(ConfigurationError::invalid(
@@ -565,6 +633,49 @@ impl Settings {
             });
         }
         Ok(Rules::new(rules))
+    }
+
+    fn validate_catalog(&self) -> Result<(), ConfigurationError> {
+        let postgres = &self.postgres;
+        if postgres.pool_size == 0 {
+            return Err(ConfigurationError::invalid(
+                "postgres.pool_size",
+                "must be at least 1",
+            ));
+        }
+        for (field, value) in [
+            ("postgres.connect_timeout", postgres.connect_timeout),
+            ("postgres.statement_timeout", postgres.statement_timeout),
+            ("postgres.resync_interval", postgres.resync_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigurationError::invalid(field, "must be longer than 0"));
+            }
+        }
+        if let Some(url) = postgres.url()
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            // Never echo the URL: it may hold a password.
+            return Err(ConfigurationError::invalid(
+                "postgres.url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if let Some(token) = self.admin.token() {
+            if token.len() < MIN_ADMIN_TOKEN_LEN {
+                return Err(ConfigurationError::invalid(
+                    "admin.token",
+                    format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+                ));
+            }
+            if postgres.url().is_none() {
+                return Err(ConfigurationError::invalid(
+                    "admin.token",
+                    "the admin API stores policies in Postgres: set postgres.url too",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn policy_set(&self) -> Result<PolicySet, ConfigurationError> {

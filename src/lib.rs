@@ -15,7 +15,11 @@
 //! - [`configuration`] reads defaults, a TOML file and `SLIDEGATE__*`
 //!   variables; [`telemetry`] sets up logs and traces; [`metrics`] counts
 //!   decisions for `GET /metrics`; [`startup`] wires it all together.
+//! - [`catalog`] keeps policies and API keys in Postgres when one is
+//!   configured (the admin API in [`http::admin`] writes them), and every
+//!   replica's in-memory copy current through LISTEN/NOTIFY.
 
+pub mod catalog;
 pub mod configuration;
 pub mod http;
 pub mod limiter;

@@ -60,6 +60,11 @@ struct StoreErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     pool: &'static str,
 }
@@ -69,9 +74,9 @@ struct PoolLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    decisions: Family<DecisionLabels, Counter>,
-    decision_seconds: Family<PolicyLabels, LatencyHistogram>,
+    policies: PolicyMetricsSource,
     store_errors: Family<StoreErrorLabels, Counter>,
+    auth_failures: Family<AuthLabels, Counter>,
 }
 
 impl Metrics {
@@ -99,7 +104,16 @@ impl Metrics {
         );
         let loaded = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         loaded.set(i64::try_from(policies).unwrap_or(i64::MAX));
-        registry.register("policies", "Policies loaded", loaded);
+        registry.register("policies", "Policies loaded", loaded.clone());
+        let auth_failures = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused for a missing or wrong credential, by endpoint (admin: the admin token; check: an API key)",
+            auth_failures.clone(),
+        );
+        for endpoint in ["admin", "check"] {
+            let _ = auth_failures.get_or_create(&AuthLabels { endpoint });
+        }
         registry.register(
             "build",
             "The running version and store; always 1",
@@ -110,28 +124,32 @@ impl Metrics {
         );
         Self {
             registry,
-            decisions,
-            decision_seconds,
+            policies: PolicyMetricsSource {
+                decisions,
+                decision_seconds,
+                loaded,
+            },
             store_errors,
+            auth_failures,
         }
     }
 
     /// The handles for one policy. Creates its series, so they are exported
     /// (at zero) before the first check.
     pub fn policy(&self, name: &str) -> PolicyMetrics {
-        let decisions = |outcome| {
-            self.decisions.get_or_create_owned(&DecisionLabels {
-                policy: name.to_owned(),
-                outcome,
-            })
-        };
-        PolicyMetrics {
-            allowed: decisions("allowed"),
-            denied: decisions("denied"),
-            latency: self.decision_seconds.get_or_create_owned(&PolicyLabels {
-                policy: name.to_owned(),
-            }),
-        }
+        self.policies.policy(name)
+    }
+
+    /// What the limiter keeps to create (and drop) per-policy handles when policies change.
+    pub fn policy_source(&self) -> PolicyMetricsSource {
+        self.policies.clone()
+    }
+
+    /// Counts one request refused for its credential; `endpoint` is `"admin"` or `"check"`.
+    pub fn auth_failure(&self, endpoint: &'static str) {
+        self.auth_failures
+            .get_or_create(&AuthLabels { endpoint })
+            .inc();
     }
 
     /// The error counters of one store.
@@ -233,6 +251,53 @@ fn register_spans(registry: &mut Registry, spans: SpanExportStats) {
         "Export requests the collector refused or did not answer in time",
         counter(spans.failed_exports),
     );
+}
+
+/// The per-policy series, shared with the limiter so that a policy created at
+/// run time gets its handles and a deleted one loses its series.
+#[derive(Clone, Debug)]
+pub struct PolicyMetricsSource {
+    decisions: Family<DecisionLabels, Counter>,
+    decision_seconds: Family<PolicyLabels, LatencyHistogram>,
+    loaded: Gauge<i64, std::sync::atomic::AtomicI64>,
+}
+
+impl PolicyMetricsSource {
+    /// The handles for one policy. Creates its series, so they are exported
+    /// (at zero) before the first check. The same name gets the same series.
+    pub fn policy(&self, name: &str) -> PolicyMetrics {
+        let decisions = |outcome| {
+            self.decisions.get_or_create_owned(&DecisionLabels {
+                policy: name.to_owned(),
+                outcome,
+            })
+        };
+        PolicyMetrics {
+            allowed: decisions("allowed"),
+            denied: decisions("denied"),
+            latency: self.decision_seconds.get_or_create_owned(&PolicyLabels {
+                policy: name.to_owned(),
+            }),
+        }
+    }
+
+    /// Drops the series of a policy that no longer exists.
+    pub fn forget(&self, name: &str) {
+        for outcome in ["allowed", "denied"] {
+            self.decisions.remove(&DecisionLabels {
+                policy: name.to_owned(),
+                outcome,
+            });
+        }
+        self.decision_seconds.remove(&PolicyLabels {
+            policy: name.to_owned(),
+        });
+    }
+
+    /// Sets `slidegate_policies`.
+    pub fn set_loaded(&self, policies: usize) {
+        self.loaded.set(i64::try_from(policies).unwrap_or(i64::MAX));
+    }
 }
 
 /// What the limiter records for one policy. Cloned handles of the registry's

@@ -11,7 +11,9 @@ use actix_web::{App, HttpServer, web};
 use tokio::task::JoinHandle;
 use tracing_actix_web::TracingLogger;
 
+use crate::catalog::{Catalog, CatalogError, CatalogOptions};
 use crate::configuration::{ConfigurationError, Settings};
+use crate::http::admin::AdminToken;
 use crate::http::{self, ForwardAuth, HttpState, RootSpan};
 use crate::limiter::{Clock, Limiter, Store, StoreError, SystemClock};
 use crate::metrics::Metrics;
@@ -23,6 +25,8 @@ pub enum StartupError {
     Configuration(#[from] ConfigurationError),
     #[error("cannot set up the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot use the policy database: {0}")]
+    Catalog(#[from] CatalogError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: String,
@@ -40,6 +44,7 @@ pub struct Application {
     signals: StopSignals,
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
+    syncer: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -76,17 +81,36 @@ impl Application {
             None => AnyStore::Memory(MemoryStore::new(clock)),
         };
         let store_kind = store.kind();
+        let catalog = Self::open_catalog(settings).await?;
         let metrics = Metrics::new(store_kind, policies.len());
-        let example_policy = policies
+        let (limiter, catalog) = match catalog {
+            Some((catalog, loaded)) => {
+                let limiter = Limiter::awaiting_catalog(store, &metrics);
+                if let Some(update) = loaded {
+                    limiter.replace(update);
+                }
+                (limiter, Some(catalog))
+            }
+            None => (Limiter::new(policies, store, &metrics), None),
+        };
+        let example_policy = limiter
+            .policies()
             .iter_sorted()
             .first()
             .map(|policy| policy.name().to_string());
         let state = web::Data::new(HttpState {
-            limiter: Limiter::new(policies, store, &metrics),
+            limiter,
             metrics,
             max_body_bytes: settings.server.max_body_bytes,
             forward_auth,
             draining: Arc::clone(&draining),
+            catalog: catalog.clone(),
+            admin_token: settings.admin.token().map(AdminToken::new),
+        });
+        // Keeps this replica's copy of the catalog current for as long as it runs.
+        let syncer = catalog.map(|catalog| {
+            let state = state.clone();
+            tokio::spawn(catalog.run_sync(move |update| state.limiter.replace(update)))
         });
         // Without tracing the middleware is not in the chain at all, so a
         // request pays for no root span, request id or header parsing.
@@ -156,7 +180,44 @@ impl Application {
             signals: StopSignals::install(),
             draining,
             drain_delay: settings.server.drain_delay,
+            syncer,
         })
+    }
+
+    /// With `postgres.url` set: the catalog, migrated, and loaded once if
+    /// Postgres answers now. A replica whose Postgres is down still starts
+    /// (not ready) and loads the catalog when it can; one whose database
+    /// schema is newer than it understands refuses to start.
+    async fn open_catalog(
+        settings: &Settings,
+    ) -> Result<Option<(Arc<Catalog>, Option<crate::limiter::CatalogUpdate>)>, StartupError> {
+        let Some(url) = settings.postgres.url() else {
+            return Ok(None);
+        };
+        if settings.policies.is_some() {
+            tracing::warn!(
+                "the [[policies]] in the configuration are ignored: with postgres.url set, policies come from Postgres"
+            );
+        }
+        let catalog = Arc::new(Catalog::new(CatalogOptions {
+            url: url.to_owned(),
+            pool_size: settings.postgres.pool_size,
+            connect_timeout: settings.postgres.connect_timeout,
+            statement_timeout: settings.postgres.statement_timeout,
+            resync_interval: settings.postgres.resync_interval,
+        })?);
+        let loaded = match catalog.load().await {
+            Ok(update) => Some(update),
+            Err(error @ CatalogError::SchemaTooNew { .. }) => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "cannot load policies from Postgres yet; not ready until they are loaded"
+                );
+                None
+            }
+        };
+        Ok(Some((catalog, loaded)))
     }
 
     /// The address actually bound (port 0 in settings becomes a real port here).
@@ -210,8 +271,8 @@ impl Application {
                 server.await.map_err(std::io::Error::other).and_then(|r| r)
             }
         };
-        if let Some(sweeper) = self.sweeper {
-            sweeper.abort();
+        for task in [self.sweeper, self.syncer].into_iter().flatten() {
+            task.abort();
         }
         tracing::info!("stopped");
         result

@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use super::HttpState;
 use super::error::ApiError;
-use crate::limiter::{Checked, Store};
+use crate::catalog::keys;
+use crate::limiter::{ApiKeyDigest, CheckError, Checked, Store};
+
+/// Header carrying what a shadow policy would have decided: `allowed` or `denied`.
+pub const SHADOW_HEADER: &str = "slidegate-shadow-decision";
 
 /// The message every denial carries, as clients of the system we replace expect it.
 pub const DENIED_MESSAGE: &str = "Rate limit exceeded. Please try again later.";
@@ -37,6 +41,10 @@ struct DecisionBody<'a> {
     retry_after_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'static str>,
+    /// Only for a policy in shadow mode: what it would have decided. The
+    /// check itself is always admitted then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_decision: Option<&'static str>,
 }
 
 pub async fn check<S: Store>(
@@ -60,14 +68,49 @@ pub async fn check<S: Store>(
             }
         }
     })?;
+    let api_key =
+        presented_api_key(&request).inspect_err(|_| state.metrics.auth_failure("check"))?;
     let checked = state
         .limiter
-        .check(&parsed.policy, &parsed.key, parsed.cost)
-        .await?;
+        .check_as(api_key.as_ref(), &parsed.policy, &parsed.key, parsed.cost)
+        .await
+        .inspect_err(|error| {
+            if matches!(error, CheckError::UnknownApiKey) {
+                state.metrics.auth_failure("check");
+            }
+        })?;
     Ok(decision_response(&checked))
 }
 
-fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
+/// The digest of the API key in `Authorization: Bearer <key>` or `X-API-Key`,
+/// if any. The key itself goes no further than this function.
+fn presented_api_key(request: &HttpRequest) -> Result<Option<ApiKeyDigest>, ApiError> {
+    let headers = request.headers();
+    let presented = if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| CheckError::UnknownApiKey)?;
+        let (scheme, key) = value
+            .trim()
+            .split_once(' ')
+            .ok_or(CheckError::UnknownApiKey)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(CheckError::UnknownApiKey.into());
+        }
+        key.trim()
+    } else if let Some(value) = headers.get("x-api-key") {
+        value
+            .to_str()
+            .map_err(|_| CheckError::UnknownApiKey)?
+            .trim()
+    } else {
+        return Ok(None);
+    };
+    if presented.is_empty() || presented.len() > keys::MAX_PRESENTED_LEN {
+        return Err(CheckError::UnknownApiKey.into());
+    }
+    Ok(Some(keys::digest(presented)))
+}
+
+pub(super) fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
     let is_json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -96,7 +139,15 @@ fn ceil_millis(duration: Duration) -> u64 {
 pub fn decision_response(checked: &Checked) -> HttpResponse {
     let Checked { policy, decision } = checked;
     let name = policy.name().as_str();
-    let status = if decision.allowed {
+    // A shadow policy never denies: the check is admitted and the response
+    // says what enforcing the policy would have answered.
+    let shadow = policy.is_shadow();
+    let shadow_decision = shadow.then_some(if decision.allowed {
+        "allowed"
+    } else {
+        "denied"
+    });
+    let status = if decision.allowed || shadow {
         StatusCode::OK
     } else {
         StatusCode::TOO_MANY_REQUESTS
@@ -130,19 +181,22 @@ pub fn decision_response(checked: &Checked) -> HttpResponse {
             HeaderName::from_static("x-ratelimit-reset"),
             HeaderValue::from(reset_secs),
         ));
-    if !decision.allowed {
+    if let Some(verdict) = shadow_decision {
+        response.insert_header((HeaderName::from_static(SHADOW_HEADER), verdict));
+    } else if !decision.allowed {
         response.insert_header((
             header::RETRY_AFTER,
             HeaderValue::from(ceil_secs(decision.retry_after).max(1)),
         ));
     }
     response.json(DecisionBody {
-        allowed: decision.allowed,
+        allowed: decision.allowed || shadow,
         policy: name,
         limit: decision.limit,
         remaining: decision.remaining,
         reset_after_ms: ceil_millis(decision.reset_after),
         retry_after_ms: ceil_millis(decision.retry_after),
-        message: (!decision.allowed).then_some(DENIED_MESSAGE),
+        message: (!decision.allowed && !shadow).then_some(DENIED_MESSAGE),
+        shadow_decision,
     })
 }

@@ -4,6 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::catalog::CatalogError;
 use crate::limiter::{CheckError, StoreError};
 
 /// An error answered to a client as `{"error": "<code>", "message": "<what is wrong>"}`.
@@ -29,12 +30,20 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error(transparent)]
     Check(#[from] CheckError),
+    /// The admin token is missing or wrong. Says nothing about which.
+    #[error("a valid admin token is required: Authorization: Bearer <token>")]
+    Unauthorized,
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
 }
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'static str,
     message: &'a str,
+    /// The invalid field, for validation errors of the admin API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 impl ApiError {
@@ -51,6 +60,15 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Check(CheckError::UnknownPolicy(_)) => "unknown_policy",
+            ApiError::Check(CheckError::UnknownApiKey) => "invalid_api_key",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Catalog(CatalogError::Unavailable(_) | CatalogError::SchemaTooNew { .. }) => {
+                "catalog_unavailable"
+            }
+            ApiError::Catalog(CatalogError::NotFound(_)) => "not_found",
+            ApiError::Catalog(CatalogError::Conflict(_)) => "conflict",
+            ApiError::Catalog(CatalogError::Invalid(_)) => "invalid_policy",
+            ApiError::Catalog(CatalogError::Database(_) | CatalogError::Url(_)) => "internal",
             ApiError::Check(CheckError::InvalidKey(_)) => "invalid_key",
             ApiError::Check(CheckError::CostExceedsLimit { .. }) => "cost_exceeds_limit",
             ApiError::Check(CheckError::Store(_)) => "limiter_unavailable",
@@ -72,6 +90,20 @@ impl ResponseError for ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Check(CheckError::Store(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Check(CheckError::UnknownApiKey) | ApiError::Unauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::Catalog(error) => match error {
+                CatalogError::Unavailable(_) | CatalogError::SchemaTooNew { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                CatalogError::NotFound(_) => StatusCode::NOT_FOUND,
+                CatalogError::Conflict(_) => StatusCode::CONFLICT,
+                CatalogError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                CatalogError::Database(_) | CatalogError::Url(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
             ApiError::Check(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
@@ -84,11 +116,25 @@ impl ResponseError for ApiError {
                 log_store_failure(cause);
                 "the rate limiter cannot reach its store right now; retry shortly".to_owned()
             }
+            ApiError::Catalog(cause @ (CatalogError::Database(_) | CatalogError::Url(_))) => {
+                tracing::error!(error = %cause, "an admin request failed in the database");
+                "the policy database failed; see the replica's log".to_owned()
+            }
+            ApiError::Catalog(CatalogError::Invalid(invalid)) => invalid.message.clone(),
             other => other.to_string(),
         };
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let field = match self {
+            ApiError::Catalog(CatalogError::Invalid(invalid)) => Some(invalid.field.as_str()),
+            _ => None,
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(ErrorBody {
             error: self.code(),
             message: &message,
+            field,
         })
     }
 }

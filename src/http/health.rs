@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
 use super::HttpState;
-use crate::limiter::{DependencyHealth, Store};
+use crate::limiter::{DependencyHealth, PolicySource, Store};
 
 /// 200 while the process can answer at all; a load balancer should restart it otherwise.
 pub async fn live() -> HttpResponse {
@@ -36,6 +36,14 @@ struct LimiterCheck {
     /// Script SHA1 per algorithm (null for the embedded store, which runs no scripts).
     algorithms: BTreeMap<&'static str, Option<String>>,
     policies: usize,
+    /// `config` or `database`.
+    source: PolicySource,
+    /// Active API keys loaded (database only).
+    api_keys: usize,
+    /// The catalog version loaded (database only; null before the first load).
+    policy_version: Option<i64>,
+    /// When the catalog was last loaded, RFC 3339 (database only).
+    last_sync: Option<String>,
 }
 
 /// 200 `{"ready": true, ...}` when the replica can decide checks: its store
@@ -43,7 +51,11 @@ struct LimiterCheck {
 /// `"ready": false` otherwise, naming what is wrong in `checks` (or `"draining": true`).
 pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     let health = state.limiter.health().await;
-    let policies = state.limiter.policies().len();
+    let sync = state.limiter.sync_state();
+    let postgres = match &state.catalog {
+        Some(catalog) => Some(catalog.health().await),
+        None => None,
+    };
     let mut algorithms: BTreeMap<&'static str, Option<String>> = crate::limiter::Algorithm::ALL
         .into_iter()
         .map(|algorithm| (algorithm.as_str(), None))
@@ -51,21 +63,33 @@ pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     for (algorithm, sha) in &health.scripts {
         algorithms.insert(algorithm.as_str(), Some(sha.clone()));
     }
-    let limiter_ok = health.ok && policies > 0;
+    let limiter_ok = health.ok && sync.loaded();
     let mut checks: BTreeMap<&'static str, Check<'_>> = health
         .dependencies
         .iter()
         .map(|dependency| (dependency.name, Check::Dependency(dependency)))
         .collect();
+    if let Some(postgres) = &postgres {
+        checks.insert(postgres.name, Check::Dependency(postgres));
+    }
     checks.insert(
         "limiter",
         Check::Limiter(LimiterCheck {
             ok: limiter_ok,
             store: health.store,
             algorithms,
-            policies,
+            policies: sync.policies,
+            source: sync.source,
+            api_keys: sync.api_keys,
+            policy_version: sync.version,
+            last_sync: sync
+                .synced_at
+                .map(|at| humantime::format_rfc3339_millis(at).to_string()),
         }),
     );
+    // Postgres is left out on purpose: once the catalog is loaded, checks are
+    // decided from the cached copy, so a replica stays routable while
+    // Postgres is away (the `postgres` entry says so).
     let draining = state.draining.load(Ordering::SeqCst);
     let ready =
         !draining && limiter_ok && health.dependencies.iter().all(|dependency| dependency.ok);

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, extraction of checks from requests, and responses. Knows the limiter, never a store's internals.
 
+pub mod admin;
 pub mod check;
 pub mod client_ip;
 pub mod error;
@@ -12,6 +13,7 @@ use std::sync::atomic::AtomicBool;
 
 use actix_web::{HttpResponse, web};
 
+use crate::catalog::Catalog;
 use crate::limiter::{Limiter, Store};
 use crate::metrics::{self, Metrics};
 
@@ -20,7 +22,8 @@ pub use forward_auth::ForwardAuth;
 pub use root_span::RootSpan;
 
 /// What every handler shares: the limiter, its metrics, request-size limits,
-/// forward-auth's rules, and whether the replica is draining.
+/// forward-auth's rules, whether the replica is draining, and the catalog and
+/// admin token when Postgres is configured.
 pub struct HttpState<S> {
     pub limiter: Limiter<S>,
     pub metrics: Metrics,
@@ -28,6 +31,9 @@ pub struct HttpState<S> {
     pub forward_auth: ForwardAuth,
     /// Set on SIGTERM/SIGINT: readiness answers 503 from then on.
     pub draining: Arc<AtomicBool>,
+    pub catalog: Option<Arc<Catalog>>,
+    /// `None`: the admin API is off.
+    pub admin_token: Option<admin::AdminToken>,
 }
 
 /// Registers every route; the store type is fixed by the caller (see `startup`).
@@ -55,6 +61,7 @@ pub fn routes<S: Store>(config: &mut web::ServiceConfig) {
                 .route(web::get().to(health::ready::<S>))
                 .default_service(web::to(method_not_allowed)),
         )
+        .configure(admin::routes::<S>)
         .service(
             web::resource("/metrics")
                 .route(web::get().to(scrape::<S>))
@@ -65,7 +72,11 @@ pub fn routes<S: Store>(config: &mut web::ServiceConfig) {
 
 /// `GET /metrics`: every metric in the Prometheus text format.
 async fn scrape<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
-    let body = state.metrics.render(&state.limiter.store().pools());
+    let mut pools = state.limiter.store().pools();
+    if let Some(catalog) = &state.catalog {
+        pools.push(catalog.pool_stats());
+    }
+    let body = state.metrics.render(&pools);
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
         .body(body)
@@ -75,6 +86,6 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+pub(crate) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }

@@ -15,8 +15,16 @@ pub enum KeyError {
 }
 
 /// A validated key, borrowed from the request: validation allocates nothing.
+///
+/// A key checked with an API key also carries the key's tenant. Stores put
+/// the tenant next to the policy name as `<policy>@<tenant>`, never into the
+/// key text: policy names cannot contain `@`, so a tenant's `bob` and an
+/// unscoped `acme/bob` (or `@acme:bob`) always count separately.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LimiterKey<'a>(&'a str);
+pub struct LimiterKey<'a> {
+    key: &'a str,
+    tenant: Option<&'a str>,
+}
 
 impl<'a> LimiterKey<'a> {
     /// # Errors
@@ -25,19 +33,37 @@ impl<'a> LimiterKey<'a> {
         match key.len() {
             0 => Err(KeyError::Empty),
             len if len > MAX_KEY_LEN => Err(KeyError::TooLong { len }),
-            _ => Ok(Self(key)),
+            _ => Ok(Self { key, tenant: None }),
+        }
+    }
+
+    /// The same key, counted for `tenant` only (a validated tenant name:
+    /// `[A-Za-z0-9_.-]`, so it holds no `@`, `:`, braces or NUL).
+    pub fn scoped(self, tenant: &'a str) -> Self {
+        Self {
+            key: self.key,
+            tenant: Some(tenant),
         }
     }
 
     pub fn as_str(&self) -> &'a str {
-        self.0
+        self.key
+    }
+
+    /// The tenant the key is counted for, if it was checked with an API key.
+    pub fn tenant(&self) -> Option<&'a str> {
+        self.tenant
     }
 }
 
 /// Keys may identify people (user ids, addresses): debug output shows only their length.
 impl fmt::Debug for LimiterKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LimiterKey({} bytes)", self.0.len())
+        write!(f, "LimiterKey({} bytes", self.key.len())?;
+        if let Some(tenant) = self.tenant {
+            write!(f, ", tenant {tenant}")?;
+        }
+        f.write_str(")")
     }
 }
 

@@ -10,22 +10,27 @@ pub mod decision;
 pub mod key;
 pub mod policy;
 pub mod rules;
+pub mod tenant;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use serde::Serialize;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::metrics::{Metrics, PolicyMetrics, StoreErrorMetrics};
+use crate::metrics::{Metrics, PolicyMetrics, PolicyMetricsSource, StoreErrorMetrics};
 
 pub use clock::{Clock, FakeClock, Micros, SystemClock};
 pub use decision::{Decision, Outcome};
 pub use key::{KeyError, LimiterKey};
 pub use policy::{Algorithm, Policy, PolicyError, PolicyName, PolicySet, Window};
+pub use tenant::{ApiKeyDigest, InvalidTenant, TenantKey, TenantName};
+
+use tenant::Tenant;
 
 /// Largest cost a single check may carry; costs above a policy's limit are refused anyway.
 pub const MAX_COST: u64 = policy::MAX_LIMIT;
@@ -137,6 +142,9 @@ pub struct PoolStats {
 pub enum CheckError {
     #[error("no policy named {0:?}")]
     UnknownPolicy(String),
+    /// The API key is unknown or revoked. Says nothing about which.
+    #[error("the API key is not valid")]
+    UnknownApiKey,
     #[error(transparent)]
     InvalidKey(#[from] KeyError),
     /// Distinct from a denial: no amount of waiting admits this check.
@@ -151,6 +159,7 @@ impl CheckError {
     pub fn kind(&self) -> &'static str {
         match self {
             CheckError::UnknownPolicy(_) => "unknown_policy",
+            CheckError::UnknownApiKey => "invalid_api_key",
             CheckError::InvalidKey(_) => "invalid_key",
             CheckError::CostExceedsLimit { .. } => "cost_exceeds_limit",
             CheckError::Store(error) => error.kind(),
@@ -165,14 +174,70 @@ pub struct Checked {
     pub decision: Decision,
 }
 
+/// Where a replica's policies come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicySource {
+    /// `[[policies]]` in the configuration (or the demo policy), fixed at start-up.
+    Config,
+    /// The Postgres catalog, replaced whenever it changes.
+    Database,
+}
+
+/// What the limiter has loaded, for readiness.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SyncState {
+    pub source: PolicySource,
+    pub policies: usize,
+    pub api_keys: usize,
+    /// The catalog's version when it was last loaded; `None` before the first load and for `Config`.
+    pub version: Option<i64>,
+    /// When the catalog was last loaded.
+    #[serde(skip)]
+    pub synced_at: Option<SystemTime>,
+}
+
+impl SyncState {
+    /// Whether the limiter can decide checks: config policies exist, or the
+    /// catalog has been loaded once (even empty: a fresh deployment must be
+    /// routable so its admin API can create the first policy).
+    pub fn loaded(&self) -> bool {
+        match self.source {
+            PolicySource::Config => self.policies > 0,
+            PolicySource::Database => self.synced_at.is_some(),
+        }
+    }
+}
+
+/// A catalog loaded from the database, ready to replace what the limiter holds.
+#[derive(Debug)]
+pub struct CatalogUpdate {
+    pub policies: PolicySet,
+    pub keys: Vec<TenantKey>,
+    pub version: i64,
+}
+
 /// Decides checks against a set of policies, backed by one store.
+///
+/// The policies and API keys in force are one immutable [`Snapshot`] behind an
+/// [`ArcSwap`]: a check loads it with one atomic operation and no lock, and a
+/// resync builds a new one and swaps it in. A check that started on the old
+/// snapshot finishes on it.
 #[derive(Debug)]
 pub struct Limiter<S> {
+    snapshot: ArcSwap<Snapshot>,
+    store: S,
+    store_errors: StoreErrorMetrics,
+    policy_metrics: PolicyMetricsSource,
+}
+
+#[derive(Debug)]
+struct Snapshot {
     policies: PolicySet,
     /// The same policies with their metric handles, so one lookup per check finds both.
     entries: HashMap<Box<str>, Entry>,
-    store: S,
-    store_errors: StoreErrorMetrics,
+    tenants: HashMap<ApiKeyDigest, Arc<Tenant>>,
+    sync: SyncState,
 }
 
 #[derive(Debug)]
@@ -181,9 +246,13 @@ struct Entry {
     metrics: PolicyMetrics,
 }
 
-impl<S: Store> Limiter<S> {
-    /// A limiter recording into `metrics`; every series it can touch is created here.
-    pub fn new(policies: PolicySet, store: S, metrics: &Metrics) -> Self {
+impl Snapshot {
+    fn build(
+        policies: PolicySet,
+        keys: &[TenantKey],
+        sync: SyncState,
+        metrics: &PolicyMetricsSource,
+    ) -> Self {
         let entries = policies
             .iter_sorted()
             .into_iter()
@@ -196,13 +265,93 @@ impl<S: Store> Limiter<S> {
                 (Box::from(name), entry)
             })
             .collect();
-        let store_errors = metrics.store_errors(store.kind());
+        let tenants = keys
+            .iter()
+            .map(|key| (key.digest, Arc::new(Tenant::resolve(key, &policies))))
+            .collect();
         Self {
             policies,
             entries,
+            tenants,
+            sync,
+        }
+    }
+}
+
+impl<S: Store> Limiter<S> {
+    /// A limiter on fixed policies (from the configuration) recording into
+    /// `metrics`; every series it can touch is created here.
+    pub fn new(policies: PolicySet, store: S, metrics: &Metrics) -> Self {
+        let sync = SyncState {
+            source: PolicySource::Config,
+            policies: policies.len(),
+            api_keys: 0,
+            version: None,
+            synced_at: None,
+        };
+        Self::with_snapshot(policies, sync, store, metrics)
+    }
+
+    /// A limiter whose policies come from the catalog: empty, and not ready,
+    /// until the first [`Limiter::replace`].
+    pub fn awaiting_catalog(store: S, metrics: &Metrics) -> Self {
+        let sync = SyncState {
+            source: PolicySource::Database,
+            policies: 0,
+            api_keys: 0,
+            version: None,
+            synced_at: None,
+        };
+        Self::with_snapshot(PolicySet::default(), sync, store, metrics)
+    }
+
+    fn with_snapshot(policies: PolicySet, sync: SyncState, store: S, metrics: &Metrics) -> Self {
+        let policy_metrics = metrics.policy_source();
+        policy_metrics.set_loaded(policies.len());
+        let snapshot = Snapshot::build(policies, &[], sync, &policy_metrics);
+        let store_errors = metrics.store_errors(store.kind());
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
             store,
             store_errors,
+            policy_metrics,
         }
+    }
+
+    /// Puts a freshly loaded catalog in force. Metric handles are created for
+    /// new policy names and the series of removed ones are dropped, so the
+    /// label set stays bounded by the policies that exist.
+    /// An update older than what is loaded (two reloads finishing out of
+    /// order) is ignored, so the version in force never goes back.
+    pub fn replace(&self, update: CatalogUpdate) {
+        let previous = self.snapshot.load_full();
+        if previous
+            .sync
+            .version
+            .is_some_and(|loaded| loaded > update.version)
+        {
+            return;
+        }
+        let sync = SyncState {
+            source: PolicySource::Database,
+            policies: update.policies.len(),
+            api_keys: update.keys.len(),
+            version: Some(update.version),
+            synced_at: Some(SystemTime::now()),
+        };
+        let next = Snapshot::build(update.policies, &update.keys, sync, &self.policy_metrics);
+        for name in previous.entries.keys() {
+            if !next.entries.contains_key(name) {
+                self.policy_metrics.forget(name);
+            }
+        }
+        self.policy_metrics.set_loaded(next.policies.len());
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// What is loaded now.
+    pub fn sync_state(&self) -> SyncState {
+        self.snapshot.load().sync
     }
 
     /// Checks `cost` units (the policy's default cost when `None`) of `key` against `policy`.
@@ -221,13 +370,31 @@ impl<S: Store> Limiter<S> {
         key: &str,
         cost: Option<u64>,
     ) -> Result<Checked, CheckError> {
+        self.check_as(None, policy, key, cost).await
+    }
+
+    /// As [`Limiter::check`], for the holder of the API key with `api_key`
+    /// as its digest: the key is counted for the key's tenant only, under the
+    /// tenant's overridden limit where it has one. `None`: no API key.
+    ///
+    /// # Errors
+    /// As [`Limiter::check`], and [`CheckError::UnknownApiKey`] for a key that
+    /// is unknown or revoked.
+    pub async fn check_as(
+        &self,
+        api_key: Option<&ApiKeyDigest>,
+        policy: &str,
+        key: &str,
+        cost: Option<u64>,
+    ) -> Result<Checked, CheckError> {
+        let snapshot = self.snapshot.load();
         let matching = tracing::debug_span!(
             "policy.match",
             slidegate.policy = Empty,
             error.type = Empty,
         );
-        let (entry, key, cost) = matching.in_scope(|| {
-            let matched = self.match_check(policy, key, cost);
+        let (entry, policy, key, cost) = matching.in_scope(|| {
+            let matched = match_check(&snapshot, api_key, policy, key, cost);
             if !matching.is_disabled() {
                 match &matched {
                     Ok((entry, ..)) => {
@@ -240,7 +407,6 @@ impl<S: Store> Limiter<S> {
             }
             matched
         })?;
-        let policy = &entry.policy;
 
         let deciding = tracing::debug_span!(
             "limiter.decide",
@@ -256,7 +422,7 @@ impl<S: Store> Limiter<S> {
         let started = Instant::now();
         let outcome = self
             .store
-            .check(policy, key, cost)
+            .check(&policy, key, cost)
             .instrument(deciding.clone())
             .await;
         let elapsed = started.elapsed();
@@ -277,6 +443,8 @@ impl<S: Store> Limiter<S> {
             }
         };
         let decision = Decision::from_outcome(outcome, policy.limit());
+        // A shadow policy's denials are counted as denials: that is what
+        // operators watch before they enforce it.
         entry.metrics.record(decision.allowed, elapsed);
         if !deciding.is_disabled() {
             let verdict = if decision.allowed {
@@ -287,43 +455,12 @@ impl<S: Store> Limiter<S> {
             deciding.record("slidegate.outcome", verdict);
             deciding.record("slidegate.remaining", decision.remaining);
         }
-        Ok(Checked {
-            policy: Arc::clone(policy),
-            decision,
-        })
+        Ok(Checked { policy, decision })
     }
 
-    /// Finds the policy and validates key and cost: everything a check needs before the store.
-    fn match_check<'k>(
-        &self,
-        policy: &str,
-        key: &'k str,
-        cost: Option<u64>,
-    ) -> Result<(&Entry, LimiterKey<'k>, u64), CheckError> {
-        let entry = self.entries.get(policy).ok_or_else(|| {
-            // Echo short names only: a long one cannot exist and need not be logged back.
-            let shown = if policy.len() <= policy::MAX_POLICY_NAME_LEN {
-                policy.to_owned()
-            } else {
-                let mut shown: String = policy.chars().take(policy::MAX_POLICY_NAME_LEN).collect();
-                shown.push('…');
-                shown
-            };
-            CheckError::UnknownPolicy(shown)
-        })?;
-        let key = LimiterKey::parse(key)?;
-        let cost = cost.unwrap_or(entry.policy.default_cost());
-        if cost > entry.policy.limit() {
-            return Err(CheckError::CostExceedsLimit {
-                cost,
-                limit: entry.policy.limit(),
-            });
-        }
-        Ok((entry, key, cost))
-    }
-
-    pub fn policies(&self) -> &PolicySet {
-        &self.policies
+    /// The policies in force now (a snapshot: later changes do not show in it).
+    pub fn policies(&self) -> PolicySet {
+        self.snapshot.load().policies.clone()
     }
 
     pub fn store(&self) -> &S {
@@ -333,4 +470,51 @@ impl<S: Store> Limiter<S> {
     pub async fn health(&self) -> StoreHealth {
         self.store.health().await
     }
+}
+
+/// Finds the tenant and the policy, validates key and cost: everything a check
+/// needs before the store. The policy is the tenant's override where it has one.
+fn match_check<'a>(
+    snapshot: &'a Snapshot,
+    api_key: Option<&ApiKeyDigest>,
+    policy: &str,
+    key: &'a str,
+    cost: Option<u64>,
+) -> Result<(&'a Entry, Arc<Policy>, LimiterKey<'a>, u64), CheckError> {
+    let tenant = match api_key {
+        Some(digest) => Some(
+            snapshot
+                .tenants
+                .get(digest)
+                .ok_or(CheckError::UnknownApiKey)?,
+        ),
+        None => None,
+    };
+    let entry = snapshot.entries.get(policy).ok_or_else(|| {
+        // Echo short names only: a long one cannot exist and need not be logged back.
+        let shown = if policy.len() <= policy::MAX_POLICY_NAME_LEN {
+            policy.to_owned()
+        } else {
+            let mut shown: String = policy.chars().take(policy::MAX_POLICY_NAME_LEN).collect();
+            shown.push('…');
+            shown
+        };
+        CheckError::UnknownPolicy(shown)
+    })?;
+    let mut key = LimiterKey::parse(key)?;
+    let mut effective = &entry.policy;
+    if let Some(tenant) = tenant {
+        key = key.scoped(tenant.name.as_str());
+        if let Some(overridden) = tenant.overrides.get(policy) {
+            effective = overridden;
+        }
+    }
+    let cost = cost.unwrap_or(effective.default_cost());
+    if cost > effective.limit() {
+        return Err(CheckError::CostExceedsLimit {
+            cost,
+            limit: effective.limit(),
+        });
+    }
+    Ok((entry, Arc::clone(effective), key, cost))
 }

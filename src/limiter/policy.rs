@@ -180,6 +180,8 @@ pub struct Policy {
     limit: NonZeroU64,
     window: Window,
     default_cost: u64,
+    /// Evaluated and counted, but never denies: operators try a limit on real traffic first.
+    shadow: bool,
 }
 
 impl Policy {
@@ -212,7 +214,35 @@ impl Policy {
             limit,
             window,
             default_cost,
+            shadow: false,
         })
+    }
+
+    /// The same policy in shadow mode (`true`): decisions are made and
+    /// counted as usual, but a denial is answered as an admission that says
+    /// what the decision would have been.
+    pub fn with_shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// The same policy with another limit (a tenant's override), validated as [`Policy::new`] does.
+    ///
+    /// # Errors
+    /// As [`Policy::new`]: a limit out of range for the algorithm, or below the default cost.
+    pub fn with_limit(&self, limit: u64) -> Result<Self, PolicyError> {
+        Policy::new(
+            self.name.clone(),
+            self.algorithm,
+            limit,
+            self.window,
+            self.default_cost,
+        )
+        .map(|policy| policy.with_shadow(self.shadow))
+    }
+
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
     }
 
     pub fn name(&self) -> &PolicyName {

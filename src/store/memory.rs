@@ -97,6 +97,12 @@ impl MemoryStore {
             // policy's algorithm starts from fresh state instead of a mismatch.
             composite.clear();
             composite.push_str(policy.name().as_str());
+            // A tenant's keys live beside the policy name (`policy@tenant`):
+            // names cannot contain '@', so they never meet an unscoped key.
+            if let Some(tenant) = key.tenant() {
+                composite.push('@');
+                composite.push_str(tenant);
+            }
             composite.push('\0');
             composite.push_str(policy.algorithm().as_str());
             composite.push('\0');
@@ -210,6 +216,21 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         assert_eq!(store.evict_idle(), 1);
         assert_eq!(store.decide(&long, key, 0).remaining, 4);
+    }
+
+    #[test]
+    fn a_tenants_key_never_shares_state_with_an_unscoped_key() {
+        let store = MemoryStore::new(Arc::new(FakeClock::default()));
+        let policy = policy(Algorithm::SlidingLog, 1, "1h");
+        let scoped = LimiterKey::parse("bob").unwrap().scoped("acme");
+        assert!(store.decide(&policy, scoped, 1).allowed);
+        assert!(!store.decide(&policy, scoped, 1).allowed);
+        for unscoped in ["bob", "acme/bob", "@acme\0bob", "acme\0bob"] {
+            let key = LimiterKey::parse(unscoped).unwrap();
+            assert!(store.decide(&policy, key, 1).allowed, "{unscoped:?}");
+        }
+        let other_tenant = LimiterKey::parse("bob").unwrap().scoped("acme2");
+        assert!(store.decide(&policy, other_tenant, 1).allowed);
     }
 
     #[test]

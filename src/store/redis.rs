@@ -5,7 +5,8 @@
 //! one clock, and Redis runs one script at a time, so read-decide-write is
 //! atomic across the fleet: a limit of 100 admits 100, not 100 per replica.
 //!
-//! Keys look like `<prefix>{<policy>:<key>}:<algorithm>`. The braces are a
+//! Keys look like `<prefix>{<policy>:<key>}:<algorithm>`, or
+//! `<prefix>{<policy>@<tenant>:<key>}:<algorithm>` for a key checked with an API key. The braces are a
 //! Redis Cluster hash tag: every key one script call touches shares the slot
 //! of `<policy>:<key>`, so the same scripts run unchanged on a cluster.
 
@@ -123,11 +124,21 @@ impl RedisStore {
         key: LimiterKey<'_>,
     ) {
         let mut name = String::with_capacity(
-            self.key_prefix.len() + policy.name().as_str().len() + key.as_str().len() + 8,
+            self.key_prefix.len()
+                + policy.name().as_str().len()
+                + key.tenant().map_or(0, |tenant| tenant.len() + 1)
+                + key.as_str().len()
+                + 8,
         );
         name.push_str(&self.key_prefix);
         name.push('{');
         name.push_str(policy.name().as_str());
+        // `{<policy>@<tenant>:<key>}` for keys checked with an API key: policy
+        // names cannot contain '@', so no unscoped key can produce this tag.
+        if let Some(tenant) = key.tenant() {
+            name.push('@');
+            name.push_str(tenant);
+        }
         name.push(':');
         name.push_str(key.as_str());
         name.push('}');

@@ -104,6 +104,33 @@ fn a_redis_url_with_a_bad_scheme_is_refused_without_echoing_it() {
 }
 
 #[test]
+fn catalog_settings_are_checked_without_echoing_secrets() {
+    let message = invalid_setting("[postgres]\nurl = \"mysql://root:topsecret@db\"");
+    assert!(message.contains("postgres.url"), "{message}");
+    assert!(!message.contains("topsecret"), "{message}");
+    let message =
+        invalid_setting("[postgres]\nurl = \"postgres://db/x\"\n[admin]\ntoken = \"short-secret\"");
+    assert!(message.contains("admin.token"), "{message}");
+    assert!(!message.contains("short-secret"), "{message}");
+    let message = invalid_setting("[admin]\ntoken = \"long-enough-admin-token\"");
+    assert!(message.contains("set postgres.url too"), "{message}");
+    assert!(!message.contains("long-enough-admin-token"), "{message}");
+    for (text, field) in [
+        ("[postgres]\npool_size = 0", "postgres.pool_size"),
+        (
+            "[postgres]\nresync_interval = \"0s\"",
+            "postgres.resync_interval",
+        ),
+        (
+            "[postgres]\nstatement_timeout = \"0s\"",
+            "postgres.statement_timeout",
+        ),
+    ] {
+        assert!(invalid_setting(text).contains(field), "{text}");
+    }
+}
+
+#[test]
 fn environment_variables_override_the_file() {
     let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     file.write_all(b"[redis]\npool_size = 3\n[server]\nbind = \"127.0.0.1:9000\"\n")

@@ -49,6 +49,10 @@ pub struct TestOptions {
     pub key_prefix: String,
     pub policies: Vec<PolicySettings>,
     pub clock: Arc<dyn Clock>,
+    /// Set: policies and API keys come from this database.
+    pub postgres_url: Option<String>,
+    /// Set: the admin API is on with this token.
+    pub admin_token: Option<String>,
 }
 
 impl TestOptions {
@@ -59,6 +63,19 @@ impl TestOptions {
             key_prefix: unique_prefix(),
             policies,
             clock: Arc::new(SystemClock),
+            postgres_url: None,
+            admin_token: None,
+        }
+    }
+
+    /// A replica on the shared Redis (key prefix `key_prefix`, so several
+    /// replicas can share limits) whose policies come from `database`, with the admin API on.
+    pub fn catalog(database: &TestDatabase, key_prefix: &str) -> Self {
+        Self {
+            key_prefix: key_prefix.to_owned(),
+            postgres_url: Some(database.url.clone()),
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
+            ..Self::redis(Vec::new())
         }
     }
 
@@ -74,6 +91,82 @@ impl TestOptions {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+}
+
+/// The admin token of test replicas.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The Postgres server tests create their databases on.
+pub fn postgres_server_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A database of its own for one test, created from the `postgres`
+/// maintenance database and dropped (best effort) when the test ends.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!(
+            "sgtest_{}_{nanos}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = maintenance_client().await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+        let url = format!("{}/{name}", postgres_server_url());
+        Self { name, url }
+    }
+
+    /// A client on this database, for looking at what the replicas wrote.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("the test database answers");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+async fn maintenance_client() -> tokio_postgres::Client {
+    let url = format!("{}/postgres", postgres_server_url());
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("the machine's Postgres answers (bash .ci/run starts it)");
+    tokio::spawn(connection);
+    client
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any async context we may block: a thread of its own with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let admin = maintenance_client().await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
 }
 
 fn init_test_logging() {
@@ -103,6 +196,8 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
     settings.redis.command_timeout = std::time::Duration::from_secs(2);
     settings.limiter.key_prefix = options.key_prefix;
     settings.policies = Some(options.policies);
+    settings.postgres.url = options.postgres_url.map(Into::into);
+    settings.admin.token = options.admin_token.map(Into::into);
     let application = Application::build_with_clock(&settings, options.clock)
         .await
         .expect("the test app builds");
@@ -154,6 +249,90 @@ impl TestApp {
             .await
             .expect("the request reaches the app");
         read_reply(response).await
+    }
+
+    /// A check presenting `api_key` as `Authorization: Bearer`.
+    pub async fn check_with_key(&self, policy: &str, key: &str, api_key: &str) -> CheckReply {
+        let response = self
+            .client
+            .post(format!("{}/v1/check", self.address))
+            .bearer_auth(api_key)
+            .json(&serde_json::json!({ "policy": policy, "key": key }))
+            .send()
+            .await
+            .expect("the request reaches the app");
+        read_reply(response).await
+    }
+
+    /// An admin request with the test token.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> CheckReply {
+        self.admin_as(Some(ADMIN_TOKEN), method, path, body).await
+    }
+
+    /// An admin request with `token` (none: no `Authorization` header).
+    pub async fn admin_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> CheckReply {
+        let mut request = self
+            .client
+            .request(method, format!("{}/v1/admin{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the request reaches the app");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        CheckReply {
+            status,
+            headers,
+            body: if text.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(&text)
+                    .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"))
+            },
+        }
+    }
+
+    /// Repeats `probe` until `accept` holds for its reply, failing the test after `deadline`.
+    pub async fn eventually<F, Fut>(
+        &self,
+        what: &str,
+        deadline: Duration,
+        mut probe: F,
+        accept: impl Fn(&CheckReply) -> bool,
+    ) -> CheckReply
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = CheckReply>,
+    {
+        let give_up = Instant::now() + deadline;
+        loop {
+            let reply = probe().await;
+            if accept(&reply) {
+                return reply;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "not within {deadline:?}: {what}; last reply {} {:?}",
+                reply.status,
+                reply.body
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn get(&self, path: &str) -> CheckReply {

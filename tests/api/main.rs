@@ -1,7 +1,9 @@
 //! Integration tests, compiled as one binary: the real server, real Redis, no mocks.
 
+mod admin;
 mod bad_input;
 mod boundaries;
+mod catalog_sync;
 mod check;
 mod configuration;
 mod deploy;
