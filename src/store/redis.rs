@@ -9,6 +9,8 @@
 //! Redis Cluster hash tag: every key one script call touches shares the slot
 //! of `<policy>:<key>`, so the same scripts run unchanged on a cluster.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bb8::{ManageConnection, Pool, RunError};
@@ -67,6 +69,8 @@ impl Scripts {
 /// Limiter state in Redis, shared by every replica pointed at the same server.
 pub struct RedisStore {
     pool: Pool<TrackedConnectionManager>,
+    /// Shared with the manager: connections older than this are stale (see [`TrackedConnection`]).
+    generation: Arc<AtomicU64>,
     scripts: Scripts,
     key_prefix: String,
     command_timeout: Duration,
@@ -85,15 +89,20 @@ impl RedisStore {
                 error.kind()
             ))
         })?;
+        let generation = Arc::new(AtomicU64::new(0));
         let pool = Pool::builder()
             .max_size(options.pool_size)
             .connection_timeout(options.connect_timeout)
             // A PING on every checkout would double the round-trips per
             // decision; broken connections are dropped when a command fails.
             .test_on_check_out(false)
-            .build_unchecked(TrackedConnectionManager(manager));
+            .build_unchecked(TrackedConnectionManager {
+                manager,
+                generation: Arc::clone(&generation),
+            });
         Ok(Self {
             pool,
+            generation,
             scripts: Scripts::new(),
             key_prefix: options.key_prefix,
             command_timeout: options.command_timeout,
@@ -137,16 +146,64 @@ impl RedisStore {
             .collect()
     }
 
-    async fn connection(
-        &self,
-    ) -> Result<bb8::PooledConnection<'_, TrackedConnectionManager>, StoreError> {
-        self.pool.get().await.map_err(|error| match error {
-            RunError::TimedOut => StoreError::Timeout {
-                operation: "waiting for a Redis connection",
-                after: self.pool.config().connection_timeout,
-            },
-            RunError::User(error) => StoreError::Unavailable(describe(&error)),
-        })
+    /// A handle on a live pooled connection, for as many commands as the caller likes.
+    ///
+    /// A `MultiplexedConnection` pipelines any number of concurrent commands,
+    /// so the pooled connection goes back to the pool at once and the caller
+    /// keeps a clone: holding it for the whole round-trip would allow only
+    /// `pool_size` checks in flight and queue the rest behind the checkout
+    /// timeout, which is what a burst of concurrent checks used to hit.
+    ///
+    /// Connections opened before the last connection-level failure are
+    /// dropped here instead of being handed out (see [`TrackedConnection`]).
+    async fn connection(&self) -> Result<Connection<'_>, StoreError> {
+        let timed_out = || StoreError::Timeout {
+            operation: "waiting for a Redis connection",
+            after: self.pool.config().connection_timeout,
+        };
+        let checkout = async {
+            loop {
+                let mut pooled = self.pool.get().await.map_err(|error| match error {
+                    RunError::TimedOut => timed_out(),
+                    RunError::User(error) => StoreError::Unavailable(describe(&error)),
+                })?;
+                if pooled.generation < self.generation.load(Ordering::Acquire) {
+                    pooled.broken = true;
+                    continue;
+                }
+                return Ok(Connection {
+                    connection: pooled.connection.clone(),
+                    generation: pooled.generation,
+                    store_generation: &self.generation,
+                });
+            }
+        };
+        // Each `get` has its own timeout; this bounds the whole loop, which
+        // skips at most `pool_size` stale idle connections without waiting.
+        tokio::time::timeout(self.pool.config().connection_timeout, checkout)
+            .await
+            .map_err(|_| timed_out())?
+    }
+}
+
+/// A clone of a pooled connection, used for one operation.
+struct Connection<'a> {
+    connection: MultiplexedConnection,
+    generation: u64,
+    store_generation: &'a AtomicU64,
+}
+
+impl Connection<'_> {
+    /// Turns a command error into a [`StoreError`]. When the connection itself
+    /// failed (not just the command), every pooled connection at least as old
+    /// as this one is retired: they were most likely cut by the same restart
+    /// or network fault, and handing them out would fail one check each.
+    fn failed(&self, error: &RedisError) -> StoreError {
+        if error.is_unrecoverable_error() || error.is_connection_dropped() {
+            self.store_generation
+                .fetch_max(self.generation + 1, Ordering::AcqRel);
+        }
+        StoreError::Unavailable(describe(error))
     }
 }
 
@@ -191,12 +248,8 @@ impl Store for RedisStore {
             operation: "running a limiter script",
             after: self.command_timeout,
         })?;
-        let (allowed, remaining, reset_after, retry_after) = reply.map_err(|error| {
-            if error.is_unrecoverable_error() || error.is_connection_dropped() {
-                connection.broken = true;
-            }
-            StoreError::Unavailable(describe(&error))
-        })?;
+        let (allowed, remaining, reset_after, retry_after) =
+            reply.map_err(|error| connection.failed(&error))?;
         let non_negative = |value: i64| {
             u64::try_from(value)
                 .map_err(|_| StoreError::InvalidReply(format!("negative value {value}")))
@@ -222,12 +275,7 @@ impl Store for RedisStore {
                 operation: "waiting for PING",
                 after: self.command_timeout,
             })?;
-            ping.map_err(|error| {
-                if error.is_unrecoverable_error() || error.is_connection_dropped() {
-                    connection.broken = true;
-                }
-                StoreError::Unavailable(describe(&error))
-            })
+            ping.map_err(|error| connection.failed(&error))
         };
         let result = probe.await;
         let state = self.pool.state();
@@ -252,36 +300,47 @@ impl Store for RedisStore {
     }
 }
 
-/// A pooled multiplexed connection that remembers whether it failed.
+/// A pooled multiplexed connection, with the generation it was opened in.
 ///
 /// A `MultiplexedConnection` does not reconnect by itself and bb8-redis cannot
-/// tell a dead one from a live one without a PING per checkout. Marking it
-/// broken when a command fails at the connection level lets bb8 drop it and
-/// open a fresh one, so a replica recovers by itself after Redis restarts.
+/// tell a dead one from a live one without a PING per checkout. Instead, a
+/// connection-level failure on any connection raises the store's generation
+/// (see `Connection::failed`); older connections are then dropped when next
+/// checked out or returned, and bb8 opens fresh ones, so a replica recovers by
+/// itself after Redis restarts without spending one failed check per stale
+/// pooled connection.
 pub struct TrackedConnection {
     connection: MultiplexedConnection,
+    generation: u64,
     broken: bool,
 }
 
-/// bb8-redis's manager, with connections that can be marked broken.
-pub struct TrackedConnectionManager(RedisConnectionManager);
+/// bb8-redis's manager, with connections that know their generation.
+pub struct TrackedConnectionManager {
+    manager: RedisConnectionManager,
+    generation: Arc<AtomicU64>,
+}
 
 impl ManageConnection for TrackedConnectionManager {
     type Connection = TrackedConnection;
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        // Read before connecting: a failure seen while this connection is
+        // being opened then also retires it, which errs towards reconnecting.
+        let generation = self.generation.load(Ordering::Acquire);
         Ok(TrackedConnection {
-            connection: self.0.connect().await?,
+            connection: self.manager.connect().await?,
+            generation,
             broken: false,
         })
     }
 
     async fn is_valid(&self, connection: &mut Self::Connection) -> Result<(), Self::Error> {
-        self.0.is_valid(&mut connection.connection).await
+        self.manager.is_valid(&mut connection.connection).await
     }
 
     fn has_broken(&self, connection: &mut Self::Connection) -> bool {
-        connection.broken
+        connection.broken || connection.generation < self.generation.load(Ordering::Acquire)
     }
 }
