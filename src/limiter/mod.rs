@@ -5,7 +5,9 @@
 //! Storage sits behind the [`Store`] trait, implemented in [`crate::store`].
 
 pub mod algorithms;
+pub mod breaker;
 pub mod clock;
+pub mod counters;
 pub mod decision;
 pub mod key;
 pub mod policy;
@@ -16,7 +18,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use clock::{Clock, FakeClock, Micros, SystemClock};
+pub use breaker::{BreakerSettings, BreakerState};
+pub use clock::{Clock, FakeClock, Micros, MonotonicClock, SystemClock};
+pub use counters::{CountersSnapshot, FailureCounters};
 pub use decision::{Decision, Outcome};
 pub use key::{KeyError, LimiterKey};
 pub use policy::{Algorithm, Policy, PolicyError, PolicyName, PolicySet, Window};
