@@ -5,10 +5,13 @@
 //! Storage sits behind the [`Store`] trait, implemented in [`crate::store`].
 
 pub mod algorithms;
+#[cfg(test)]
+mod allocations;
 pub mod breaker;
 pub mod clock;
 pub mod counters;
 pub mod decision;
+pub mod deny_cache;
 pub mod key;
 pub mod policy;
 
