@@ -83,7 +83,8 @@ pub struct RedisSettings {
     /// Longest wait for a pooled connection, including opening one.
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
-    /// Longest wait for one script's reply; a request never waits longer on Redis.
+    /// Longest wait for one script's reply. A check waits on Redis at most
+    /// `connect_timeout + command_timeout`.
     #[serde(deserialize_with = "duration")]
     pub command_timeout: Duration,
 }
@@ -93,8 +94,10 @@ impl Default for RedisSettings {
         Self {
             url: None,
             pool_size: 10,
-            connect_timeout: Duration::from_millis(500),
-            command_timeout: Duration::from_millis(100),
+            // Tens of milliseconds: a check sits on a request path, and a
+            // local Redis answers in well under one.
+            connect_timeout: Duration::from_millis(100),
+            command_timeout: Duration::from_millis(50),
         }
     }
 }

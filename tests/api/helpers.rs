@@ -42,6 +42,9 @@ pub struct TestOptions {
     pub key_prefix: String,
     pub policies: Vec<PolicySettings>,
     pub clock: Arc<dyn Clock>,
+    /// Every other setting (timeouts, for one); the fields above and the
+    /// bind address override it.
+    pub settings: Settings,
 }
 
 impl TestOptions {
@@ -52,6 +55,7 @@ impl TestOptions {
             key_prefix: unique_prefix(),
             policies,
             clock: Arc::new(SystemClock),
+            settings: Settings::default(),
         }
     }
 
@@ -81,7 +85,7 @@ fn init_test_logging() {
 
 pub async fn spawn_app(options: TestOptions) -> TestApp {
     init_test_logging();
-    let mut settings = Settings::default();
+    let mut settings = options.settings;
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.workers = Some(2);
     settings.redis.url = options.redis_url.map(Into::into);
