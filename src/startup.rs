@@ -2,6 +2,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
@@ -9,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::configuration::{ConfigurationError, Settings};
 use crate::http::{self, HttpState};
-use crate::limiter::{Clock, Limiter, StoreError, SystemClock};
+use crate::limiter::{Clock, Failover, Limiter, MonotonicClock, StoreError};
 use crate::store::{AnyStore, MemoryStore, RedisOptions, RedisStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,18 +31,21 @@ pub struct Application {
     address: SocketAddr,
     store_kind: &'static str,
     server: Server,
-    sweeper: Option<JoinHandle<()>>,
+    /// Background work (sweeping, heartbeats), stopped when the server stops.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Application {
     /// # Errors
     /// Invalid settings, an unusable Redis URL, or an address that cannot be bound.
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+        Self::build_with_clock(settings, Arc::new(MonotonicClock::new())).await
     }
 
-    /// As [`Application::build`], with the clock the embedded store judges time
-    /// by (Redis mode ignores it: the scripts read Redis `TIME`).
+    /// As [`Application::build`], with the clock in-process time is judged by:
+    /// the embedded store's windows, and in Redis mode the deny cache, the
+    /// breaker's cool-down and the `local` failure mode. (Shared decisions
+    /// never use it: the scripts read Redis `TIME`.)
     ///
     /// # Errors
     /// As [`Application::build`].
@@ -50,22 +54,26 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
         let policies = settings.validate()?;
-        let store = match settings.redis.url() {
-            Some(url) => AnyStore::Redis(RedisStore::new(RedisOptions {
-                url: url.to_owned(),
-                key_prefix: settings.limiter.key_prefix.clone(),
-                pool_size: settings.redis.pool_size,
-                connect_timeout: settings.redis.connect_timeout,
-                command_timeout: settings.redis.command_timeout,
-            })?),
-            None => AnyStore::Memory(MemoryStore::new(clock)),
+        let limiter = match settings.redis.url() {
+            Some(url) => {
+                let store = RedisStore::new(RedisOptions {
+                    url: url.to_owned(),
+                    key_prefix: settings.limiter.key_prefix.clone(),
+                    pool_size: settings.redis.pool_size,
+                    connect_timeout: settings.redis.connect_timeout,
+                    command_timeout: settings.redis.command_timeout,
+                })?;
+                let failover = Failover::new(settings.failover(), clock);
+                Limiter::with_failover(policies, AnyStore::Redis(store), failover)
+            }
+            None => Limiter::new(policies, AnyStore::Memory(MemoryStore::new(clock))),
         };
-        let store_kind = match store {
+        let store_kind = match limiter.store() {
             AnyStore::Memory(_) => "memory",
             AnyStore::Redis(_) => "redis",
         };
         let state = web::Data::new(HttpState {
-            limiter: Limiter::new(policies, store),
+            limiter,
             max_body_bytes: settings.server.max_body_bytes,
         });
 
@@ -97,26 +105,33 @@ impl Application {
             })?
             .run();
 
-        let sweeper = matches!(state.limiter.store(), AnyStore::Memory(_)).then(|| {
-            let interval = settings.limiter.sweep_interval;
-            tokio::spawn(async move {
-                let mut ticks = tokio::time::interval(interval);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticks.tick().await;
-                    if let AnyStore::Memory(store) = state.limiter.store() {
-                        let evicted = store.evict_idle();
-                        tracing::trace!(evicted, remaining = store.len(), "swept idle keys");
-                    }
+        let sweep_interval = settings.limiter.sweep_interval;
+        let sweep_state = state.clone();
+        let mut tasks = vec![every(sweep_interval, move || {
+            let state = sweep_state.clone();
+            async move {
+                if let AnyStore::Memory(store) = state.limiter.store() {
+                    let evicted = store.evict_idle();
+                    tracing::trace!(evicted, remaining = store.len(), "swept idle keys");
                 }
-            })
-        });
+                if let Some(failover) = state.limiter.failover() {
+                    failover.sweep();
+                }
+            }
+        })];
+        if state.limiter.failover().is_some() {
+            let heartbeat_state = state.clone();
+            tasks.push(every(settings.limiter.heartbeat_interval, move || {
+                let state = heartbeat_state.clone();
+                async move { state.limiter.heartbeat().await }
+            }));
+        }
 
         Ok(Self {
             address,
             store_kind,
             server,
-            sweeper,
+            tasks,
         })
     }
 
@@ -141,9 +156,27 @@ impl Application {
     /// When the server fails while running.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        if let Some(sweeper) = self.sweeper {
-            sweeper.abort();
+        for task in self.tasks {
+            task.abort();
         }
         result
     }
+}
+
+/// Runs `work` now and then every `period`, one run at a time: a run that
+/// overruns (a heartbeat waiting out its timeout) delays the next instead of
+/// piling runs up.
+fn every<F, Fut>(period: Duration, mut work: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            work().await;
+        }
+    })
 }

@@ -10,10 +10,14 @@ use serde::{Deserialize, Serialize};
 
 use super::HttpState;
 use super::error::ApiError;
-use crate::limiter::{Checked, Store};
+use crate::limiter::{Checked, FailureMode, Store};
 
 /// The message every denial carries, as clients of the system we replace expect it.
 pub const DENIED_MESSAGE: &str = "Rate limit exceeded. Please try again later.";
+
+/// Marks a decision the shared store did not make: its value is the failure
+/// mode that made it (`open` or `local`). Absent on every other decision.
+pub const FALLBACK_HEADER: &str = "slidegate-fallback";
 
 /// The body of a check. Strings borrow from the request body where they can,
 /// so parsing a typical check allocates nothing.
@@ -37,6 +41,9 @@ struct DecisionBody<'a> {
     retry_after_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'static str>,
+    /// As [`FALLBACK_HEADER`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<FailureMode>,
 }
 
 pub async fn check<S: Store>(
@@ -136,6 +143,12 @@ pub fn decision_response(checked: &Checked) -> HttpResponse {
             HeaderValue::from(ceil_secs(decision.retry_after).max(1)),
         ));
     }
+    if let Some(mode) = decision.fallback {
+        response.insert_header((
+            HeaderName::from_static(FALLBACK_HEADER),
+            HeaderValue::from_static(mode.as_str()),
+        ));
+    }
     response.json(DecisionBody {
         allowed: decision.allowed,
         policy: name,
@@ -144,5 +157,6 @@ pub fn decision_response(checked: &Checked) -> HttpResponse {
         reset_after_ms: ceil_millis(decision.reset_after),
         retry_after_ms: ceil_millis(decision.retry_after),
         message: (!decision.allowed).then_some(DENIED_MESSAGE),
+        fallback: decision.fallback,
     })
 }

@@ -1,6 +1,7 @@
 //! Every error the HTTP API can answer, mapped to a status and a JSON body in this one place.
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -76,7 +77,13 @@ impl ResponseError for ApiError {
             }
             other => other.to_string(),
         };
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Check(CheckError::Store(_)) = self {
+            // The store is expected back (a restart, a breaker cool-down of
+            // about a second); a client that honours this does not hammer it.
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(1u32)));
+        }
+        response.json(ErrorBody {
             error: self.code(),
             message: &message,
         })

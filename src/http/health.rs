@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
 use super::HttpState;
-use crate::limiter::{DependencyHealth, Store};
+use crate::limiter::{DependencyHealth, FailoverHealth, Store};
 
 /// 200 while the process can answer at all; a load balancer should restart it otherwise.
 pub async fn live() -> HttpResponse {
@@ -23,33 +23,38 @@ struct Readiness<'a> {
 #[serde(untagged)]
 enum Check<'a> {
     Dependency(&'a DependencyHealth),
-    Limiter(LimiterCheck),
+    Limiter(LimiterCheck<'a>),
 }
 
 #[derive(Serialize)]
-struct LimiterCheck {
+struct LimiterCheck<'a> {
+    /// Same as the top-level `ready`: every check gets the answer its configuration asks for.
     ok: bool,
+    /// The shared store cannot decide now; checks are answered by their failure modes.
+    degraded: bool,
     store: &'static str,
     /// Script SHA1 per algorithm (null for the embedded store, which runs no scripts).
     algorithms: BTreeMap<&'static str, Option<String>>,
     policies: usize,
+    /// Failure mode, breaker, live replicas, deny cache and counters (shared store only).
+    #[serde(flatten)]
+    failover: Option<&'a FailoverHealth>,
 }
 
-/// 200 `{"ready": true, ...}` when the replica can decide checks: its store
-/// answers and it has at least one policy. 503 with `"ready": false` otherwise,
-/// naming what is wrong in `checks`.
+/// 200 `{"ready": true, ...}` when the replica answers every check as its
+/// configuration says (see [`crate::limiter::Limiter::health`] for exactly
+/// when); 503 with `"ready": false` otherwise, naming what is wrong in `checks`.
 pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     let health = state.limiter.health().await;
-    let policies = state.limiter.policies().len();
     let mut algorithms: BTreeMap<&'static str, Option<String>> = crate::limiter::Algorithm::ALL
         .into_iter()
         .map(|algorithm| (algorithm.as_str(), None))
         .collect();
-    for (algorithm, sha) in &health.scripts {
+    for (algorithm, sha) in &health.store.scripts {
         algorithms.insert(algorithm.as_str(), Some(sha.clone()));
     }
-    let limiter_ok = health.ok && policies > 0;
     let mut checks: BTreeMap<&'static str, Check<'_>> = health
+        .store
         .dependencies
         .iter()
         .map(|dependency| (dependency.name, Check::Dependency(dependency)))
@@ -57,15 +62,19 @@ pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     checks.insert(
         "limiter",
         Check::Limiter(LimiterCheck {
-            ok: limiter_ok,
-            store: health.store,
+            ok: health.ready,
+            degraded: health.degraded,
+            store: health.store.store,
             algorithms,
-            policies,
+            policies: health.policies,
+            failover: health.failover.as_ref(),
         }),
     );
-    let ready = limiter_ok && health.dependencies.iter().all(|dependency| dependency.ok);
-    let body = Readiness { ready, checks };
-    if ready {
+    let body = Readiness {
+        ready: health.ready,
+        checks,
+    };
+    if health.ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

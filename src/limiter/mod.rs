@@ -3,6 +3,8 @@
 //! It knows nothing of HTTP and nothing of Redis: requests arrive as a policy
 //! name, a key and a cost, and leave as a [`Decision`] or a [`CheckError`].
 //! Storage sits behind the [`Store`] trait, implemented in [`crate::store`].
+//! In front of a shared store, [`failover`] decides what happens when the
+//! store cannot answer: a deny cache, a circuit breaker, and failure modes.
 
 pub mod algorithms;
 #[cfg(test)]
@@ -12,6 +14,7 @@ pub mod clock;
 pub mod counters;
 pub mod decision;
 pub mod deny_cache;
+pub mod failover;
 pub mod key;
 pub mod policy;
 
@@ -25,8 +28,9 @@ pub use breaker::{BreakerSettings, BreakerState};
 pub use clock::{Clock, FakeClock, Micros, MonotonicClock, SystemClock};
 pub use counters::{CountersSnapshot, FailureCounters};
 pub use decision::{Decision, Outcome};
+pub use failover::{Failover, FailoverHealth, FailoverSettings};
 pub use key::{KeyError, LimiterKey};
-pub use policy::{Algorithm, Policy, PolicyError, PolicyName, PolicySet, Window};
+pub use policy::{Algorithm, FailureMode, Policy, PolicyError, PolicyName, PolicySet, Window};
 
 /// Largest cost a single check may carry; costs above a policy's limit are refused anyway.
 pub const MAX_COST: u64 = policy::MAX_LIMIT;
@@ -49,6 +53,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store's own view of its health, for readiness.
     fn health(&self) -> impl Future<Output = StoreHealth> + Send;
+
+    /// Records that `replica` is alive and returns how many replicas share
+    /// this store: those that recorded themselves within `stale_after`,
+    /// judged by the store's clock. A store private to one process answers 1.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached in time.
+    fn heartbeat(
+        &self,
+        replica: &str,
+        stale_after: Duration,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// The store could not decide. Never carries secrets: connection URLs are not part of it.
@@ -63,6 +79,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store replied with something the limiter cannot read: {0}")]
     InvalidReply(String),
+    /// Not an answer from the store: the limiter did not ask it.
+    #[error("not asked: the circuit breaker is open after repeated store failures")]
+    CircuitOpen,
 }
 
 /// Readiness of a store and the dependencies behind it.
@@ -118,15 +137,44 @@ pub struct Checked {
 }
 
 /// Decides checks against a set of policies, backed by one store.
-#[derive(Debug)]
 pub struct Limiter<S> {
     policies: PolicySet,
     store: S,
+    /// Failure handling, for a store shared with other replicas (Redis). The
+    /// embedded store cannot fail and has none.
+    failover: Option<Failover>,
+}
+
+/// Whether a replica should receive traffic, and why (see [`Limiter::health`]).
+#[derive(Debug, Clone)]
+pub struct LimiterHealth {
+    /// The replica answers every check as its configuration says it should.
+    pub ready: bool,
+    /// The shared store cannot decide now (its breaker is open, or it did not
+    /// answer readiness's probe): checks go to their failure modes.
+    pub degraded: bool,
+    pub policies: usize,
+    pub store: StoreHealth,
+    pub failover: Option<FailoverHealth>,
 }
 
 impl<S: Store> Limiter<S> {
+    /// A limiter whose store cannot fail (the embedded store).
     pub fn new(policies: PolicySet, store: S) -> Self {
-        Self { policies, store }
+        Self {
+            policies,
+            store,
+            failover: None,
+        }
+    }
+
+    /// A limiter in front of a shared store that may fail, handled by `failover`.
+    pub fn with_failover(policies: PolicySet, store: S, failover: Failover) -> Self {
+        Self {
+            policies,
+            store,
+            failover: Some(failover),
+        }
     }
 
     /// Checks `cost` units (the policy's default cost when `None`) of `key` against `policy`.
@@ -159,10 +207,15 @@ impl<S: Store> Limiter<S> {
                 limit: policy.limit(),
             });
         }
-        let outcome = self.store.check(policy, key, cost).await?;
+        let decision = match &self.failover {
+            Some(failover) => failover.decide(&self.store, policy, key, cost).await?,
+            None => {
+                Decision::from_outcome(self.store.check(policy, key, cost).await?, policy.limit())
+            }
+        };
         Ok(Checked {
             policy: Arc::clone(policy),
-            decision: Decision::from_outcome(outcome, policy.limit()),
+            decision,
         })
     }
 
@@ -174,7 +227,130 @@ impl<S: Store> Limiter<S> {
         &self.store
     }
 
-    pub async fn health(&self) -> StoreHealth {
-        self.store.health().await
+    pub fn failover(&self) -> Option<&Failover> {
+        self.failover.as_ref()
+    }
+
+    /// One heartbeat to the shared store (nothing without one).
+    pub async fn heartbeat(&self) {
+        if let Some(failover) = &self.failover {
+            failover.heartbeat(&self.store).await;
+        }
+    }
+
+    /// Readiness. `ready` means: at least one policy is loaded, and either the
+    /// shared store can decide (it answered a probe and its breaker is not
+    /// open), or no policy fails closed, so every check still gets the answer
+    /// its configuration asks for (`open` admits, `local` decides locally).
+    /// A replica whose `closed` policies would answer 503 is not ready.
+    pub async fn health(&self) -> LimiterHealth {
+        let store = self.store.health().await;
+        let policies = self.policies.len();
+        let failover = self
+            .failover
+            .as_ref()
+            .map(|failover| failover.health(&self.policies));
+        let breaker_open = failover
+            .as_ref()
+            .is_some_and(|failover| failover.breaker.state == BreakerState::Open);
+        let degraded = !store.ok || breaker_open;
+        let every_check_answered = !degraded
+            || failover.is_some()
+                && self
+                    .policies
+                    .iter_sorted()
+                    .iter()
+                    .all(|policy| policy.failure_mode() != FailureMode::Closed);
+        LimiterHealth {
+            ready: policies > 0 && every_check_answered,
+            degraded,
+            policies,
+            store,
+            failover,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn limiter_with_failover() -> (Limiter<MemoryStore>, FakeClock) {
+        let clock = FakeClock::default();
+        let policy = Policy::new(
+            PolicyName::parse("p").unwrap(),
+            Algorithm::SlidingLog,
+            3,
+            Window::parse("10s").unwrap(),
+            1,
+        )
+        .unwrap();
+        let settings = FailoverSettings {
+            default_mode: FailureMode::Closed,
+            breaker: BreakerSettings::default(),
+            deny_cache_max_keys: Some(100),
+            heartbeat_interval: Duration::from_secs(1),
+        };
+        let limiter = Limiter::with_failover(
+            PolicySet::new([policy]).unwrap(),
+            MemoryStore::new(Arc::new(clock.clone())),
+            Failover::new(settings, Arc::new(clock.clone())),
+        );
+        (limiter, clock)
+    }
+
+    /// Checks whose futures finish without waiting (the embedded store never waits).
+    fn check_now(limiter: &Limiter<MemoryStore>, key: &str, cost: Option<u64>) -> Decision {
+        limiter
+            .check("p", key, cost)
+            .now_or_never()
+            .expect("nothing to wait for")
+            .expect("a decision")
+            .decision
+    }
+
+    #[test]
+    fn the_hot_path_through_a_closed_breaker_and_the_deny_cache_allocates_nothing() {
+        let (limiter, clock) = limiter_with_failover();
+        assert!(check_now(&limiter, "hot", None).allowed, "warm the buffers");
+        let before = allocations::on_this_thread();
+        assert!(check_now(&limiter, "hot", None).allowed);
+        assert!(check_now(&limiter, "hot", None).allowed);
+        assert_eq!(allocations::on_this_thread(), before, "allowed checks");
+
+        let denied = check_now(&limiter, "hot", None);
+        assert!(!denied.allowed);
+        let failover = limiter.failover().unwrap();
+        assert_eq!(failover.deny_cache().unwrap().len(), 1);
+        let before = allocations::on_this_thread();
+        for _ in 0..100 {
+            clock.advance(Duration::from_millis(10));
+            assert!(!check_now(&limiter, "hot", Some(0)).allowed);
+        }
+        assert_eq!(allocations::on_this_thread(), before, "deny cache hits");
+        assert_eq!(failover.counters().deny_cache_hits(), 100);
+        assert_eq!(failover.counters().store_calls(), 4);
+    }
+
+    #[test]
+    fn a_cached_denial_ends_at_its_retry_time_and_larger_costs_bypass_it() {
+        let (limiter, clock) = limiter_with_failover();
+        for _ in 0..3 {
+            assert!(check_now(&limiter, "k", None).allowed);
+        }
+        let denied = check_now(&limiter, "k", None);
+        assert_eq!(denied.retry_after, Duration::from_secs(10));
+        let counters = limiter.failover().unwrap().counters();
+        assert!(!check_now(&limiter, "k", Some(2)).allowed);
+        assert_eq!(counters.deny_cache_hits(), 0, "cost 2 asks the store");
+        clock.advance(Duration::from_millis(9_999));
+        let cached = check_now(&limiter, "k", None);
+        assert_eq!(cached.retry_after, Duration::from_millis(1));
+        assert_eq!(counters.deny_cache_hits(), 1);
+        clock.advance(Duration::from_millis(1));
+        assert!(check_now(&limiter, "k", None).allowed);
     }
 }

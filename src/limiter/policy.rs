@@ -120,6 +120,37 @@ impl FromStr for Algorithm {
     }
 }
 
+/// What a policy's checks get when the shared store cannot decide them
+/// (Redis down, slow past its timeout, or its circuit breaker open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Refuse with 503 `limiter_unavailable`: no check is admitted uncounted.
+    Closed,
+    /// Admit, marked as decided without the shared store: availability over the limit.
+    Open,
+    /// Decide in process against `limit / live replicas` (rounded down, at least 1).
+    Local,
+}
+
+impl FailureMode {
+    pub const ALL: [FailureMode; 3] = [FailureMode::Closed, FailureMode::Open, FailureMode::Local];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Closed => "closed",
+            FailureMode::Open => "open",
+            FailureMode::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for FailureMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A window length between 1 ms and 24 h, in whole milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Window(Duration);
@@ -180,9 +211,12 @@ pub struct Policy {
     limit: NonZeroU64,
     window: Window,
     default_cost: u64,
+    failure_mode: FailureMode,
 }
 
 impl Policy {
+    /// A policy that fails closed; see [`Policy::with_failure_mode`].
+    ///
     /// # Errors
     /// When the limit is outside 1..=[`MAX_LIMIT`] (1..=[`MAX_SLIDING_LOG_LIMIT`]
     /// for `sliding_log`) or the default cost exceeds the limit.
@@ -212,7 +246,25 @@ impl Policy {
             limit,
             window,
             default_cost,
+            failure_mode: FailureMode::Closed,
         })
+    }
+
+    pub fn with_failure_mode(self, failure_mode: FailureMode) -> Self {
+        Self {
+            failure_mode,
+            ..self
+        }
+    }
+
+    /// The same policy with a smaller limit (at least 1), for the `local`
+    /// failure mode's per-replica share. It keeps the name, so in-process
+    /// state carries over when the share changes.
+    pub(crate) fn with_limit(&self, limit: u64) -> Self {
+        Self {
+            limit: NonZeroU64::new(limit.clamp(1, self.limit.get())).unwrap_or(self.limit),
+            ..self.clone()
+        }
     }
 
     pub fn name(&self) -> &PolicyName {
@@ -229,6 +281,9 @@ impl Policy {
     }
     pub fn default_cost(&self) -> u64 {
         self.default_cost
+    }
+    pub fn failure_mode(&self) -> FailureMode {
+        self.failure_mode
     }
 }
 

@@ -26,6 +26,7 @@ use crate::limiter::{
 const SLIDING_LOG: &str = include_str!("../../lua/sliding_log.lua");
 const SLIDING_WINDOW: &str = include_str!("../../lua/sliding_window.lua");
 const GCRA: &str = include_str!("../../lua/gcra.lua");
+const HEARTBEAT: &str = include_str!("../../lua/heartbeat.lua");
 
 /// How the Redis store connects and how long it waits.
 #[derive(Debug, Clone)]
@@ -41,11 +42,12 @@ pub struct RedisOptions {
     pub command_timeout: Duration,
 }
 
-/// The three scripts, each built once; `Script` keeps the SHA1 it sends with `EVALSHA`.
+/// The scripts, each built once; `Script` keeps the SHA1 it sends with `EVALSHA`.
 struct Scripts {
     sliding_log: Script,
     sliding_window: Script,
     gcra: Script,
+    heartbeat: Script,
 }
 
 impl Scripts {
@@ -54,6 +56,7 @@ impl Scripts {
             sliding_log: Script::new(SLIDING_LOG),
             sliding_window: Script::new(SLIDING_WINDOW),
             gcra: Script::new(GCRA),
+            heartbeat: Script::new(HEARTBEAT),
         }
     }
 
@@ -136,6 +139,11 @@ impl RedisStore {
                 vec![base]
             }
         }
+    }
+
+    /// The sorted set of live replicas, `<prefix>{replicas}`.
+    pub fn replicas_key(&self) -> String {
+        format!("{}{{replicas}}", self.key_prefix)
     }
 
     /// SHA1 of each algorithm's script, as sent with `EVALSHA`.
@@ -297,6 +305,25 @@ impl Store for RedisStore {
             }],
             scripts: self.script_hashes(),
         }
+    }
+
+    async fn heartbeat(&self, replica: &str, stale_after: Duration) -> Result<u64, StoreError> {
+        let mut connection = self.connection().await?;
+        let mut invocation = self.scripts.heartbeat.prepare_invoke();
+        invocation
+            .key(self.replicas_key())
+            .arg(replica)
+            .arg(stale_after.as_micros() as u64);
+        let reply = tokio::time::timeout(
+            self.command_timeout,
+            invocation.invoke_async::<u64>(&mut connection.connection),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout {
+            operation: "sending a heartbeat",
+            after: self.command_timeout,
+        })?;
+        reply.map_err(|error| connection.failed(&error))
     }
 }
 

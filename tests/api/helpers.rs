@@ -1,7 +1,9 @@
 //! `spawn_app`: the real server on port 0, on the machine's Redis, with data no other test can see.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use slidegate::configuration::{LogSettings, PolicySettings, Settings};
 use slidegate::limiter::{Clock, SystemClock};
@@ -33,6 +35,7 @@ pub fn policy(name: &str, algorithm: &str, limit: u64, window: &str) -> PolicySe
         limit,
         window: window.into(),
         cost: 1,
+        failure_mode: None,
     }
 }
 
@@ -42,8 +45,8 @@ pub struct TestOptions {
     pub key_prefix: String,
     pub policies: Vec<PolicySettings>,
     pub clock: Arc<dyn Clock>,
-    /// Every other setting (timeouts, for one); the fields above and the
-    /// bind address override it.
+    /// Every other setting (timeouts, failure modes, breaker, deny cache);
+    /// the fields above and the bind address override it.
     pub settings: Settings,
 }
 
@@ -144,6 +147,16 @@ impl TestApp {
         read_reply(response).await
     }
 
+    /// `GET /health/ready`: the readiness body (whatever its status).
+    pub async fn readiness(&self) -> serde_json::Value {
+        self.get("/health/ready").await.body
+    }
+
+    /// The limiter's part of readiness: breaker, failure modes, counters.
+    pub async fn limiter_health(&self) -> serde_json::Value {
+        self.readiness().await["checks"]["limiter"].clone()
+    }
+
     pub async fn get(&self, path: &str) -> CheckReply {
         let response = self
             .client
@@ -175,4 +188,22 @@ pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("the machine's Redis answers (bash .ci/run starts it)")
+}
+
+/// Polls `probe` until it yields `Some`, failing the test after `within`.
+/// Waiting on a condition, not for a time: the test goes on as soon as it holds.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    let mut ticks = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        ticks.tick().await;
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+    }
 }
