@@ -178,6 +178,7 @@ pub struct LimiterSettings {
     /// What checks get when Redis cannot decide them: `closed` (503), `open`
     /// (admitted, marked) or `local` (limit / live replicas, in process).
     /// A policy may override it with its own `failure_mode`.
+    #[serde(deserialize_with = "failure_mode")]
     pub failure_mode: FailureMode,
     /// How often a replica records itself as live in Redis; the `local` mode
     /// divides limits by the number of replicas heard from within 3 periods.
@@ -256,9 +257,9 @@ pub struct PolicySettings {
     /// Units a check consumes when it names no cost.
     #[serde(default = "one")]
     pub cost: u64,
-    /// This policy's failure mode; default: `limiter.failure_mode`.
+    /// This policy's failure mode (`closed`, `open`, `local`); default: `limiter.failure_mode`.
     #[serde(default)]
-    pub failure_mode: Option<FailureMode>,
+    pub failure_mode: Option<String>,
 }
 
 fn one() -> u64 {
@@ -268,17 +269,29 @@ fn one() -> u64 {
 impl PolicySettings {
     /// # Errors
     /// The first problem found, with the message a person needs to fix it.
-    pub fn to_policy(&self) -> Result<Policy, (&'static str, PolicyError)> {
+    /// The policy, failing by `default_mode` unless it names its own.
+    ///
+    /// # Errors
+    /// The first problem found, with the message a person needs to fix it.
+    pub fn to_policy(
+        &self,
+        default_mode: FailureMode,
+    ) -> Result<Policy, (&'static str, PolicyError)> {
         let name = PolicyName::parse(&self.name).map_err(|e| ("name", e))?;
         let algorithm: Algorithm = self.algorithm.parse().map_err(|e| ("algorithm", e))?;
         let window = Window::parse(&self.window).map_err(|e| ("window", e))?;
-        Policy::new(name, algorithm, self.limit, window, self.cost).map_err(|e| {
+        let failure_mode = match &self.failure_mode {
+            Some(mode) => mode.trim().parse().map_err(|e| ("failure_mode", e))?,
+            None => default_mode,
+        };
+        let policy = Policy::new(name, algorithm, self.limit, window, self.cost).map_err(|e| {
             let field = match e {
                 PolicyError::CostOutOfRange { .. } => "cost",
                 _ => "limit",
             };
             (field, e)
-        })
+        })?;
+        Ok(policy.with_failure_mode(failure_mode))
     }
 }
 
@@ -431,11 +444,13 @@ impl Settings {
         };
         let mut policies = Vec::with_capacity(declared.len());
         for (index, settings) in declared.iter().enumerate() {
-            let policy = settings.to_policy().map_err(|(field, problem)| {
-                ConfigurationError::invalid(format!("policies[{index}].{field}"), problem)
-            })?;
-            let mode = settings.failure_mode.unwrap_or(self.limiter.failure_mode);
-            policies.push(policy.with_failure_mode(mode));
+            let policy =
+                settings
+                    .to_policy(self.limiter.failure_mode)
+                    .map_err(|(field, problem)| {
+                        ConfigurationError::invalid(format!("policies[{index}].{field}"), problem)
+                    })?;
+            policies.push(policy);
         }
         PolicySet::new(policies).map_err(|name| {
             ConfigurationError::invalid(
@@ -456,6 +471,12 @@ pub fn demo_policy() -> Policy {
         1,
     )
     .expect("a valid literal policy")
+}
+
+/// Reads "closed", "open" or "local", naming the choices when it is none of them.
+fn failure_mode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<FailureMode, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.trim().parse().map_err(serde::de::Error::custom)
 }
 
 /// Reads "250ms", "10s", "1m" into a `Duration`.

@@ -29,6 +29,8 @@ pub enum PolicyError {
     InvalidName(String),
     #[error("unknown algorithm {0:?}; expected one of sliding_log, sliding_window, gcra")]
     UnknownAlgorithm(String),
+    #[error("unknown failure mode {0:?}; expected one of closed, open, local")]
+    UnknownFailureMode(String),
     #[error("limit must be between 1 and {max} (got {got})")]
     LimitOutOfRange { got: u64, max: u64 },
     #[error(
@@ -148,6 +150,17 @@ impl FailureMode {
 impl fmt::Display for FailureMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FailureMode {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FailureMode::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == s)
+            .ok_or_else(|| PolicyError::UnknownFailureMode(s.to_owned()))
     }
 }
 
