@@ -147,6 +147,32 @@ impl TestApp {
         read_reply(response).await
     }
 
+    /// A check that reports transport errors (a reset, a refused or dropped
+    /// connection, an unreadable body) as `Err` rather than panicking, so a
+    /// test can count them apart from statuses.
+    pub async fn try_check(&self, policy: &str, key: &str) -> Result<CheckReply, String> {
+        let response = self
+            .client
+            .post(format!("{}/v1/check", self.address))
+            .json(&serde_json::json!({ "policy": policy, "key": key }))
+            .send()
+            .await
+            .map_err(|error| format!("{error:?}"))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response
+            .text()
+            .await
+            .map_err(|error| format!("{error:?}"))?;
+        let body = serde_json::from_str(&text)
+            .map_err(|_| format!("status {status}: body is not JSON: {text:?}"))?;
+        Ok(CheckReply {
+            status,
+            headers,
+            body,
+        })
+    }
+
     /// `GET /health/ready`: the readiness body (whatever its status).
     pub async fn readiness(&self) -> serde_json::Value {
         self.get("/health/ready").await.body

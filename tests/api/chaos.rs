@@ -1,0 +1,372 @@
+//! Redis killed, restarted, paused and slowed under concurrent load: every answer follows the configured failure mode, and the replica comes back by itself.
+//!
+//! Each test starts its own `redis-server` (and, for the slow case, a
+//! delaying proxy) on 127.0.0.1, bounded in clients and time; the guards stop
+//! them when the test ends, also when it fails. The replicas run with the
+//! default timeouts and breaker settings, since those are what is promised.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use slidegate::configuration::{PolicySettings, Settings};
+use slidegate::limiter::FailureMode;
+use tokio::task::JoinHandle;
+
+use crate::helpers::{TestApp, TestOptions, eventually, policy, spawn_app};
+use crate::private_redis::{DelayingProxy, PrivateRedis};
+
+/// What one request got. Transport errors (a reset, a dropped connection)
+/// are kept apart from statuses: slidegate must never cause one.
+#[derive(Debug, Clone)]
+struct Answer {
+    policy: &'static str,
+    sent: Instant,
+    took: Duration,
+    reply: Result<Reply, String>,
+}
+
+#[derive(Debug, Clone)]
+struct Reply {
+    status: u16,
+    /// The `slidegate-fallback` header: the failure mode that decided, if any.
+    fallback: Option<String>,
+    /// The `error` code of an error body.
+    error: Option<String>,
+}
+
+impl Answer {
+    /// A 200 or 429 decided by Redis (or remembered from it by the deny cache).
+    fn redis_backed(&self) -> bool {
+        matches!(&self.reply, Ok(reply) if matches!(reply.status, 200 | 429) && reply.fallback.is_none())
+    }
+
+    fn fallback(&self) -> Option<&str> {
+        self.reply.as_ref().ok()?.fallback.as_deref()
+    }
+}
+
+/// Clients sending checks in a loop until stopped, each waiting for its answer.
+struct Load {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    /// `clients` concurrent clients; client `i` cycles through `policies` on ten keys.
+    fn start(app: &Arc<TestApp>, clients: usize, policies: &'static [&'static str]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let clients = (0..clients)
+            .map(|client| {
+                let (app, stop, answers) = (Arc::clone(app), stop.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let key = format!("key-{}", client % 10);
+                    let mut turn = client;
+                    while !stop.load(Ordering::Relaxed) {
+                        let policy = policies[turn % policies.len()];
+                        turn += 1;
+                        let sent = Instant::now();
+                        let reply = app.try_check(policy, &key).await.map(|reply| Reply {
+                            status: reply.status,
+                            fallback: reply.header("slidegate-fallback").map(str::to_owned),
+                            error: reply.body["error"].as_str().map(str::to_owned),
+                        });
+                        let answer = Answer {
+                            policy,
+                            sent,
+                            took: sent.elapsed(),
+                            reply,
+                        };
+                        answers.lock().unwrap().push(answer);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            answers,
+            clients,
+        }
+    }
+
+    /// Waits until at least `count` answers match `matching`.
+    async fn wait_for(&self, count: usize, what: &str, matching: impl Fn(&Answer) -> bool) {
+        eventually(Duration::from_secs(10), what, || async {
+            let answers = self.answers.lock().unwrap();
+            (answers.iter().filter(|answer| matching(answer)).count() >= count).then_some(())
+        })
+        .await;
+    }
+
+    async fn stop(mut self) -> Vec<Answer> {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients.drain(..) {
+            client.await.expect("a client panicked");
+        }
+        std::mem::take(&mut self.answers.lock().unwrap())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn with_mode(mut policy: PolicySettings, mode: FailureMode) -> PolicySettings {
+    policy.failure_mode = Some(mode.as_str().to_owned());
+    policy
+}
+
+async fn breaker_state(app: &TestApp) -> String {
+    app.limiter_health().await["breaker"]["state"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Waits until the breaker is in `state`; returns when that was first seen.
+async fn breaker_becomes(app: &TestApp, state: &str, within: Duration) -> Instant {
+    eventually(within, &format!("the breaker is {state}"), || async {
+        (breaker_state(app).await == state).then(Instant::now)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_under_150_clients_gets_each_policy_its_failure_mode_and_decisions_resume_within_2s_of_a_restart()
+ {
+    let mut redis = PrivateRedis::start();
+    let mut options = TestOptions::redis(vec![
+        with_mode(
+            policy("closed", "gcra", 1_000_000, "1h"),
+            FailureMode::Closed,
+        ),
+        with_mode(
+            policy("open", "sliding_window", 1_000_000, "1h"),
+            FailureMode::Open,
+        ),
+        with_mode(
+            policy("local", "sliding_log", 100_000, "1h"),
+            FailureMode::Local,
+        ),
+    ]);
+    options.redis_url = Some(redis.url());
+    // Timeouts are the subject of the pause and slow tests, which use the
+    // defaults. Here 150 clients, a fresh Redis loading its scripts and the
+    // rest of the suite share 2 cores: a scheduling stall past 50 ms would
+    // reopen the breaker after the restart and blur what is measured.
+    options.settings.redis.command_timeout = Duration::from_millis(250);
+    options.settings.redis.connect_timeout = Duration::from_millis(250);
+    let app = Arc::new(spawn_app(options).await);
+    let load = Load::start(&app, 150, &["closed", "open", "local"]);
+    load.wait_for(300, "Redis-backed decisions", Answer::redis_backed)
+        .await;
+
+    redis.kill();
+    let killed = Instant::now();
+    for (policy, outage_answer) in [
+        ("closed", "a 503"),
+        ("open", "an open fallback"),
+        ("local", "a local fallback"),
+    ] {
+        load.wait_for(20, &format!("{policy}: {outage_answer}"), |answer| {
+            answer.policy == policy
+                && answer.sent > killed
+                && (answer.fallback() == Some(policy)
+                    || matches!(&answer.reply, Ok(reply) if reply.status == 503))
+        })
+        .await;
+    }
+    breaker_becomes(&app, "open", Duration::from_secs(5)).await;
+    let ready = app.get("/health/ready").await;
+    assert_eq!(
+        ready.status, 503,
+        "a closed policy cannot answer: not ready"
+    );
+    assert_eq!(ready.body["checks"]["limiter"]["degraded"], true);
+
+    redis.restart();
+    let restarted = Instant::now();
+    let closed = breaker_becomes(&app, "closed", Duration::from_secs(5)).await;
+    let recovery = closed - restarted;
+    load.wait_for(300, "Redis-backed decisions after recovery", |answer| {
+        answer.sent > closed && answer.redis_backed()
+    })
+    .await;
+    let answers = load.stop().await;
+
+    assert!(
+        recovery <= Duration::from_secs(2),
+        "Redis-backed decisions resumed {recovery:?} after the restart"
+    );
+    let transport_errors: Vec<_> = answers.iter().filter(|a| a.reply.is_err()).collect();
+    assert!(
+        transport_errors.is_empty(),
+        "{} transport errors, e.g. {:?}",
+        transport_errors.len(),
+        transport_errors.first()
+    );
+    for answer in &answers {
+        let reply = answer.reply.as_ref().unwrap();
+        let follows_its_mode = match (answer.policy, reply.status, reply.fallback.as_deref()) {
+            (_, 200 | 429, None) => true,
+            ("closed", 503, None) => reply.error.as_deref() == Some("limiter_unavailable"),
+            ("open", 200, Some("open")) => true,
+            ("local", 200 | 429, Some("local")) => true,
+            _ => false,
+        };
+        assert!(follows_its_mode, "{answer:?}");
+        if answer.sent > closed {
+            assert!(answer.redis_backed(), "after recovery: {answer:?}");
+        }
+    }
+    let outage_answers = answers
+        .iter()
+        .filter(|a| a.sent > killed && a.sent < restarted)
+        .count();
+    assert!(
+        outage_answers > 100,
+        "only {outage_answers} during the outage"
+    );
+
+    // The fresh server had no scripts: they were loaded again.
+    let algorithms = &app.limiter_health().await["algorithms"];
+    let mut connection = redis.connection().await;
+    for algorithm in ["gcra", "sliding_window", "sliding_log"] {
+        let sha = algorithms[algorithm].as_str().unwrap();
+        let exists: Vec<bool> = redis::cmd("SCRIPT")
+            .arg("EXISTS")
+            .arg(sha)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(exists, vec![true], "{algorithm} was not loaded again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_redis_keeps_latency_within_the_timeouts_opens_the_breaker_and_it_closes_after_sigcont()
+ {
+    let redis = PrivateRedis::start();
+    let mut options = TestOptions::redis(vec![with_mode(
+        policy("p", "gcra", 1_000_000, "1h"),
+        FailureMode::Open,
+    )]);
+    options.redis_url = Some(redis.url());
+    let defaults = Settings::default().redis;
+    let bound = defaults.connect_timeout + defaults.command_timeout;
+    let app = Arc::new(spawn_app(options).await);
+    let load = Load::start(&app, 20, &["p"]);
+    load.wait_for(100, "Redis-backed decisions", Answer::redis_backed)
+        .await;
+
+    redis.pause();
+    let paused = Instant::now();
+    breaker_becomes(&app, "open", Duration::from_secs(5)).await;
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "open mode stays ready: {:?}", ready.body);
+    assert_eq!(ready.body["checks"]["limiter"]["degraded"], true);
+    // Let a cool-down end while Redis is still paused: the probe must fail
+    // within the timeout too, and open the breaker again.
+    eventually(Duration::from_secs(5), "a failed probe reopens", || async {
+        (app.limiter_health().await["counters"]["breaker_opened"] == 2).then_some(())
+    })
+    .await;
+
+    redis.resume();
+    let resumed = Instant::now();
+    let closed = breaker_becomes(&app, "closed", Duration::from_secs(5)).await;
+    load.wait_for(100, "Redis-backed decisions after SIGCONT", |answer| {
+        answer.sent > closed && answer.redis_backed()
+    })
+    .await;
+    let answers = load.stop().await;
+
+    let during_pause: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.sent > paused && a.sent < resumed)
+        .collect();
+    assert!(during_pause.len() > 100, "{} answers", during_pause.len());
+    let slowest = during_pause.iter().map(|a| a.took).max().unwrap();
+    // The timeouts bound the wait on Redis; the slack covers scheduling on a
+    // loaded 2-core machine. Without timeouts this would be the whole pause.
+    assert!(
+        slowest <= bound + Duration::from_millis(250),
+        "slowest answer while paused took {slowest:?}; the timeouts allow {bound:?}"
+    );
+    eprintln!(
+        "{} answers while paused, the slowest in {slowest:?}",
+        during_pause.len()
+    );
+    for answer in &during_pause {
+        assert_eq!(answer.fallback(), Some("open"), "{answer:?}");
+    }
+    // Not every answer after the close: on a loaded 2-core machine a burst
+    // right after SIGCONT can exceed the 50 ms default and reopen the breaker
+    // for a cool-down, which is the breaker doing its job.
+    let backed = answers
+        .iter()
+        .filter(|a| a.sent > closed && a.redis_backed())
+        .count();
+    assert!(backed >= 100, "{backed} Redis-backed answers after SIGCONT");
+    let counters = &app.limiter_health().await["counters"];
+    assert_eq!(counters["breaker_closed"], 1, "{counters}");
+    assert!(
+        counters["store_timeouts"].as_u64().unwrap() >= 5,
+        "{counters}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_still_gets_every_decision_back_within_the_timeout() {
+    let redis = PrivateRedis::start();
+    let proxy = DelayingProxy::start(redis.port()).await;
+    let mut options = TestOptions::redis(vec![with_mode(
+        policy("p", "gcra", 1_000_000, "1h"),
+        FailureMode::Open,
+    )]);
+    options.redis_url = Some(proxy.url());
+    let command_timeout = Settings::default().redis.command_timeout;
+    let app = spawn_app(options).await;
+    assert!(app.check("p", "warm-up", None).await.body["fallback"].is_null());
+
+    // Slow but within the timeout: Redis decides, however slowly.
+    proxy.set_delay(Duration::from_millis(10));
+    for _ in 0..10 {
+        let sent = Instant::now();
+        let reply = app.check("p", "k", None).await;
+        let took = sent.elapsed();
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply.header("slidegate-fallback").is_none(),
+            "took {took:?}"
+        );
+        assert!(took >= Duration::from_millis(10), "took {took:?}");
+    }
+
+    // Slower than the timeout: the answer comes back at the timeout, from the
+    // failure mode, and once the breaker opens without waiting at all.
+    proxy.set_delay(Duration::from_millis(400));
+    for _ in 0..10 {
+        let sent = Instant::now();
+        let reply = app.check("p", "k", None).await;
+        let took = sent.elapsed();
+        assert_eq!(reply.header("slidegate-fallback"), Some("open"));
+        assert!(
+            took <= command_timeout + Duration::from_millis(150),
+            "took {took:?} with a {command_timeout:?} timeout behind a 400 ms Redis"
+        );
+    }
+    assert_eq!(breaker_state(&app).await, "open");
+
+    proxy.set_delay(Duration::ZERO);
+    eventually(Duration::from_secs(5), "Redis decides again", || async {
+        app.check("p", "k", None).await.body["fallback"]
+            .is_null()
+            .then_some(())
+    })
+    .await;
+}
