@@ -115,19 +115,19 @@ impl Failover {
         };
         match store.check(policy, key, cost).await {
             Ok(outcome) => {
-                if permit.succeeded() == Some(BreakerState::Closed)
-                    && let Some(cache) = &self.deny_cache
-                {
-                    // The store may have lost its state in the outage (a
-                    // restart): denials remembered before it may no longer hold.
-                    cache.clear();
-                }
-                if let Some(cache) = &self.deny_cache
-                    && !outcome.allowed
-                    && cache.remember(policy, key, cost, &outcome, self.clock.now())
-                        == Remembered::Full
-                {
-                    bump(&self.counters.deny_cache_full);
+                let closed_again = permit.succeeded() == Some(BreakerState::Closed);
+                if let Some(cache) = &self.deny_cache {
+                    if closed_again {
+                        // The store may have lost its state in the outage (a
+                        // restart): denials remembered before it may not hold.
+                        cache.clear();
+                    }
+                    if !outcome.allowed
+                        && cache.remember(policy, key, cost, &outcome, self.clock.now())
+                            == Remembered::Full
+                    {
+                        bump(&self.counters.deny_cache_full);
+                    }
                 }
                 Ok(Decision::from_outcome(outcome, policy.limit()))
             }
@@ -231,24 +231,13 @@ impl Failover {
         self.live_replicas.load(Ordering::Relaxed)
     }
 
-    pub fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
-    }
-
+    /// For a metrics exporter, and tests.
     pub fn counters(&self) -> &FailureCounters {
         &self.counters
     }
 
     pub fn deny_cache(&self) -> Option<&DenyCache> {
         self.deny_cache.as_ref()
-    }
-
-    pub fn replica_id(&self) -> &str {
-        &self.replica_id
-    }
-
-    pub fn settings(&self) -> &FailoverSettings {
-        &self.settings
     }
 
     pub fn health(&self, policies: &PolicySet) -> FailoverHealth {

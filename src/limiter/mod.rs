@@ -254,15 +254,13 @@ impl<S: Store> Limiter<S> {
             .as_ref()
             .is_some_and(|failover| failover.breaker.state == BreakerState::Open);
         let degraded = !store.ok || breaker_open;
-        let every_check_answered = !degraded
-            || failover.is_some()
-                && self
-                    .policies
-                    .iter_sorted()
-                    .iter()
-                    .all(|policy| policy.failure_mode() != FailureMode::Closed);
+        let no_policy_fails_closed = self
+            .policies
+            .iter_sorted()
+            .iter()
+            .all(|policy| policy.failure_mode() != FailureMode::Closed);
         LimiterHealth {
-            ready: policies > 0 && every_check_answered,
+            ready: policies > 0 && (!degraded || no_policy_fails_closed),
             degraded,
             policies,
             store,
