@@ -361,8 +361,13 @@ impl Settings {
                 self.limiter.heartbeat_interval,
             ),
         ] {
-            if value.is_zero() {
-                return Err(ConfigurationError::invalid(field, "must be longer than 0"));
+            // The upper bound keeps deadline arithmetic (now + cool-down,
+            // 3 × heartbeat interval) far from overflow; nothing sensible is longer.
+            if value.is_zero() || value > Duration::from_secs(24 * 60 * 60) {
+                return Err(ConfigurationError::invalid(
+                    field,
+                    "must be longer than 0 and at most 24h",
+                ));
             }
         }
         let breaker = &self.redis.breaker;
