@@ -210,64 +210,69 @@ impl CircuitBreaker {
     /// A permit to call the store, or `None` when the call must not be made
     /// (open, or half-open with every probe slot taken). Never waits.
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
-        let mut current = self.word.load(Ordering::Acquire);
-        loop {
-            let word = Word::unpack(current);
-            let next = match word.state {
-                BreakerState::Closed => {
-                    bump(&self.counters.store_calls);
-                    return Some(Permit {
-                        breaker: self,
-                        probe_of: None,
-                        reported: false,
-                    });
-                }
-                BreakerState::Open => {
-                    if self.clock.now() < self.open_until.load(Ordering::Acquire) {
-                        bump(&self.counters.short_circuited);
-                        return None;
-                    }
+        let probe_of = match Word::unpack(self.word.load(Ordering::Acquire)).state {
+            BreakerState::Closed => None,
+            BreakerState::Open | BreakerState::HalfOpen => {
+                let taken = self.update(|word| match word.state {
+                    BreakerState::Closed => None,
                     // The cool-down is over: this call is the first probe.
-                    Word {
+                    BreakerState::Open => (self.clock.now()
+                        >= self.open_until.load(Ordering::Acquire))
+                    .then(|| Word {
                         in_flight: 1,
                         ..word.moved_to(BreakerState::HalfOpen)
+                    }),
+                    BreakerState::HalfOpen => (word.in_flight + word.successes
+                        < u64::from(self.settings.probes))
+                    .then_some(Word {
+                        in_flight: word.in_flight + 1,
+                        ..word
+                    }),
+                });
+                match taken {
+                    Ok((before, after)) => {
+                        if before.state == BreakerState::Open {
+                            bump(&self.counters.breaker_half_opened);
+                            tracing::info!(
+                                probes = self.settings.probes,
+                                "circuit breaker half-open: probing the shared store"
+                            );
+                        }
+                        Some(after.epoch)
                     }
-                }
-                BreakerState::HalfOpen => {
-                    if word.in_flight + word.successes >= u64::from(self.settings.probes) {
+                    // Closed meanwhile: an ordinary call.
+                    Err(now) if now.state == BreakerState::Closed => None,
+                    Err(_) => {
                         bump(&self.counters.short_circuited);
                         return None;
                     }
-                    Word {
-                        in_flight: word.in_flight + 1,
-                        ..word
-                    }
                 }
-            };
-            match self.word.compare_exchange_weak(
-                current,
-                next.pack(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    if word.state == BreakerState::Open {
-                        bump(&self.counters.breaker_half_opened);
-                        tracing::info!(
-                            probes = self.settings.probes,
-                            "circuit breaker half-open: probing the shared store"
-                        );
-                    }
-                    bump(&self.counters.store_calls);
-                    return Some(Permit {
-                        breaker: self,
-                        probe_of: Some(next.epoch),
-                        reported: false,
-                    });
-                }
-                Err(actual) => current = actual,
             }
-        }
+        };
+        bump(&self.counters.store_calls);
+        Some(Permit {
+            breaker: self,
+            probe_of,
+            reported: false,
+        })
+    }
+
+    /// Applies `change` to the state word atomically (retrying on races, as
+    /// `fetch_update` does); `Ok((before, after))`, or `Err(current)` when
+    /// `change` declined.
+    fn update(&self, mut change: impl FnMut(Word) -> Option<Word>) -> Result<(Word, Word), Word> {
+        let mut after = None;
+        self.word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |packed| {
+                after = change(Word::unpack(packed));
+                after.map(Word::pack)
+            })
+            .map_err(Word::unpack)
+            .and_then(|before| {
+                // `after` holds what the accepted attempt returned.
+                let before = Word::unpack(before);
+                after.map(|after| (before, after)).ok_or(before)
+            })
     }
 
     fn record_success(&self, probe_of: Option<u64>) -> Option<BreakerState> {
@@ -278,42 +283,32 @@ impl CircuitBreaker {
             }
             return None;
         };
-        let mut current = self.word.load(Ordering::Acquire);
-        loop {
-            let word = Word::unpack(current);
-            if word.state != BreakerState::HalfOpen || word.epoch != epoch {
-                return None;
-            }
-            let successes = word.successes + 1;
-            let next = if successes >= u64::from(self.settings.probes) {
-                word.moved_to(BreakerState::Closed)
-            } else {
-                Word {
-                    in_flight: word.in_flight.saturating_sub(1),
-                    successes,
-                    ..word
-                }
-            };
-            match self.word.compare_exchange_weak(
-                current,
-                next.pack(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) if next.state == BreakerState::Closed => {
-                    self.consecutive_failures.store(0, Ordering::Relaxed);
-                    self.window_start.store(0, Ordering::Relaxed);
-                    bump(&self.counters.breaker_closed);
-                    tracing::info!(
-                        probes = successes,
-                        "circuit breaker closed: the shared store answers again"
-                    );
-                    return Some(BreakerState::Closed);
-                }
-                Ok(_) => return None,
-                Err(actual) => current = actual,
-            }
+        let (_, after) = self
+            .update(|word| {
+                (word.state == BreakerState::HalfOpen && word.epoch == epoch).then(|| {
+                    if word.successes + 1 >= u64::from(self.settings.probes) {
+                        word.moved_to(BreakerState::Closed)
+                    } else {
+                        Word {
+                            in_flight: word.in_flight.saturating_sub(1),
+                            successes: word.successes + 1,
+                            ..word
+                        }
+                    }
+                })
+            })
+            .ok()?;
+        if after.state != BreakerState::Closed {
+            return None;
         }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.window_start.store(0, Ordering::Relaxed);
+        bump(&self.counters.breaker_closed);
+        tracing::info!(
+            probes = self.settings.probes,
+            "circuit breaker closed: the shared store answers again"
+        );
+        Some(BreakerState::Closed)
     }
 
     fn record_failure(&self, probe_of: Option<u64>) -> Option<BreakerState> {
@@ -389,26 +384,13 @@ impl CircuitBreaker {
     }
 
     fn release_probe(&self, epoch: u64) {
-        let mut current = self.word.load(Ordering::Acquire);
-        loop {
-            let word = Word::unpack(current);
-            if word.state != BreakerState::HalfOpen || word.epoch != epoch || word.in_flight == 0 {
-                return;
-            }
-            let next = Word {
-                in_flight: word.in_flight - 1,
-                ..word
-            };
-            match self.word.compare_exchange_weak(
-                current,
-                next.pack(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
+        let _ = self.update(|word| {
+            (word.state == BreakerState::HalfOpen && word.epoch == epoch && word.in_flight > 0)
+                .then_some(Word {
+                    in_flight: word.in_flight - 1,
+                    ..word
+                })
+        });
     }
 }
 
