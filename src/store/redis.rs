@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bb8::{ManageConnection, Pool, RunError};
 use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
-use redis::{RedisError, Script};
+use redis::{RedisError, RedisResult, Script};
 
 use crate::limiter::{
     Algorithm, DependencyHealth, LimiterKey, Outcome, Policy, PoolHealth, Store, StoreError,
@@ -164,7 +164,9 @@ impl RedisStore {
     ///
     /// Connections opened before the last connection-level failure are
     /// dropped here instead of being handed out (see [`TrackedConnection`]).
-    async fn connection(&self) -> Result<Connection<'_>, StoreError> {
+    ///
+    /// Returns the clone and the generation it was opened in, for [`Self::reply`].
+    async fn connection(&self) -> Result<(MultiplexedConnection, u64), StoreError> {
         let timed_out = || StoreError::Timeout {
             operation: "waiting for a Redis connection",
             after: self.pool.config().connection_timeout,
@@ -179,11 +181,7 @@ impl RedisStore {
                     pooled.broken = true;
                     continue;
                 }
-                return Ok(Connection {
-                    connection: pooled.connection.clone(),
-                    generation: pooled.generation,
-                    store_generation: &self.generation,
-                });
+                return Ok((pooled.connection.clone(), pooled.generation));
             }
         };
         // Each `get` has its own timeout; this bounds the whole loop, which
@@ -192,26 +190,32 @@ impl RedisStore {
             .await
             .map_err(|_| timed_out())?
     }
-}
 
-/// A clone of a pooled connection, used for one operation.
-struct Connection<'a> {
-    connection: MultiplexedConnection,
-    generation: u64,
-    store_generation: &'a AtomicU64,
-}
-
-impl Connection<'_> {
-    /// Turns a command error into a [`StoreError`]. When the connection itself
-    /// failed (not just the command), every pooled connection at least as old
-    /// as this one is retired: they were most likely cut by the same restart
-    /// or network fault, and handing them out would fail one check each.
-    fn failed(&self, error: &RedisError) -> StoreError {
-        if error.is_unrecoverable_error() || error.is_connection_dropped() {
-            self.store_generation
-                .fetch_max(self.generation + 1, Ordering::AcqRel);
+    /// Waits at most `command_timeout` for `command`, sent on a connection
+    /// opened in `generation`. When the connection itself failed (not just the
+    /// command), every pooled connection at least as old is retired: they were
+    /// most likely cut by the same restart or network fault, and handing them
+    /// out would fail one check each. A timeout retires nothing: a slow or
+    /// paused server still holds its connections.
+    async fn reply<T>(
+        &self,
+        generation: u64,
+        operation: &'static str,
+        command: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.command_timeout, command).await {
+            Err(_) => Err(StoreError::Timeout {
+                operation,
+                after: self.command_timeout,
+            }),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                if error.is_unrecoverable_error() || error.is_connection_dropped() {
+                    self.generation.fetch_max(generation + 1, Ordering::AcqRel);
+                }
+                Err(StoreError::Unavailable(describe(&error)))
+            }
         }
-        StoreError::Unavailable(describe(error))
     }
 }
 
@@ -236,7 +240,7 @@ impl Store for RedisStore {
         key: LimiterKey<'_>,
         cost: u64,
     ) -> Result<Outcome, StoreError> {
-        let mut connection = self.connection().await?;
+        let (mut connection, generation) = self.connection().await?;
         let mut invocation = self.scripts.get(policy.algorithm()).prepare_invoke();
         for redis_key in self.keys_for(policy, key) {
             invocation.key(redis_key);
@@ -247,17 +251,13 @@ impl Store for RedisStore {
             .arg(cost);
         // `invoke_async` sends EVALSHA and, on NOSCRIPT (a restart, a failover,
         // SCRIPT FLUSH), loads the script and repeats the call once.
-        let reply = tokio::time::timeout(
-            self.command_timeout,
-            invocation.invoke_async::<(u8, i64, i64, i64)>(&mut connection.connection),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout {
-            operation: "running a limiter script",
-            after: self.command_timeout,
-        })?;
-        let (allowed, remaining, reset_after, retry_after) =
-            reply.map_err(|error| connection.failed(&error))?;
+        let (allowed, remaining, reset_after, retry_after) = self
+            .reply(
+                generation,
+                "running a limiter script",
+                invocation.invoke_async::<(u8, i64, i64, i64)>(&mut connection),
+            )
+            .await?;
         let non_negative = |value: i64| {
             u64::try_from(value)
                 .map_err(|_| StoreError::InvalidReply(format!("negative value {value}")))
@@ -273,17 +273,10 @@ impl Store for RedisStore {
     async fn health(&self) -> StoreHealth {
         let started = Instant::now();
         let probe = async {
-            let mut connection = self.connection().await?;
-            let ping = tokio::time::timeout(
-                self.command_timeout,
-                redis::cmd("PING").query_async::<String>(&mut connection.connection),
-            )
-            .await
-            .map_err(|_| StoreError::Timeout {
-                operation: "waiting for PING",
-                after: self.command_timeout,
-            })?;
-            ping.map_err(|error| connection.failed(&error))
+            let (mut connection, generation) = self.connection().await?;
+            let ping = redis::cmd("PING");
+            let pong = ping.query_async::<String>(&mut connection);
+            self.reply(generation, "waiting for PING", pong).await
         };
         let result = probe.await;
         let state = self.pool.state();
@@ -308,22 +301,14 @@ impl Store for RedisStore {
     }
 
     async fn heartbeat(&self, replica: &str, stale_after: Duration) -> Result<u64, StoreError> {
-        let mut connection = self.connection().await?;
+        let (mut connection, generation) = self.connection().await?;
         let mut invocation = self.scripts.heartbeat.prepare_invoke();
         invocation
             .key(self.replicas_key())
             .arg(replica)
             .arg(stale_after.as_micros() as u64);
-        let reply = tokio::time::timeout(
-            self.command_timeout,
-            invocation.invoke_async::<u64>(&mut connection.connection),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout {
-            operation: "sending a heartbeat",
-            after: self.command_timeout,
-        })?;
-        reply.map_err(|error| connection.failed(&error))
+        let beat = invocation.invoke_async::<u64>(&mut connection);
+        self.reply(generation, "sending a heartbeat", beat).await
     }
 }
 
@@ -332,7 +317,7 @@ impl Store for RedisStore {
 /// A `MultiplexedConnection` does not reconnect by itself and bb8-redis cannot
 /// tell a dead one from a live one without a PING per checkout. Instead, a
 /// connection-level failure on any connection raises the store's generation
-/// (see `Connection::failed`); older connections are then dropped when next
+/// (see `RedisStore::reply`); older connections are then dropped when next
 /// checked out or returned, and bb8 opens fresh ones, so a replica recovers by
 /// itself after Redis restarts without spending one failed check per stale
 /// pooled connection.
