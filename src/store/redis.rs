@@ -102,6 +102,7 @@ impl RedisStore {
             .build_unchecked(TrackedConnectionManager {
                 manager,
                 generation: Arc::clone(&generation),
+                response_timeout: options.command_timeout,
             });
         Ok(Self {
             pool,
@@ -331,6 +332,10 @@ pub struct TrackedConnection {
 pub struct TrackedConnectionManager {
     manager: RedisConnectionManager,
     generation: Arc<AtomicU64>,
+    /// redis-rs gives every request on a multiplexed connection its own
+    /// timeout, 500 ms by default; left alone it would cut any longer
+    /// `command_timeout` short, and report it as a connection error.
+    response_timeout: Duration,
 }
 
 impl ManageConnection for TrackedConnectionManager {
@@ -341,8 +346,10 @@ impl ManageConnection for TrackedConnectionManager {
         // Read before connecting: a failure seen while this connection is
         // being opened then also retires it, which errs towards reconnecting.
         let generation = self.generation.load(Ordering::Acquire);
+        let mut connection = self.manager.connect().await?;
+        connection.set_response_timeout(self.response_timeout);
         Ok(TrackedConnection {
-            connection: self.manager.connect().await?,
+            connection,
             generation,
             broken: false,
         })
