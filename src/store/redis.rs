@@ -204,12 +204,16 @@ impl RedisStore {
         operation: &'static str,
         command: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
+        let timed_out = StoreError::Timeout {
+            operation,
+            after: self.command_timeout,
+        };
         match tokio::time::timeout(self.command_timeout, command).await {
-            Err(_) => Err(StoreError::Timeout {
-                operation,
-                after: self.command_timeout,
-            }),
+            Err(_) => Err(timed_out),
             Ok(Ok(value)) => Ok(value),
+            // redis-rs's own per-request timeout (set to the same duration)
+            // may fire on the same timer tick as ours: the same event.
+            Ok(Err(error)) if error.is_timeout() => Err(timed_out),
             Ok(Err(error)) => {
                 if error.is_unrecoverable_error() || error.is_connection_dropped() {
                     self.generation.fetch_max(generation + 1, Ordering::AcqRel);
