@@ -12,7 +12,7 @@ async fn spawn_without_redis(
     default_mode: FailureMode,
     policies: Vec<slidegate::configuration::PolicySettings>,
 ) -> TestApp {
-    let mut options = TestOptions::redis(policies);
+    let mut options = TestOptions::redis(policies).with_production_timeouts();
     options.redis_url = Some(format!("redis://127.0.0.1:{}", free_port()));
     options.settings.limiter.failure_mode = default_mode;
     // Once open, the breaker stays open for the whole test: counts are exact.

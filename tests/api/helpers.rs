@@ -52,14 +52,31 @@ pub struct TestOptions {
 
 impl TestOptions {
     /// A replica on the shared Redis with a fresh key prefix.
+    ///
+    /// Its Redis timeouts are 1 s, not the production 50/100 ms: most tests
+    /// are about decisions, and on a loaded 2-core CI a scheduling stall can
+    /// outlast 50 ms, turning a decision into a 503 for the wrong reason.
+    /// Tests about timeouts use [`TestOptions::with_production_timeouts`].
     pub fn redis(policies: Vec<PolicySettings>) -> Self {
+        let mut settings = Settings::default();
+        settings.redis.command_timeout = Duration::from_secs(1);
+        settings.redis.connect_timeout = Duration::from_secs(1);
         Self {
             redis_url: Some(redis_url()),
             key_prefix: unique_prefix(),
             policies,
             clock: Arc::new(SystemClock),
-            settings: Settings::default(),
+            settings,
         }
+    }
+
+    /// The built-in Redis timeouts: for tests about them, and for tests of an
+    /// unreachable Redis, where each check waits out the connect timeout.
+    pub fn with_production_timeouts(mut self) -> Self {
+        let defaults = Settings::default().redis;
+        self.settings.redis.command_timeout = defaults.command_timeout;
+        self.settings.redis.connect_timeout = defaults.connect_timeout;
+        self
     }
 
     /// A replica on the embedded store.
@@ -232,4 +249,12 @@ where
         }
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");
     }
+}
+
+/// Tests that put many concurrent clients on the machine take turns, so each
+/// measures its own load rather than its neighbours' (CI has 2 cores; the
+/// exactness and fault tests each run 20 to 160 clients plus replicas).
+pub async fn one_load_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use slidegate::limiter::FailureMode;
 use tokio::sync::Barrier;
 
-use crate::helpers::{TestApp, TestOptions, eventually, policy, spawn_app, unique_prefix};
+use crate::helpers::{
+    TestApp, TestOptions, eventually, one_load_test_at_a_time, policy, spawn_app, unique_prefix,
+};
 use crate::private_redis::PrivateRedis;
 
 const REPLICAS: usize = 3;
@@ -43,16 +45,20 @@ async fn hammer(replicas: &Arc<Vec<TestApp>>, policy: &'static str) -> Vec<(u16,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_local_replicas_admit_no_more_than_the_limit_together_while_redis_is_down() {
+    let _turn = one_load_test_at_a_time().await;
     let mut redis = PrivateRedis::start();
     let prefix = unique_prefix();
     let mut replicas = Vec::new();
     for _ in 0..REPLICAS {
+        // Production timeouts: no check reaches Redis before it is killed,
+        // and after that each would wait out the 1 s test connect timeout.
         let mut options = TestOptions::redis(vec![
             // 30 over 3 replicas: 10 each, 30 in total.
             policy("even", "sliding_log", 30, "1h"),
             // 10 over 3 replicas: 3 each (rounded down), 9 in total.
             policy("uneven", "gcra", 10, "1h"),
-        ]);
+        ])
+        .with_production_timeouts();
         options.redis_url = Some(redis.url());
         options.key_prefix = prefix.clone();
         options.settings.limiter.failure_mode = FailureMode::Local;

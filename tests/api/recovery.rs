@@ -8,7 +8,8 @@ use crate::private_redis::PrivateRedis;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_fail_closed_while_redis_is_down_and_recover_when_it_returns() {
     let mut redis = PrivateRedis::start();
-    let mut options = TestOptions::redis(vec![policy("p", "sliding_log", 100, "1m")]);
+    let mut options =
+        TestOptions::redis(vec![policy("p", "sliding_log", 100, "1m")]).with_production_timeouts();
     options.redis_url = Some(redis.url());
     let app = spawn_app(options).await;
     assert_eq!(app.check("p", "k", None).await.status, 200);
