@@ -22,7 +22,9 @@
 //! The state, the probes in flight, the probe successes and a transition
 //! epoch share one atomic word, so every transition is a single
 //! compare-and-swap: exactly one caller wins it, and that caller logs and
-//! counts it. Probe results from an earlier epoch are ignored.
+//! counts it. Each permit remembers the epoch it was given in, and a result
+//! from an earlier epoch (a slow call that outlived an outage, a probe of an
+//! earlier half-open spell) is ignored.
 //!
 //! Time comes from the injected [`Clock`], so cool-downs are tested by
 //! advancing a fake clock rather than by sleeping.
@@ -159,8 +161,11 @@ pub struct CircuitBreaker {
 #[must_use = "report the call's result on the permit"]
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
-    /// The half-open epoch this probe belongs to; `None` for a call made while closed.
-    probe_of: Option<u64>,
+    /// The epoch of the state the permit was given in: results that arrive
+    /// after the breaker has moved on belong to no current run or probe.
+    epoch: u64,
+    /// Whether this call is a half-open probe.
+    probe: bool,
     reported: bool,
 }
 
@@ -210,8 +215,9 @@ impl CircuitBreaker {
     /// A permit to call the store, or `None` when the call must not be made
     /// (open, or half-open with every probe slot taken). Never waits.
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
-        let probe_of = match Word::unpack(self.word.load(Ordering::Acquire)).state {
-            BreakerState::Closed => None,
+        let word = Word::unpack(self.word.load(Ordering::Acquire));
+        let (epoch, probe) = match word.state {
+            BreakerState::Closed => (word.epoch, false),
             BreakerState::Open | BreakerState::HalfOpen => {
                 let taken = self.update(|word| match word.state {
                     BreakerState::Closed => None,
@@ -238,10 +244,10 @@ impl CircuitBreaker {
                                 "circuit breaker half-open: probing the shared store"
                             );
                         }
-                        Some(after.epoch)
+                        (after.epoch, true)
                     }
                     // Closed meanwhile: an ordinary call.
-                    Err(now) if now.state == BreakerState::Closed => None,
+                    Err(now) if now.state == BreakerState::Closed => (now.epoch, false),
                     Err(_) => {
                         bump(&self.counters.short_circuited);
                         return None;
@@ -252,7 +258,8 @@ impl CircuitBreaker {
         bump(&self.counters.store_calls);
         Some(Permit {
             breaker: self,
-            probe_of,
+            epoch,
+            probe,
             reported: false,
         })
     }
@@ -275,14 +282,14 @@ impl CircuitBreaker {
             })
     }
 
-    fn record_success(&self, probe_of: Option<u64>) -> Option<BreakerState> {
-        let Some(epoch) = probe_of else {
+    fn record_success(&self, epoch: u64, probe: bool) -> Option<BreakerState> {
+        if !probe {
             // Loads first: a healthy store costs no writes to shared cache lines.
             if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
             }
             return None;
-        };
+        }
         let (_, after) = self
             .update(|word| {
                 (word.state == BreakerState::HalfOpen && word.epoch == epoch).then(|| {
@@ -311,19 +318,19 @@ impl CircuitBreaker {
         Some(BreakerState::Closed)
     }
 
-    fn record_failure(&self, probe_of: Option<u64>) -> Option<BreakerState> {
+    fn record_failure(&self, epoch: u64, probe: bool) -> Option<BreakerState> {
         bump(&self.counters.store_failures);
         let now = self.clock.now();
         let current = self.word.load(Ordering::Acquire);
         let word = Word::unpack(current);
-        match probe_of {
-            Some(epoch) if word.state == BreakerState::HalfOpen && word.epoch == epoch => {
-                self.open(current, now, "a probe failed")
-            }
-            // A late result from before the breaker opened, or a stale probe.
-            Some(_) => None,
-            None if word.state != BreakerState::Closed => None,
-            None => {
+        if word.epoch != epoch {
+            // A late result: the breaker has moved on since this call began
+            // (opened, or even closed again after an outage).
+            return None;
+        }
+        match word.state {
+            BreakerState::HalfOpen if probe => self.open(current, now, "a probe failed"),
+            BreakerState::Closed if !probe => {
                 let run = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if run >= self.settings.failures {
                     self.open(current, now, "consecutive failures")
@@ -333,6 +340,7 @@ impl CircuitBreaker {
                     None
                 }
             }
+            _ => None,
         }
     }
 
@@ -398,20 +406,20 @@ impl Permit<'_> {
     /// The store answered. Returns the state this caused the breaker to enter, if any.
     pub fn succeeded(mut self) -> Option<BreakerState> {
         self.reported = true;
-        self.breaker.record_success(self.probe_of)
+        self.breaker.record_success(self.epoch, self.probe)
     }
 
     /// The store failed or timed out. Returns the state this caused the breaker to enter, if any.
     pub fn failed(mut self) -> Option<BreakerState> {
         self.reported = true;
-        self.breaker.record_failure(self.probe_of)
+        self.breaker.record_failure(self.epoch, self.probe)
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if let (false, Some(epoch)) = (self.reported, self.probe_of) {
-            self.breaker.release_probe(epoch);
+        if self.probe && !self.reported {
+            self.breaker.release_probe(self.epoch);
         }
     }
 }
@@ -573,6 +581,26 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         assert_eq!(succeed(&breaker), None);
         assert_eq!(succeed(&breaker), Some(BreakerState::Closed));
+    }
+
+    #[test]
+    fn a_late_failure_from_before_an_outage_does_not_count_after_it() {
+        let (breaker, clock, _) = breaker(RUN_OF_THREE);
+        let slow = breaker.try_acquire().unwrap();
+        for _ in 0..3 {
+            let _ = fail(&breaker);
+        }
+        clock.advance(Duration::from_secs(1));
+        let _ = succeed(&breaker);
+        assert_eq!(succeed(&breaker), Some(BreakerState::Closed));
+        assert_eq!(slow.failed(), None);
+        assert_eq!(fail(&breaker), None);
+        assert_eq!(
+            fail(&breaker),
+            None,
+            "the late failure was not the first of three"
+        );
+        assert_eq!(fail(&breaker), Some(BreakerState::Open));
     }
 
     #[test]
