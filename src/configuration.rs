@@ -14,8 +14,12 @@ use serde::{Deserialize, Deserializer};
 use ipnet::IpNet;
 
 use crate::http::client_ip::ClientIpRules;
+use crate::limiter::breaker::MAX_PROBES;
 use crate::limiter::rules::{KeySpec, NoMatch, RequestMatch, Rule, Rules};
-use crate::limiter::{Algorithm, Policy, PolicyError, PolicyName, PolicySet, Window};
+use crate::limiter::{
+    Algorithm, BreakerSettings, FailoverSettings, FailureMode, Policy, PolicyError, PolicyName,
+    PolicySet, Window,
+};
 
 /// Prefix of every environment variable read: `SLIDEGATE__REDIS__URL` sets `redis.url`.
 pub const ENV_PREFIX: &str = "SLIDEGATE";
@@ -96,9 +100,12 @@ pub struct RedisSettings {
     /// Longest wait for a pooled connection, including opening one.
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
-    /// Longest wait for one script's reply; a request never waits longer on Redis.
+    /// Longest wait for one script's reply. A check waits on Redis at most
+    /// `connect_timeout + command_timeout`, then gets its failure mode's answer.
     #[serde(deserialize_with = "duration")]
     pub command_timeout: Duration,
+    /// When to stop waiting on Redis altogether, and how to come back.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for RedisSettings {
@@ -106,8 +113,58 @@ impl Default for RedisSettings {
         Self {
             url: None,
             pool_size: 10,
-            connect_timeout: Duration::from_millis(500),
-            command_timeout: Duration::from_millis(100),
+            // Tens of milliseconds: a check sits on a request path, and a
+            // local Redis answers in well under one.
+            connect_timeout: Duration::from_millis(100),
+            command_timeout: Duration::from_millis(50),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// The circuit breaker in front of Redis (`[redis.breaker]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failed checks (errors or timeouts) that open the breaker.
+    pub failures: u32,
+    /// Share of failed checks, above 0 and at most 1, that also opens it...
+    pub failure_ratio: f64,
+    /// ...once at least this many checks went to Redis...
+    pub min_calls: u64,
+    /// ...within this window, which starts at a failure.
+    #[serde(deserialize_with = "duration")]
+    pub ratio_window: Duration,
+    /// How long an open breaker answers every check by its failure mode without asking Redis.
+    #[serde(deserialize_with = "duration")]
+    pub cool_down: Duration,
+    /// Successful probe checks, after the cool-down, that close the breaker.
+    pub probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        let defaults = BreakerSettings::default();
+        Self {
+            failures: defaults.failures,
+            failure_ratio: defaults.failure_ratio,
+            min_calls: defaults.min_calls,
+            ratio_window: defaults.ratio_window,
+            cool_down: defaults.cool_down,
+            probes: defaults.probes,
+        }
+    }
+}
+
+impl BreakerConfig {
+    fn to_settings(&self) -> BreakerSettings {
+        BreakerSettings {
+            failures: self.failures,
+            failure_ratio: self.failure_ratio,
+            min_calls: self.min_calls,
+            ratio_window: self.ratio_window,
+            cool_down: self.cool_down,
+            probes: self.probes,
         }
     }
 }
@@ -192,9 +249,21 @@ impl AdminSettings {
 pub struct LimiterSettings {
     /// Prefix of every Redis key; lets several deployments share one Redis.
     pub key_prefix: String,
-    /// How often the embedded store sweeps out fully replenished keys.
+    /// How often in-process state (the embedded store, the deny cache, the
+    /// `local` mode's limiter) is swept of keys that no longer matter.
     #[serde(deserialize_with = "duration")]
     pub sweep_interval: Duration,
+    /// What checks get when Redis cannot decide them: `closed` (503), `open`
+    /// (admitted, marked) or `local` (limit / live replicas, in process).
+    /// A policy may override it with its own `failure_mode`.
+    #[serde(deserialize_with = "failure_mode")]
+    pub failure_mode: FailureMode,
+    /// How often a replica records itself as live in Redis; the `local` mode
+    /// divides limits by the number of replicas heard from within 3 periods.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// Answering keys Redis denied without asking it again (`[limiter.deny_cache]`).
+    pub deny_cache: DenyCacheSettings,
 }
 
 impl Default for LimiterSettings {
@@ -202,6 +271,28 @@ impl Default for LimiterSettings {
         Self {
             key_prefix: "slidegate:".into(),
             sweep_interval: Duration::from_secs(10),
+            failure_mode: FailureMode::Closed,
+            heartbeat_interval: Duration::from_secs(1),
+            deny_cache: DenyCacheSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DenyCacheSettings {
+    /// Whether a key Redis denied is answered 429 in process until its retry
+    /// time, for checks of cost 0 or 1 (where that is exact; see README).
+    pub enabled: bool,
+    /// Most keys held; denials beyond it are not cached (and are counted).
+    pub max_keys: usize,
+}
+
+impl Default for DenyCacheSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_keys: 100_000,
         }
     }
 }
@@ -455,6 +546,9 @@ pub struct PolicySettings {
     /// `"header:<name>"`, combined. Default `["client_ip"]`; needs `match`.
     #[serde(default)]
     pub key: Option<Vec<String>>,
+    /// This policy's failure mode (`closed`, `open`, `local`); default: `limiter.failure_mode`.
+    #[serde(default)]
+    pub failure_mode: Option<String>,
 }
 
 fn one() -> u64 {
@@ -464,17 +558,29 @@ fn one() -> u64 {
 impl PolicySettings {
     /// # Errors
     /// The first problem found, with the message a person needs to fix it.
-    pub fn to_policy(&self) -> Result<Policy, (&'static str, PolicyError)> {
+    /// The policy, failing by `default_mode` unless it names its own.
+    ///
+    /// # Errors
+    /// The first problem found, with the message a person needs to fix it.
+    pub fn to_policy(
+        &self,
+        default_mode: FailureMode,
+    ) -> Result<Policy, (&'static str, PolicyError)> {
         let name = PolicyName::parse(&self.name).map_err(|e| ("name", e))?;
         let algorithm: Algorithm = self.algorithm.parse().map_err(|e| ("algorithm", e))?;
         let window = Window::parse(&self.window).map_err(|e| ("window", e))?;
-        Policy::new(name, algorithm, self.limit, window, self.cost).map_err(|e| {
+        let failure_mode = match &self.failure_mode {
+            Some(mode) => mode.trim().parse().map_err(|e| ("failure_mode", e))?,
+            None => default_mode,
+        };
+        let policy = Policy::new(name, algorithm, self.limit, window, self.cost).map_err(|e| {
             let field = match e {
                 PolicyError::CostOutOfRange { .. } => "cost",
                 _ => "limit",
             };
             (field, e)
-        })
+        })?;
+        Ok(policy.with_failure_mode(failure_mode))
     }
 }
 
@@ -551,11 +657,59 @@ impl Settings {
         for (field, value) in [
             ("redis.connect_timeout", self.redis.connect_timeout),
             ("redis.command_timeout", self.redis.command_timeout),
+            (
+                "redis.breaker.ratio_window",
+                self.redis.breaker.ratio_window,
+            ),
+            ("redis.breaker.cool_down", self.redis.breaker.cool_down),
             ("limiter.sweep_interval", self.limiter.sweep_interval),
+            (
+                "limiter.heartbeat_interval",
+                self.limiter.heartbeat_interval,
+            ),
         ] {
-            if value.is_zero() {
-                return Err(ConfigurationError::invalid(field, "must be longer than 0"));
+            // The upper bound keeps deadline arithmetic (now + cool-down,
+            // 3 × heartbeat interval) far from overflow; nothing sensible is longer.
+            if value.is_zero() || value > Duration::from_secs(24 * 60 * 60) {
+                return Err(ConfigurationError::invalid(
+                    field,
+                    "must be longer than 0 and at most 24h",
+                ));
             }
+        }
+        let breaker = &self.redis.breaker;
+        if breaker.failures == 0 {
+            return Err(ConfigurationError::invalid(
+                "redis.breaker.failures",
+                "must be at least 1",
+            ));
+        }
+        if !(breaker.failure_ratio > 0.0 && breaker.failure_ratio <= 1.0) {
+            return Err(ConfigurationError::invalid(
+                "redis.breaker.failure_ratio",
+                format!(
+                    "must be above 0 and at most 1 (got {})",
+                    breaker.failure_ratio
+                ),
+            ));
+        }
+        if breaker.min_calls == 0 {
+            return Err(ConfigurationError::invalid(
+                "redis.breaker.min_calls",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=MAX_PROBES).contains(&breaker.probes) {
+            return Err(ConfigurationError::invalid(
+                "redis.breaker.probes",
+                format!("must be between 1 and {MAX_PROBES}"),
+            ));
+        }
+        if self.limiter.deny_cache.max_keys == 0 {
+            return Err(ConfigurationError::invalid(
+                "limiter.deny_cache.max_keys",
+                "must be at least 1 (set enabled = false to turn the cache off)",
+            ));
         }
         let known_scheme = |url: &str| {
             ["redis://", "rediss://", "unix://"]
@@ -678,15 +832,33 @@ impl Settings {
         Ok(())
     }
 
+    /// How a Redis-backed replica handles Redis failing.
+    pub fn failover(&self) -> FailoverSettings {
+        FailoverSettings {
+            default_mode: self.limiter.failure_mode,
+            breaker: self.redis.breaker.to_settings(),
+            deny_cache_max_keys: self
+                .limiter
+                .deny_cache
+                .enabled
+                .then_some(self.limiter.deny_cache.max_keys),
+            heartbeat_interval: self.limiter.heartbeat_interval,
+        }
+    }
+
     fn policy_set(&self) -> Result<PolicySet, ConfigurationError> {
         let Some(declared) = &self.policies else {
-            return Ok(demo_policies());
+            let demo = demo_policy().with_failure_mode(self.limiter.failure_mode);
+            return Ok(PolicySet::new([demo]).expect("one policy cannot clash"));
         };
         let mut policies = Vec::with_capacity(declared.len());
         for (index, settings) in declared.iter().enumerate() {
-            let policy = settings.to_policy().map_err(|(field, problem)| {
-                ConfigurationError::invalid(format!("policies[{index}].{field}"), problem)
-            })?;
+            let policy =
+                settings
+                    .to_policy(self.limiter.failure_mode)
+                    .map_err(|(field, problem)| {
+                        ConfigurationError::invalid(format!("policies[{index}].{field}"), problem)
+                    })?;
             policies.push(policy);
         }
         PolicySet::new(policies).map_err(|name| {
@@ -699,16 +871,21 @@ impl Settings {
 }
 
 /// The policy a bare `cargo run` serves: 10 checks per 10 seconds per key, exact.
-pub fn demo_policies() -> PolicySet {
-    let demo = Policy::new(
+pub fn demo_policy() -> Policy {
+    Policy::new(
         PolicyName::parse("demo").expect("a valid literal name"),
         Algorithm::SlidingLog,
         10,
         Window::parse("10s").expect("a valid literal window"),
         1,
     )
-    .expect("a valid literal policy");
-    PolicySet::new([demo]).expect("one policy cannot clash")
+    .expect("a valid literal policy")
+}
+
+/// Reads "closed", "open" or "local", naming the choices when it is none of them.
+fn failure_mode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<FailureMode, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.trim().parse().map_err(serde::de::Error::custom)
 }
 
 /// A list written either as a TOML array or, as environment variables are, one comma-separated string.

@@ -99,7 +99,7 @@ impl Metrics {
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
         registry.register(
             "store_errors",
-            "Checks the store could not decide, by kind (timeout, unavailable, invalid_reply); each answered 503",
+            "Checks the store could not decide, by kind (timeout, unavailable, invalid_reply, circuit_open); each answered by its policy's failure mode",
             store_errors.clone(),
         );
         let loaded = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
@@ -162,6 +162,7 @@ impl Metrics {
             timeout: kind("timeout"),
             unavailable: kind("unavailable"),
             invalid_reply: kind("invalid_reply"),
+            circuit_open: kind("circuit_open"),
         }
     }
 
@@ -327,6 +328,7 @@ pub struct StoreErrorMetrics {
     timeout: Counter,
     unavailable: Counter,
     invalid_reply: Counter,
+    circuit_open: Counter,
 }
 
 impl StoreErrorMetrics {
@@ -340,6 +342,11 @@ impl StoreErrorMetrics {
 
     pub fn invalid_reply(&self) {
         self.invalid_reply.inc();
+    }
+
+    /// Checks not sent because the breaker was open.
+    pub fn circuit_open(&self) {
+        self.circuit_open.inc();
     }
 }
 

@@ -15,7 +15,7 @@ use crate::catalog::{Catalog, CatalogError, CatalogOptions};
 use crate::configuration::{ConfigurationError, Settings};
 use crate::http::admin::AdminToken;
 use crate::http::{self, ForwardAuth, HttpState, RootSpan};
-use crate::limiter::{Clock, Limiter, Store, StoreError, SystemClock};
+use crate::limiter::{Clock, Failover, Limiter, MonotonicClock, Store, StoreError};
 use crate::metrics::Metrics;
 use crate::store::{AnyStore, MemoryStore, RedisOptions, RedisStore};
 
@@ -40,22 +40,24 @@ pub struct Application {
     store_kind: &'static str,
     example_policy: Option<String>,
     server: Server,
-    sweeper: Option<JoinHandle<()>>,
+    /// Background work (sweeping, heartbeats, catalog sync), stopped when the server stops.
+    tasks: Vec<JoinHandle<()>>,
     signals: StopSignals,
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
-    syncer: Option<JoinHandle<()>>,
 }
 
 impl Application {
     /// # Errors
     /// Invalid settings, an unusable Redis URL, or an address that cannot be bound.
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+        Self::build_with_clock(settings, Arc::new(MonotonicClock::new())).await
     }
 
-    /// As [`Application::build`], with the clock the embedded store judges time
-    /// by (Redis mode ignores it: the scripts read Redis `TIME`).
+    /// As [`Application::build`], with the clock in-process time is judged by:
+    /// the embedded store's windows, and in Redis mode the deny cache, the
+    /// breaker's cool-down and the `local` failure mode. (Shared decisions
+    /// never use it: the scripts read Redis `TIME`.)
     ///
     /// # Errors
     /// As [`Application::build`].
@@ -70,29 +72,38 @@ impl Application {
             no_match: settings.forward_auth.no_match,
         };
         let draining = Arc::new(AtomicBool::new(false));
-        let store = match settings.redis.url() {
-            Some(url) => AnyStore::Redis(RedisStore::new(RedisOptions {
-                url: url.to_owned(),
-                key_prefix: settings.limiter.key_prefix.clone(),
-                pool_size: settings.redis.pool_size,
-                connect_timeout: settings.redis.connect_timeout,
-                command_timeout: settings.redis.command_timeout,
-            })?),
-            None => AnyStore::Memory(MemoryStore::new(clock)),
+        let (store, failover) = match settings.redis.url() {
+            Some(url) => (
+                AnyStore::Redis(RedisStore::new(RedisOptions {
+                    url: url.to_owned(),
+                    key_prefix: settings.limiter.key_prefix.clone(),
+                    pool_size: settings.redis.pool_size,
+                    connect_timeout: settings.redis.connect_timeout,
+                    command_timeout: settings.redis.command_timeout,
+                })?),
+                Some(Failover::new(settings.failover(), Arc::clone(&clock))),
+            ),
+            None => (AnyStore::Memory(MemoryStore::new(clock)), None),
         };
         let store_kind = store.kind();
         let catalog = Self::open_catalog(settings).await?;
         let metrics = Metrics::new(store_kind, policies.len());
-        let (limiter, catalog) = match catalog {
-            Some((catalog, loaded)) => {
-                let limiter = Limiter::awaiting_catalog(store, &metrics);
-                if let Some(update) = loaded {
-                    limiter.replace(update);
-                }
-                (limiter, Some(catalog))
-            }
-            None => (Limiter::new(policies, store, &metrics), None),
+        let (limiter, catalog, loaded) = match catalog {
+            Some((catalog, loaded)) => (
+                Limiter::awaiting_catalog(store, &metrics),
+                Some(catalog),
+                loaded,
+            ),
+            None => (Limiter::new(policies, store, &metrics), None, None),
         };
+        // Failover first: a catalog loaded into the limiter takes its default failure mode.
+        let limiter = match failover {
+            Some(failover) => limiter.with_failover(failover),
+            None => limiter,
+        };
+        if let Some(update) = loaded {
+            limiter.replace(update);
+        }
         let example_policy = limiter
             .policies()
             .iter_sorted()
@@ -156,31 +167,38 @@ impl Application {
             })?
             .run();
 
-        let sweeper = matches!(state.limiter.store(), AnyStore::Memory(_)).then(|| {
-            let interval = settings.limiter.sweep_interval;
-            tokio::spawn(async move {
-                let mut ticks = tokio::time::interval(interval);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticks.tick().await;
-                    if let AnyStore::Memory(store) = state.limiter.store() {
-                        let evicted = store.evict_idle();
-                        tracing::trace!(evicted, remaining = store.len(), "swept idle keys");
-                    }
+        let sweep_interval = settings.limiter.sweep_interval;
+        let sweep_state = state.clone();
+        let mut tasks = vec![every(sweep_interval, move || {
+            let state = sweep_state.clone();
+            async move {
+                if let AnyStore::Memory(store) = state.limiter.store() {
+                    let evicted = store.evict_idle();
+                    tracing::trace!(evicted, remaining = store.len(), "swept idle keys");
                 }
-            })
-        });
+                if let Some(failover) = state.limiter.failover() {
+                    failover.sweep();
+                }
+            }
+        })];
+        tasks.extend(syncer);
+        if state.limiter.failover().is_some() {
+            let heartbeat_state = state.clone();
+            tasks.push(every(settings.limiter.heartbeat_interval, move || {
+                let state = heartbeat_state.clone();
+                async move { state.limiter.heartbeat().await }
+            }));
+        }
 
         Ok(Self {
             address,
             store_kind,
             example_policy,
             server,
-            sweeper,
+            tasks,
             signals: StopSignals::install(),
             draining,
             drain_delay: settings.server.drain_delay,
-            syncer,
         })
     }
 
@@ -271,7 +289,7 @@ impl Application {
                 server.await.map_err(std::io::Error::other).and_then(|r| r)
             }
         };
-        for task in [self.sweeper, self.syncer].into_iter().flatten() {
+        for task in self.tasks {
             task.abort();
         }
         tracing::info!("stopped");
@@ -320,4 +338,22 @@ impl StopSignals {
         }
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Runs `work` now and then every `period`, one run at a time: a run that
+/// overruns (a heartbeat waiting out its timeout) delays the next instead of
+/// piling runs up.
+fn every<F, Fut>(period: Duration, mut work: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            work().await;
+        }
+    })
 }

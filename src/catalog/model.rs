@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::configuration::PolicySettings;
-use crate::limiter::{Policy, TenantName};
+use crate::limiter::{FailureMode, Policy, TenantName};
 
 /// Longest description, in characters.
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
@@ -118,9 +118,12 @@ impl PolicyDocument {
             // forward-auth learns to read them from here.
             matches: None,
             key: None,
+            // Not stored in the catalog yet: the limiter gives catalog policies
+            // the replica's `limiter.failure_mode` when it loads them.
+            failure_mode: None,
         };
         let policy = settings
-            .to_policy()
+            .to_policy(FailureMode::Closed)
             .map_err(|(field, problem)| Invalid::new(field, problem))?
             .with_shadow(self.shadow);
         let matching = self.matching.validate()?;

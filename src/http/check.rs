@@ -11,13 +11,17 @@ use serde::{Deserialize, Serialize};
 use super::HttpState;
 use super::error::ApiError;
 use crate::catalog::keys;
-use crate::limiter::{ApiKeyDigest, CheckError, Checked, Store};
+use crate::limiter::{ApiKeyDigest, CheckError, Checked, FailureMode, Store};
 
 /// Header carrying what a shadow policy would have decided: `allowed` or `denied`.
 pub const SHADOW_HEADER: &str = "slidegate-shadow-decision";
 
 /// The message every denial carries, as clients of the system we replace expect it.
 pub const DENIED_MESSAGE: &str = "Rate limit exceeded. Please try again later.";
+
+/// Marks a decision the shared store did not make: its value is the failure
+/// mode that made it (`open` or `local`). Absent on every other decision.
+pub const FALLBACK_HEADER: &str = "slidegate-fallback";
 
 /// The body of a check. Strings borrow from the request body where they can,
 /// so parsing a typical check allocates nothing.
@@ -45,6 +49,9 @@ struct DecisionBody<'a> {
     /// check itself is always admitted then.
     #[serde(skip_serializing_if = "Option::is_none")]
     shadow_decision: Option<&'static str>,
+    /// As [`FALLBACK_HEADER`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<FailureMode>,
 }
 
 pub async fn check<S: Store>(
@@ -189,6 +196,12 @@ pub fn decision_response(checked: &Checked) -> HttpResponse {
             HeaderValue::from(ceil_secs(decision.retry_after).max(1)),
         ));
     }
+    if let Some(mode) = decision.fallback {
+        response.insert_header((
+            HeaderName::from_static(FALLBACK_HEADER),
+            HeaderValue::from_static(mode.as_str()),
+        ));
+    }
     response.json(DecisionBody {
         allowed: decision.allowed || shadow,
         policy: name,
@@ -198,5 +211,6 @@ pub fn decision_response(checked: &Checked) -> HttpResponse {
         retry_after_ms: ceil_millis(decision.retry_after),
         message: (!decision.allowed && !shadow).then_some(DENIED_MESSAGE),
         shadow_decision,
+        fallback: decision.fallback,
     })
 }

@@ -1,6 +1,7 @@
 //! Every error the HTTP API can answer, mapped to a status and a JSON body in this one place.
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -130,6 +131,11 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let ApiError::Check(CheckError::Store(_)) = self {
+            // The store is expected back (a restart, a breaker cool-down of
+            // about a second); a client that honours this does not hammer it.
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(1u32)));
         }
         response.json(ErrorBody {
             error: self.code(),

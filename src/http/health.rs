@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
 use super::HttpState;
-use crate::limiter::{DependencyHealth, PolicySource, Store};
+use crate::limiter::{DependencyHealth, FailoverHealth, PolicySource, Store};
 
 /// 200 while the process can answer at all; a load balancer should restart it otherwise.
 pub async fn live() -> HttpResponse {
@@ -26,12 +26,15 @@ struct Readiness<'a> {
 #[serde(untagged)]
 enum Check<'a> {
     Dependency(&'a DependencyHealth),
-    Limiter(LimiterCheck),
+    Limiter(LimiterCheck<'a>),
 }
 
 #[derive(Serialize)]
-struct LimiterCheck {
+struct LimiterCheck<'a> {
+    /// Same as the top-level `ready`: every check gets the answer its configuration asks for.
     ok: bool,
+    /// The shared store cannot decide now; checks are answered by their failure modes.
+    degraded: bool,
     store: &'static str,
     /// Script SHA1 per algorithm (null for the embedded store, which runs no scripts).
     algorithms: BTreeMap<&'static str, Option<String>>,
@@ -44,11 +47,15 @@ struct LimiterCheck {
     policy_version: Option<i64>,
     /// When the catalog was last loaded, RFC 3339 (database only).
     last_sync: Option<String>,
+    /// Failure mode, breaker, live replicas, deny cache and counters (shared store only).
+    #[serde(flatten)]
+    failover: Option<&'a FailoverHealth>,
 }
 
-/// 200 `{"ready": true, ...}` when the replica can decide checks: its store
-/// answers and it has at least one policy, and it is not draining. 503 with
-/// `"ready": false` otherwise, naming what is wrong in `checks` (or `"draining": true`).
+/// 200 `{"ready": true, ...}` when the replica answers every check as its
+/// configuration says (see [`crate::limiter::Limiter::health`] for exactly
+/// when) and is not draining; 503 with `"ready": false` otherwise, naming what
+/// is wrong in `checks` (or `"draining": true`).
 pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     let health = state.limiter.health().await;
     let sync = state.limiter.sync_state();
@@ -60,11 +67,11 @@ pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
         .into_iter()
         .map(|algorithm| (algorithm.as_str(), None))
         .collect();
-    for (algorithm, sha) in &health.scripts {
+    for (algorithm, sha) in &health.store.scripts {
         algorithms.insert(algorithm.as_str(), Some(sha.clone()));
     }
-    let limiter_ok = health.ok && sync.loaded();
     let mut checks: BTreeMap<&'static str, Check<'_>> = health
+        .store
         .dependencies
         .iter()
         .map(|dependency| (dependency.name, Check::Dependency(dependency)))
@@ -75,8 +82,9 @@ pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     checks.insert(
         "limiter",
         Check::Limiter(LimiterCheck {
-            ok: limiter_ok,
-            store: health.store,
+            ok: health.ready,
+            degraded: health.degraded,
+            store: health.store.store,
             algorithms,
             policies: sync.policies,
             source: sync.source,
@@ -85,14 +93,14 @@ pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
             last_sync: sync
                 .synced_at
                 .map(|at| humantime::format_rfc3339_millis(at).to_string()),
+            failover: health.failover.as_ref(),
         }),
     );
     // Postgres is left out on purpose: once the catalog is loaded, checks are
     // decided from the cached copy, so a replica stays routable while
     // Postgres is away (the `postgres` entry says so).
     let draining = state.draining.load(Ordering::SeqCst);
-    let ready =
-        !draining && limiter_ok && health.dependencies.iter().all(|dependency| dependency.ok);
+    let ready = !draining && health.ready;
     let body = Readiness {
         ready,
         draining,

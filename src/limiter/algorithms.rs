@@ -15,7 +15,7 @@ use super::clock::Micros;
 use super::decision::Outcome;
 
 /// A cost of 0 is a peek: judged as one unit, consuming nothing.
-fn judged_cost(cost: u64) -> u64 {
+pub(crate) fn judged_cost(cost: u64) -> u64 {
     cost.max(1)
 }
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Microseconds since the Unix epoch: the unit every algorithm computes in,
 /// matching what the scripts derive from Redis `TIME`.
@@ -28,6 +28,37 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_micros() as Micros)
+    }
+}
+
+/// Wall-clock time read once, then advanced by the monotonic clock: it never
+/// jumps when the host's clock is stepped. In-process deadlines (deny-cache
+/// entries, breaker cool-downs) use it, because a wall clock stepped back by
+/// an hour would otherwise keep a key denied for an hour.
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    origin: Instant,
+    origin_micros: Micros,
+}
+
+impl MonotonicClock {
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            origin_micros: SystemClock.now(),
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Micros {
+        self.origin_micros + self.origin.elapsed().as_micros() as Micros
     }
 }
 

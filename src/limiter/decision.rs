@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::policy::FailureMode;
+
 /// What an algorithm answers, in the microseconds it computes in. The Lua
 /// scripts reply with exactly these four numbers, so both stores meet here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,9 @@ pub struct Decision {
     pub reset_after: Duration,
     /// Time until a check of this cost would be admitted; zero when allowed.
     pub retry_after: Duration,
+    /// `Some` when the shared store could not decide and the policy's failure
+    /// mode (`open` or `local`) did instead; clients see it marked.
+    pub fallback: Option<FailureMode>,
 }
 
 impl Decision {
@@ -38,6 +43,7 @@ impl Decision {
             } else {
                 Duration::from_micros(outcome.retry_after_us)
             },
+            fallback: None,
         }
     }
 }

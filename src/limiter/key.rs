@@ -1,5 +1,6 @@
 //! The limiter key: what a policy counts per (a user, a tenant, an address), bounded so it cannot bloat the store.
 
+use std::cell::RefCell;
 use std::fmt;
 
 /// Longest key, in bytes. Keys become part of Redis key names; a bound keeps
@@ -67,6 +68,40 @@ impl fmt::Debug for LimiterKey<'_> {
     }
 }
 
+thread_local! {
+    /// Reused buffer for composite map keys, so looking up a known key allocates nothing.
+    static COMPOSITE_KEY: RefCell<String> = RefCell::new(String::with_capacity(128));
+}
+
+/// Runs `f` on `parts` joined by NUL, built in a per-thread buffer that is
+/// reused from call to call. Policy names, algorithm names and keys parsed
+/// here cannot make two different part lists join to the same string as long
+/// as every part but the last is free of NUL (policy and algorithm names are).
+///
+/// Re-entrant calls (from inside `f`) get a fresh buffer rather than a panic.
+pub(crate) fn with_composite_key<R>(parts: &[&str], f: impl FnOnce(&str) -> R) -> R {
+    fn join(buffer: &mut String, parts: &[&str]) {
+        buffer.clear();
+        for (index, part) in parts.iter().enumerate() {
+            if index > 0 {
+                buffer.push('\0');
+            }
+            buffer.push_str(part);
+        }
+    }
+    COMPOSITE_KEY.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            join(&mut buffer, parts);
+            f(&buffer)
+        }
+        Err(_) => {
+            let mut buffer = String::new();
+            join(&mut buffer, parts);
+            f(&buffer)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +115,15 @@ mod tests {
             LimiterKey::parse(&"€".repeat(86)),
             Err(KeyError::TooLong { len: 258 })
         );
+    }
+
+    #[test]
+    fn composite_keys_join_parts_with_nul_even_when_nested() {
+        let outer = with_composite_key(&["p", "k"], |outer| {
+            let inner = with_composite_key(&["q", "gcra", "k"], str::to_owned);
+            assert_eq!(inner, "q\0gcra\0k");
+            outer.to_owned()
+        });
+        assert_eq!(outer, "p\0k");
     }
 }

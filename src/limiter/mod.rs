@@ -3,10 +3,18 @@
 //! It knows nothing of HTTP and nothing of Redis: requests arrive as a policy
 //! name, a key and a cost, and leave as a [`Decision`] or a [`CheckError`].
 //! Storage sits behind the [`Store`] trait, implemented in [`crate::store`].
+//! In front of a shared store, [`failover`] decides what happens when the
+//! store cannot answer: a deny cache, a circuit breaker, and failure modes.
 
 pub mod algorithms;
+#[cfg(test)]
+mod allocations;
+pub mod breaker;
 pub mod clock;
+pub mod counters;
 pub mod decision;
+pub mod deny_cache;
+pub mod failover;
 pub mod key;
 pub mod policy;
 pub mod rules;
@@ -24,10 +32,13 @@ use tracing::field::Empty;
 
 use crate::metrics::{Metrics, PolicyMetrics, PolicyMetricsSource, StoreErrorMetrics};
 
-pub use clock::{Clock, FakeClock, Micros, SystemClock};
+pub use breaker::{BreakerSettings, BreakerState};
+pub use clock::{Clock, FakeClock, Micros, MonotonicClock, SystemClock};
+pub use counters::{CountersSnapshot, FailureCounters};
 pub use decision::{Decision, Outcome};
+pub use failover::{Failover, FailoverHealth, FailoverSettings};
 pub use key::{KeyError, LimiterKey};
-pub use policy::{Algorithm, Policy, PolicyError, PolicyName, PolicySet, Window};
+pub use policy::{Algorithm, FailureMode, Policy, PolicyError, PolicyName, PolicySet, Window};
 pub use tenant::{ApiKeyDigest, InvalidTenant, TenantKey, TenantName};
 
 use tenant::Tenant;
@@ -61,6 +72,18 @@ pub trait Store: Send + Sync + 'static {
     fn pools(&self) -> Vec<PoolStats> {
         Vec::new()
     }
+
+    /// Records that `replica` is alive and returns how many replicas share
+    /// this store: those that recorded themselves within `stale_after`,
+    /// judged by the store's clock. A store private to one process answers 1.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached in time.
+    fn heartbeat(
+        &self,
+        replica: &str,
+        stale_after: Duration,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// The store could not decide. Never carries secrets: connection URLs are not part of it.
@@ -75,6 +98,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store replied with something the limiter cannot read: {0}")]
     InvalidReply(String),
+    /// Not an answer from the store: the limiter did not ask it.
+    #[error("not asked: the circuit breaker is open after repeated store failures")]
+    CircuitOpen,
 }
 
 impl StoreError {
@@ -84,6 +110,7 @@ impl StoreError {
             StoreError::Timeout { .. } => "timeout",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::InvalidReply(_) => "invalid_reply",
+            StoreError::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -223,12 +250,27 @@ pub struct CatalogUpdate {
 /// [`ArcSwap`]: a check loads it with one atomic operation and no lock, and a
 /// resync builds a new one and swaps it in. A check that started on the old
 /// snapshot finishes on it.
-#[derive(Debug)]
 pub struct Limiter<S> {
     snapshot: ArcSwap<Snapshot>,
     store: S,
     store_errors: StoreErrorMetrics,
     policy_metrics: PolicyMetricsSource,
+    /// Failure handling, for a store shared with other replicas (Redis). The
+    /// embedded store cannot fail and has none.
+    failover: Option<Failover>,
+}
+
+/// Whether a replica should receive traffic, and why (see [`Limiter::health`]).
+#[derive(Debug, Clone)]
+pub struct LimiterHealth {
+    /// The replica answers every check as its configuration says it should.
+    pub ready: bool,
+    /// The shared store cannot decide now (its breaker is open, or it did not
+    /// answer readiness's probe): checks go to their failure modes.
+    pub degraded: bool,
+    pub policies: usize,
+    pub store: StoreHealth,
+    pub failover: Option<FailoverHealth>,
 }
 
 #[derive(Debug)]
@@ -315,7 +357,14 @@ impl<S: Store> Limiter<S> {
             store,
             store_errors,
             policy_metrics,
+            failover: None,
         }
+    }
+
+    /// The same limiter in front of a shared store that may fail, handled by `failover`.
+    pub fn with_failover(mut self, failover: Failover) -> Self {
+        self.failover = Some(failover);
+        self
     }
 
     /// Puts a freshly loaded catalog in force. Metric handles are created for
@@ -339,7 +388,23 @@ impl<S: Store> Limiter<S> {
             version: Some(update.version),
             synced_at: Some(SystemTime::now()),
         };
-        let next = Snapshot::build(update.policies, &update.keys, sync, &self.policy_metrics);
+        // The catalog stores no failure mode yet: its policies take the
+        // replica's `limiter.failure_mode`, as file policies without one do.
+        let policies = match &self.failover {
+            Some(failover) => {
+                let mode = failover.default_mode();
+                PolicySet::new(
+                    update
+                        .policies
+                        .iter_sorted()
+                        .into_iter()
+                        .map(|policy| (**policy).clone().with_failure_mode(mode)),
+                )
+                .unwrap_or(update.policies)
+            }
+            None => update.policies,
+        };
+        let next = Snapshot::build(policies, &update.keys, sync, &self.policy_metrics);
         for name in previous.entries.keys() {
             if !next.entries.contains_key(name) {
                 self.policy_metrics.forget(name);
@@ -347,6 +412,11 @@ impl<S: Store> Limiter<S> {
         }
         self.policy_metrics.set_loaded(next.policies.len());
         self.snapshot.store(Arc::new(next));
+        // A remembered denial was judged under the old limits: a raised limit
+        // must admit at once, not after the old retry time.
+        if let Some(cache) = self.failover.as_ref().and_then(Failover::deny_cache) {
+            cache.clear();
+        }
     }
 
     /// What is loaded now.
@@ -420,19 +490,27 @@ impl<S: Store> Limiter<S> {
             otel.status_code = Empty,
         );
         let started = Instant::now();
-        let outcome = self
-            .store
-            .check(&policy, key, cost)
-            .instrument(deciding.clone())
-            .await;
+        let decided = async {
+            match &self.failover {
+                Some(failover) => failover.decide(&self.store, &policy, key, cost).await,
+                None => self
+                    .store
+                    .check(&policy, key, cost)
+                    .await
+                    .map(|outcome| Decision::from_outcome(outcome, policy.limit())),
+            }
+        }
+        .instrument(deciding.clone())
+        .await;
         let elapsed = started.elapsed();
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
+        let decision = match decided {
+            Ok(decision) => decision,
             Err(error) => {
                 match error {
                     StoreError::Timeout { .. } => self.store_errors.timeout(),
                     StoreError::Unavailable(_) => self.store_errors.unavailable(),
                     StoreError::InvalidReply(_) => self.store_errors.invalid_reply(),
+                    StoreError::CircuitOpen => self.store_errors.circuit_open(),
                 }
                 if !deciding.is_disabled() {
                     deciding.record("slidegate.outcome", "error");
@@ -442,7 +520,6 @@ impl<S: Store> Limiter<S> {
                 return Err(error.into());
             }
         };
-        let decision = Decision::from_outcome(outcome, policy.limit());
         // A shadow policy's denials are counted as denials: that is what
         // operators watch before they enforce it.
         entry.metrics.record(decision.allowed, elapsed);
@@ -467,10 +544,50 @@ impl<S: Store> Limiter<S> {
         &self.store
     }
 
-    pub async fn health(&self) -> StoreHealth {
-        self.store.health().await
+    pub fn failover(&self) -> Option<&Failover> {
+        self.failover.as_ref()
+    }
+
+    /// One heartbeat to the shared store (nothing without one).
+    pub async fn heartbeat(&self) {
+        if let Some(failover) = &self.failover {
+            failover.heartbeat(&self.store).await;
+        }
+    }
+
+    /// Readiness. `ready` means: the policies are loaded (from the file: at
+    /// least one; from the catalog: loaded once, even empty), and either the
+    /// shared store can decide (it answered a probe and its breaker is not
+    /// open), or no policy fails closed, so every check still gets the answer
+    /// its configuration asks for (`open` admits, `local` decides locally).
+    /// A replica whose `closed` policies would answer 503 is not ready.
+    pub async fn health(&self) -> LimiterHealth {
+        let store = self.store.health().await;
+        let snapshot = self.snapshot.load();
+        let policies = snapshot.policies.len();
+        let failover = self
+            .failover
+            .as_ref()
+            .map(|failover| failover.health(&snapshot.policies));
+        let breaker_open = failover
+            .as_ref()
+            .is_some_and(|failover| failover.breaker.state == BreakerState::Open);
+        let degraded = !store.ok || breaker_open;
+        let no_policy_fails_closed = snapshot
+            .policies
+            .iter_sorted()
+            .iter()
+            .all(|policy| policy.failure_mode() != FailureMode::Closed);
+        LimiterHealth {
+            ready: snapshot.sync.loaded() && (!degraded || no_policy_fails_closed),
+            degraded,
+            policies,
+            store,
+            failover,
+        }
     }
 }
+
 
 /// Finds the tenant and the policy, validates key and cost: everything a check
 /// needs before the store. The policy is the tenant's override where it has one.
@@ -517,4 +634,90 @@ fn match_check<'a>(
         });
     }
     Ok((entry, Arc::clone(effective), key, cost))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn limiter_with_failover() -> (Limiter<MemoryStore>, FakeClock) {
+        let clock = FakeClock::default();
+        let policy = Policy::new(
+            PolicyName::parse("p").unwrap(),
+            Algorithm::SlidingLog,
+            3,
+            Window::parse("10s").unwrap(),
+            1,
+        )
+        .unwrap();
+        let settings = FailoverSettings {
+            default_mode: FailureMode::Closed,
+            breaker: BreakerSettings::default(),
+            deny_cache_max_keys: Some(100),
+            heartbeat_interval: Duration::from_secs(1),
+        };
+        let metrics = Metrics::new("memory", 1);
+        let limiter = Limiter::new(
+            PolicySet::new([policy]).unwrap(),
+            MemoryStore::new(Arc::new(clock.clone())),
+            &metrics,
+        )
+        .with_failover(Failover::new(settings, Arc::new(clock.clone())));
+        (limiter, clock)
+    }
+
+    /// Checks whose futures finish without waiting (the embedded store never waits).
+    fn check_now(limiter: &Limiter<MemoryStore>, key: &str, cost: Option<u64>) -> Decision {
+        limiter
+            .check("p", key, cost)
+            .now_or_never()
+            .expect("nothing to wait for")
+            .expect("a decision")
+            .decision
+    }
+
+    #[test]
+    fn the_hot_path_through_a_closed_breaker_and_the_deny_cache_allocates_nothing() {
+        let (limiter, clock) = limiter_with_failover();
+        assert!(check_now(&limiter, "hot", None).allowed, "warm the buffers");
+        let before = allocations::on_this_thread();
+        assert!(check_now(&limiter, "hot", None).allowed);
+        assert!(check_now(&limiter, "hot", None).allowed);
+        assert_eq!(allocations::on_this_thread(), before, "allowed checks");
+
+        let denied = check_now(&limiter, "hot", None);
+        assert!(!denied.allowed);
+        let failover = limiter.failover().unwrap();
+        assert_eq!(failover.deny_cache().unwrap().len(), 1);
+        let before = allocations::on_this_thread();
+        for _ in 0..100 {
+            clock.advance(Duration::from_millis(10));
+            assert!(!check_now(&limiter, "hot", Some(0)).allowed);
+        }
+        assert_eq!(allocations::on_this_thread(), before, "deny cache hits");
+        assert_eq!(failover.counters().deny_cache_hits(), 100);
+        assert_eq!(failover.counters().store_calls(), 4);
+    }
+
+    #[test]
+    fn a_cached_denial_ends_at_its_retry_time_and_larger_costs_bypass_it() {
+        let (limiter, clock) = limiter_with_failover();
+        for _ in 0..3 {
+            assert!(check_now(&limiter, "k", None).allowed);
+        }
+        let denied = check_now(&limiter, "k", None);
+        assert_eq!(denied.retry_after, Duration::from_secs(10));
+        let counters = limiter.failover().unwrap().counters();
+        assert!(!check_now(&limiter, "k", Some(2)).allowed);
+        assert_eq!(counters.deny_cache_hits(), 0, "cost 2 asks the store");
+        clock.advance(Duration::from_millis(9_999));
+        let cached = check_now(&limiter, "k", None);
+        assert_eq!(cached.retry_after, Duration::from_millis(1));
+        assert_eq!(counters.deny_cache_hits(), 1);
+        clock.advance(Duration::from_millis(1));
+        assert!(check_now(&limiter, "k", None).allowed);
+    }
 }

@@ -29,6 +29,8 @@ pub enum PolicyError {
     InvalidName(String),
     #[error("unknown algorithm {0:?}; expected one of sliding_log, sliding_window, gcra")]
     UnknownAlgorithm(String),
+    #[error("unknown failure mode {0:?}; expected one of closed, open, local")]
+    UnknownFailureMode(String),
     #[error("limit must be between 1 and {max} (got {got})")]
     LimitOutOfRange { got: u64, max: u64 },
     #[error(
@@ -120,6 +122,48 @@ impl FromStr for Algorithm {
     }
 }
 
+/// What a policy's checks get when the shared store cannot decide them
+/// (Redis down, slow past its timeout, or its circuit breaker open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Refuse with 503 `limiter_unavailable`: no check is admitted uncounted.
+    Closed,
+    /// Admit, marked as decided without the shared store: availability over the limit.
+    Open,
+    /// Decide in process against `limit / live replicas` (rounded down, at least 1).
+    Local,
+}
+
+impl FailureMode {
+    pub const ALL: [FailureMode; 3] = [FailureMode::Closed, FailureMode::Open, FailureMode::Local];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Closed => "closed",
+            FailureMode::Open => "open",
+            FailureMode::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for FailureMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FailureMode {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FailureMode::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == s)
+            .ok_or_else(|| PolicyError::UnknownFailureMode(s.to_owned()))
+    }
+}
+
 /// A window length between 1 ms and 24 h, in whole milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Window(Duration);
@@ -182,9 +226,12 @@ pub struct Policy {
     default_cost: u64,
     /// Evaluated and counted, but never denies: operators try a limit on real traffic first.
     shadow: bool,
+    failure_mode: FailureMode,
 }
 
 impl Policy {
+    /// A policy that fails closed; see [`Policy::with_failure_mode`].
+    ///
     /// # Errors
     /// When the limit is outside 1..=[`MAX_LIMIT`] (1..=[`MAX_SLIDING_LOG_LIMIT`]
     /// for `sliding_log`) or the default cost exceeds the limit.
@@ -215,6 +262,7 @@ impl Policy {
             window,
             default_cost,
             shadow: false,
+            failure_mode: FailureMode::Closed,
         })
     }
 
@@ -238,11 +286,32 @@ impl Policy {
             self.window,
             self.default_cost,
         )
-        .map(|policy| policy.with_shadow(self.shadow))
+        .map(|policy| {
+            policy
+                .with_shadow(self.shadow)
+                .with_failure_mode(self.failure_mode)
+        })
     }
 
     pub fn is_shadow(&self) -> bool {
         self.shadow
+    }
+
+    pub fn with_failure_mode(self, failure_mode: FailureMode) -> Self {
+        Self {
+            failure_mode,
+            ..self
+        }
+    }
+
+    /// The same policy with a smaller limit (at least 1), for the `local`
+    /// failure mode's per-replica share. It keeps the name, so in-process
+    /// state carries over when the share changes.
+    pub(crate) fn with_local_share(&self, limit: u64) -> Self {
+        Self {
+            limit: NonZeroU64::new(limit.clamp(1, self.limit.get())).unwrap_or(self.limit),
+            ..self.clone()
+        }
     }
 
     pub fn name(&self) -> &PolicyName {
@@ -259,6 +328,9 @@ impl Policy {
     }
     pub fn default_cost(&self) -> u64 {
         self.default_cost
+    }
+    pub fn failure_mode(&self) -> FailureMode {
+        self.failure_mode
     }
 }
 

@@ -9,12 +9,13 @@
 //!
 //! Limits here are per process. For one limit across replicas use Redis.
 
-use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 
 use crate::limiter::algorithms::{Gcra, SlidingLog, SlidingWindow};
+use crate::limiter::key::with_composite_key;
 use crate::limiter::{
     Algorithm, Clock, LimiterKey, Micros, Outcome, Policy, Store, StoreError, StoreHealth,
 };
@@ -58,11 +59,6 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
 }
 
-thread_local! {
-    /// Reused buffer for the composite map key, so a check of a known key allocates nothing.
-    static KEY_BUFFER: RefCell<String> = RefCell::new(String::with_capacity(128));
-}
-
 impl MemoryStore {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         Self {
@@ -91,24 +87,19 @@ impl MemoryStore {
     /// Decides one check synchronously; [`Store::check`] wraps this. Public for benchmarks.
     pub fn decide(&self, policy: &Policy, key: LimiterKey<'_>, cost: u64) -> Outcome {
         let now = self.clock.now();
-        KEY_BUFFER.with_borrow_mut(|composite| {
-            // Policy names cannot contain NUL, so "policy\0algorithm\0key" is
-            // unambiguous; the algorithm is part of it so that changing a
-            // policy's algorithm starts from fresh state instead of a mismatch.
-            composite.clear();
-            composite.push_str(policy.name().as_str());
-            // A tenant's keys live beside the policy name (`policy@tenant`):
-            // names cannot contain '@', so they never meet an unscoped key.
-            if let Some(tenant) = key.tenant() {
-                composite.push('@');
-                composite.push_str(tenant);
-            }
-            composite.push('\0');
-            composite.push_str(policy.algorithm().as_str());
-            composite.push('\0');
-            composite.push_str(key.as_str());
-
-            if let Some(mut entry) = self.entries.get_mut(composite.as_str()) {
+        // The algorithm is part of the map key so that changing a policy's
+        // algorithm starts from fresh state instead of a mismatch; the tenant
+        // (empty when unscoped; tenant names are never empty) keeps a tenant's
+        // keys apart from everyone else's. The key is built in a reused
+        // buffer: a check of a known key allocates nothing.
+        let parts = [
+            policy.name().as_str(),
+            key.tenant().unwrap_or(""),
+            policy.algorithm().as_str(),
+            key.as_str(),
+        ];
+        with_composite_key(&parts, |composite| {
+            if let Some(mut entry) = self.entries.get_mut(composite) {
                 let outcome = entry.state.decide(now, policy, cost);
                 if outcome.allowed && cost > 0 {
                     entry.idle_from = now + outcome.reset_after_us;
@@ -124,7 +115,7 @@ impl MemoryStore {
             // and this one; deciding under the entry's shard lock keeps its units.
             let mut entry = self
                 .entries
-                .entry(composite.as_str().into())
+                .entry(composite.into())
                 .or_insert_with(|| Entry {
                     state: State::new(policy.algorithm()),
                     idle_from: now,
@@ -160,12 +151,15 @@ impl Store for MemoryStore {
             scripts: Vec::new(),
         }
     }
+
+    /// This store is private to its process: one replica, always.
+    async fn heartbeat(&self, _replica: &str, _stale_after: Duration) -> Result<u64, StoreError> {
+        Ok(1)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::limiter::{FakeClock, PolicyName, Window};
 

@@ -6,6 +6,8 @@ pub mod redis;
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisOptions, RedisStore};
 
+use std::time::Duration;
+
 use crate::limiter::{LimiterKey, Outcome, Policy, PoolStats, Store, StoreError, StoreHealth};
 
 /// The store a replica runs on, chosen by configuration at start-up.
@@ -48,6 +50,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(store) => store.pools(),
             AnyStore::Redis(store) => store.pools(),
+        }
+    }
+
+    async fn heartbeat(&self, replica: &str, stale_after: Duration) -> Result<u64, StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.heartbeat(replica, stale_after).await,
+            AnyStore::Redis(store) => store.heartbeat(replica, stale_after).await,
         }
     }
 }

@@ -11,13 +11,13 @@
 //! of `<policy>:<key>`, so the same scripts run unchanged on a cluster.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bb8::{ManageConnection, Pool, RunError};
 use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
-use redis::{RedisError, Script, ScriptInvocation};
+use redis::{RedisError, RedisResult, Script, ScriptInvocation};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -29,6 +29,7 @@ use crate::limiter::{
 const SLIDING_LOG: &str = include_str!("../../lua/sliding_log.lua");
 const SLIDING_WINDOW: &str = include_str!("../../lua/sliding_window.lua");
 const GCRA: &str = include_str!("../../lua/gcra.lua");
+const HEARTBEAT: &str = include_str!("../../lua/heartbeat.lua");
 
 /// How the Redis store connects and how long it waits.
 #[derive(Debug, Clone)]
@@ -44,11 +45,12 @@ pub struct RedisOptions {
     pub command_timeout: Duration,
 }
 
-/// The three scripts, each built once; `Script` keeps the SHA1 it sends with `EVALSHA`.
+/// The scripts, each built once; `Script` keeps the SHA1 it sends with `EVALSHA`.
 struct Scripts {
     sliding_log: Script,
     sliding_window: Script,
     gcra: Script,
+    heartbeat: Script,
 }
 
 impl Scripts {
@@ -57,6 +59,7 @@ impl Scripts {
             sliding_log: Script::new(SLIDING_LOG),
             sliding_window: Script::new(SLIDING_WINDOW),
             gcra: Script::new(GCRA),
+            heartbeat: Script::new(HEARTBEAT),
         }
     }
 
@@ -73,6 +76,8 @@ impl Scripts {
 pub struct RedisStore {
     pool: Pool<TrackedConnectionManager>,
     reachability: Arc<Reachability>,
+    /// Shared with the manager: connections older than this are stale (see [`TrackedConnection`]).
+    generation: Arc<AtomicU64>,
     scripts: Scripts,
     key_prefix: String,
     command_timeout: Duration,
@@ -92,6 +97,7 @@ impl RedisStore {
             ))
         })?;
         let reachability = Arc::new(Reachability::default());
+        let generation = Arc::new(AtomicU64::new(0));
         let pool = Pool::builder()
             .max_size(options.pool_size)
             .connection_timeout(options.connect_timeout)
@@ -105,10 +111,13 @@ impl RedisStore {
             .build_unchecked(TrackedConnectionManager {
                 manager,
                 reachability: Arc::clone(&reachability),
+                generation: Arc::clone(&generation),
+                response_timeout: options.command_timeout,
             });
         Ok(Self {
             pool,
             reachability,
+            generation,
             scripts: Scripts::new(),
             key_prefix: options.key_prefix,
             command_timeout: options.command_timeout,
@@ -155,6 +164,11 @@ impl RedisStore {
         }
     }
 
+    /// The sorted set of live replicas, `<prefix>{replicas}`.
+    pub fn replicas_key(&self) -> String {
+        format!("{}{{replicas}}", self.key_prefix)
+    }
+
     /// SHA1 of each algorithm's script, as sent with `EVALSHA`.
     pub fn script_hashes(&self) -> Vec<(Algorithm, String)> {
         Algorithm::ALL
@@ -163,40 +177,73 @@ impl RedisStore {
             .collect()
     }
 
-    /// A handle on one pooled multiplexed connection, and the flag that tells
-    /// the pool to replace it.
+    /// A handle on a live pooled connection, for as many commands as the caller likes.
     ///
-    /// The pool guard is released before the command is sent: a
-    /// `MultiplexedConnection` pipelines any number of concurrent commands,
-    /// so holding it exclusively for a round-trip would cap the checks in
-    /// flight at `pool_size` and queue the rest (measured: 10 connections and
-    /// 150 clients gave half the throughput of letting them share).
-    async fn connection(&self) -> Result<(MultiplexedConnection, BrokenFlag), StoreError> {
-        let pooled = self.pool.get().await.map_err(|error| match error {
-            RunError::TimedOut => StoreError::Timeout {
-                operation: "waiting for a Redis connection",
-                after: self.pool.config().connection_timeout,
-            },
-            RunError::User(error) => StoreError::Unavailable(describe(&error)),
-        })?;
-        Ok((
-            pooled.connection.clone(),
-            BrokenFlag(Arc::clone(&pooled.broken)),
-        ))
+    /// A `MultiplexedConnection` pipelines any number of concurrent commands,
+    /// so the pooled connection goes back to the pool at once and the caller
+    /// keeps a clone: holding it for the whole round-trip would allow only
+    /// `pool_size` checks in flight and queue the rest behind the checkout
+    /// timeout, which is what a burst of concurrent checks used to hit.
+    ///
+    /// Connections opened before the last connection-level failure are
+    /// dropped here instead of being handed out (see [`TrackedConnection`]).
+    ///
+    /// Returns the clone and the generation it was opened in, for [`Self::reply`].
+    async fn connection(&self) -> Result<(MultiplexedConnection, u64), StoreError> {
+        let timed_out = || StoreError::Timeout {
+            operation: "waiting for a Redis connection",
+            after: self.pool.config().connection_timeout,
+        };
+        let checkout = async {
+            loop {
+                let mut pooled = self.pool.get().await.map_err(|error| match error {
+                    RunError::TimedOut => timed_out(),
+                    RunError::User(error) => StoreError::Unavailable(describe(&error)),
+                })?;
+                if pooled.generation < self.generation.load(Ordering::Acquire) {
+                    pooled.broken = true;
+                    continue;
+                }
+                return Ok((pooled.connection.clone(), pooled.generation));
+            }
+        };
+        // Each `get` has its own timeout; this bounds the whole loop, which
+        // skips at most `pool_size` stale idle connections without waiting.
+        tokio::time::timeout(self.pool.config().connection_timeout, checkout)
+            .await
+            .map_err(|_| timed_out())?
     }
-}
 
-/// Marks a pooled connection for replacement after a connection-level failure.
-struct BrokenFlag(Arc<AtomicBool>);
-
-impl BrokenFlag {
-    /// Returns whether the error was fatal to the connection.
-    fn mark_if_fatal(&self, error: &RedisError) -> bool {
-        let fatal = error.is_unrecoverable_error() || error.is_connection_dropped();
-        if fatal {
-            self.0.store(true, Ordering::Relaxed);
+    /// Waits at most `command_timeout` for `command`, sent on a connection
+    /// opened in `generation`. When the connection itself failed (not just the
+    /// command), every pooled connection at least as old is retired: they were
+    /// most likely cut by the same restart or network fault, and handing them
+    /// out would fail one check each. A timeout retires nothing: a slow or
+    /// paused server still holds its connections.
+    async fn reply<T>(
+        &self,
+        generation: u64,
+        operation: &'static str,
+        command: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let timed_out = StoreError::Timeout {
+            operation,
+            after: self.command_timeout,
+        };
+        match tokio::time::timeout(self.command_timeout, command).await {
+            Err(_) => Err(timed_out),
+            Ok(Ok(value)) => Ok(value),
+            // redis-rs's own per-request timeout (set to the same duration)
+            // may fire on the same timer tick as ours: the same event.
+            Ok(Err(error)) if error.is_timeout() => Err(timed_out),
+            Ok(Err(error)) => {
+                if error.is_unrecoverable_error() || error.is_connection_dropped() {
+                    self.generation.fetch_max(generation + 1, Ordering::AcqRel);
+                    self.reachability.down(&describe(&error));
+                }
+                Err(StoreError::Unavailable(describe(&error)))
+            }
         }
-        fatal
     }
 }
 
@@ -222,7 +269,7 @@ impl RedisStore {
         key: LimiterKey<'_>,
         cost: u64,
     ) -> Result<Outcome, StoreError> {
-        let (mut connection, broken) = self.connection().await?;
+        let (mut connection, generation) = self.connection().await?;
         let mut invocation = self.scripts.get(policy.algorithm()).prepare_invoke();
         self.add_keys(&mut invocation, policy, key);
         invocation
@@ -231,21 +278,13 @@ impl RedisStore {
             .arg(cost);
         // `invoke_async` sends EVALSHA and, on NOSCRIPT (a restart, a failover,
         // SCRIPT FLUSH), loads the script and repeats the call once.
-        let reply = tokio::time::timeout(
-            self.command_timeout,
-            invocation.invoke_async::<(u8, i64, i64, i64)>(&mut connection),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout {
-            operation: "running a limiter script",
-            after: self.command_timeout,
-        })?;
-        let (allowed, remaining, reset_after, retry_after) = reply.map_err(|error| {
-            if broken.mark_if_fatal(&error) {
-                self.reachability.down(&describe(&error));
-            }
-            StoreError::Unavailable(describe(&error))
-        })?;
+        let (allowed, remaining, reset_after, retry_after) = self
+            .reply(
+                generation,
+                "running a limiter script",
+                invocation.invoke_async::<(u8, i64, i64, i64)>(&mut connection),
+            )
+            .await?;
         let non_negative = |value: i64| {
             u64::try_from(value)
                 .map_err(|_| StoreError::InvalidReply(format!("negative value {value}")))
@@ -314,22 +353,10 @@ impl Store for RedisStore {
     async fn health(&self) -> StoreHealth {
         let started = Instant::now();
         let probe = async {
-            let (mut connection, broken) = self.connection().await?;
-            let ping = tokio::time::timeout(
-                self.command_timeout,
-                redis::cmd("PING").query_async::<String>(&mut connection),
-            )
-            .await
-            .map_err(|_| StoreError::Timeout {
-                operation: "waiting for PING",
-                after: self.command_timeout,
-            })?;
-            ping.map_err(|error| {
-                if broken.mark_if_fatal(&error) {
-                    self.reachability.down(&describe(&error));
-                }
-                StoreError::Unavailable(describe(&error))
-            })
+            let (mut connection, generation) = self.connection().await?;
+            let ping = redis::cmd("PING");
+            let pong = ping.query_async::<String>(&mut connection);
+            self.reply(generation, "waiting for PING", pong).await
         };
         let result = probe.await;
         let state = self.pool.state();
@@ -352,25 +379,44 @@ impl Store for RedisStore {
             scripts: self.script_hashes(),
         }
     }
+
+    async fn heartbeat(&self, replica: &str, stale_after: Duration) -> Result<u64, StoreError> {
+        let (mut connection, generation) = self.connection().await?;
+        let mut invocation = self.scripts.heartbeat.prepare_invoke();
+        invocation
+            .key(self.replicas_key())
+            .arg(replica)
+            .arg(stale_after.as_micros() as u64);
+        let beat = invocation.invoke_async::<u64>(&mut connection);
+        self.reply(generation, "sending a heartbeat", beat).await
+    }
 }
 
-/// A pooled multiplexed connection that remembers whether it failed.
+/// A pooled multiplexed connection, with the generation it was opened in.
 ///
 /// A `MultiplexedConnection` does not reconnect by itself and bb8-redis cannot
-/// tell a dead one from a live one without a PING per checkout. Marking it
-/// broken when a command fails at the connection level lets bb8 drop it and
-/// open a fresh one, so a replica recovers by itself after Redis restarts.
+/// tell a dead one from a live one without a PING per checkout. Instead, a
+/// connection-level failure on any connection raises the store's generation
+/// (see `RedisStore::reply`); older connections are then dropped when next
+/// checked out or returned, and bb8 opens fresh ones, so a replica recovers by
+/// itself after Redis restarts without spending one failed check per stale
+/// pooled connection.
 pub struct TrackedConnection {
     connection: MultiplexedConnection,
-    /// Shared with the clones handed to in-flight commands, which outlive the pool guard.
-    broken: Arc<AtomicBool>,
+    generation: u64,
+    broken: bool,
 }
 
-/// bb8-redis's manager, with connections that can be marked broken and a
+/// bb8-redis's manager, with connections that know their generation, and a
 /// log line when Redis is lost or regained.
 pub struct TrackedConnectionManager {
     manager: RedisConnectionManager,
     reachability: Arc<Reachability>,
+    generation: Arc<AtomicU64>,
+    /// redis-rs gives every request on a multiplexed connection its own
+    /// timeout, 500 ms by default; left alone it would cut any longer
+    /// `command_timeout` short, and report it as a connection error.
+    response_timeout: Duration,
 }
 
 impl ManageConnection for TrackedConnectionManager {
@@ -378,12 +424,17 @@ impl ManageConnection for TrackedConnectionManager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        // Read before connecting: a failure seen while this connection is
+        // being opened then also retires it, which errs towards reconnecting.
+        let generation = self.generation.load(Ordering::Acquire);
         match self.manager.connect().await {
-            Ok(connection) => {
+            Ok(mut connection) => {
                 self.reachability.up();
+                connection.set_response_timeout(self.response_timeout);
                 Ok(TrackedConnection {
                     connection,
-                    broken: Arc::new(AtomicBool::new(false)),
+                    generation,
+                    broken: false,
                 })
             }
             Err(error) => {
@@ -398,7 +449,7 @@ impl ManageConnection for TrackedConnectionManager {
     }
 
     fn has_broken(&self, connection: &mut Self::Connection) -> bool {
-        connection.broken.load(Ordering::Relaxed)
+        connection.broken || connection.generation < self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -427,7 +478,7 @@ impl Reachability {
         if self.0.swap(Self::DOWN, Ordering::Relaxed) != Self::DOWN {
             tracing::warn!(
                 error,
-                "cannot reach Redis; checks answer 503 limiter_unavailable until it returns"
+                "cannot reach Redis; checks are answered by their failure modes until it returns"
             );
         }
     }

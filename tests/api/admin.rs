@@ -266,8 +266,9 @@ async fn invalid_policies_are_refused_with_the_config_files_messages() {
         cost: 1,
         matches: None,
         key: None,
+        failure_mode: None,
     }
-    .to_policy()
+    .to_policy(slidegate::limiter::FailureMode::Closed)
     .unwrap_err()
     .1
     .to_string();

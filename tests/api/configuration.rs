@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use slidegate::configuration::{ConfigurationError, Settings};
+use slidegate::limiter::FailureMode;
 
 /// Environment variables are process-wide: tests that read or set them take turns.
 static ENV: Mutex<()> = Mutex::new(());
@@ -59,6 +60,32 @@ fn invalid_settings_name_the_field_and_the_problem() {
         ("[server]\nport = 8080", "port"),
         ("[limiter]\nkey_prefix = \"a{b}\"", "limiter.key_prefix"),
         (
+            "[limiter]\nfailure_mode = \"sideways\"",
+            "unknown failure mode \"sideways\"; expected one of closed, open, local for key `limiter.failure_mode`",
+        ),
+        (
+            "[limiter]\nheartbeat_interval = \"0s\"",
+            "limiter.heartbeat_interval",
+        ),
+        (
+            "[limiter.deny_cache]\nmax_keys = 0",
+            "limiter.deny_cache.max_keys",
+        ),
+        ("[redis.breaker]\nfailures = 0", "redis.breaker.failures"),
+        (
+            "[redis.breaker]\nfailure_ratio = 1.5",
+            "redis.breaker.failure_ratio",
+        ),
+        ("[redis.breaker]\nprobes = 0", "redis.breaker.probes"),
+        (
+            "[redis.breaker]\ncool_down = \"0s\"",
+            "redis.breaker.cool_down",
+        ),
+        (
+            "[[policies]]\nname = \"api\"\nalgorithm = \"gcra\"\nlimit = 5\nwindow = \"1m\"\nfailure_mode = \"maybe\"",
+            "policies[0].failure_mode: unknown failure mode",
+        ),
+        (
             "[[policies]]\nname = \"api\"\nalgorithm = \"leaky\"\nlimit = 5\nwindow = \"1m\"",
             "policies[0].algorithm",
         ),
@@ -94,6 +121,23 @@ fn invalid_settings_name_the_field_and_the_problem() {
             "{message:?} does not mention {mentions:?}"
         );
     }
+}
+
+#[test]
+fn a_policy_takes_the_default_failure_mode_unless_it_names_its_own() {
+    let settings = load_toml(
+        "[limiter]\nfailure_mode = \"open\"\n\
+         [[policies]]\nname = \"a\"\nalgorithm = \"gcra\"\nlimit = 5\nwindow = \"1m\"\n\
+         [[policies]]\nname = \"b\"\nalgorithm = \"gcra\"\nlimit = 5\nwindow = \"1m\"\nfailure_mode = \"local\"",
+    )
+    .unwrap();
+    let policies = settings.validate().unwrap();
+    assert_eq!(policies.get("a").unwrap().failure_mode(), FailureMode::Open);
+    assert_eq!(
+        policies.get("b").unwrap().failure_mode(),
+        FailureMode::Local
+    );
+    assert_eq!(settings.failover().default_mode, FailureMode::Open);
 }
 
 #[test]

@@ -57,7 +57,8 @@ fn closed_port() -> u16 {
 async fn an_unreachable_redis_makes_the_replica_unready_and_checks_503_without_leaking_the_password()
  {
     let password = "hunter2-very-secret";
-    let mut options = TestOptions::redis(vec![policy("p", "sliding_log", 5, "1m")]);
+    let mut options =
+        TestOptions::redis(vec![policy("p", "sliding_log", 5, "1m")]).with_production_timeouts();
     options.redis_url = Some(format!("redis://:{password}@127.0.0.1:{}", closed_port()));
     let app = spawn_app(options).await;
 

@@ -1,5 +1,6 @@
 //! `spawn_app`: the real server on port 0, on the machine's Redis, with data no other test can see; `Replica`: the binary in a process of its own.
 
+use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,7 @@ pub fn policy(name: &str, algorithm: &str, limit: u64, window: &str) -> PolicySe
         cost: 1,
         matches: None,
         key: None,
+        failure_mode: None,
     }
 }
 
@@ -53,11 +55,22 @@ pub struct TestOptions {
     pub postgres_url: Option<String>,
     /// Set: the admin API is on with this token.
     pub admin_token: Option<String>,
+    /// Every other setting (timeouts, failure modes, breaker, deny cache);
+    /// the fields above and the bind address override it.
+    pub settings: Settings,
 }
 
 impl TestOptions {
     /// A replica on the shared Redis with a fresh key prefix.
+    ///
+    /// Its Redis timeouts are 1 s, not the production 50/100 ms: most tests
+    /// are about decisions, and on a loaded 2-core CI a scheduling stall can
+    /// outlast 50 ms, turning a decision into a 503 for the wrong reason.
+    /// Tests about timeouts use [`TestOptions::with_production_timeouts`].
     pub fn redis(policies: Vec<PolicySettings>) -> Self {
+        let mut settings = Settings::default();
+        settings.redis.command_timeout = Duration::from_secs(1);
+        settings.redis.connect_timeout = Duration::from_secs(1);
         Self {
             redis_url: Some(redis_url()),
             key_prefix: unique_prefix(),
@@ -65,6 +78,7 @@ impl TestOptions {
             clock: Arc::new(SystemClock),
             postgres_url: None,
             admin_token: None,
+            settings,
         }
     }
 
@@ -77,6 +91,15 @@ impl TestOptions {
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             ..Self::redis(Vec::new())
         }
+    }
+
+    /// The built-in Redis timeouts: for tests about them, and for tests of an
+    /// unreachable Redis, where each check waits out the connect timeout.
+    pub fn with_production_timeouts(mut self) -> Self {
+        let defaults = Settings::default().redis;
+        self.settings.redis.command_timeout = defaults.command_timeout;
+        self.settings.redis.connect_timeout = defaults.connect_timeout;
+        self
     }
 
     /// A replica on the embedded store.
@@ -185,15 +208,10 @@ fn init_test_logging() {
 
 pub async fn spawn_app(options: TestOptions) -> TestApp {
     init_test_logging();
-    let mut settings = Settings::default();
+    let mut settings = options.settings;
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.workers = Some(2);
     settings.redis.url = options.redis_url.map(Into::into);
-    // Generous waits: these tests are about decisions, not timeouts, and run
-    // in parallel on two cores where a starved worker can pause for a while.
-    // The fault tests set their own.
-    settings.redis.connect_timeout = std::time::Duration::from_secs(3);
-    settings.redis.command_timeout = std::time::Duration::from_secs(2);
     settings.limiter.key_prefix = options.key_prefix;
     settings.policies = Some(options.policies);
     settings.postgres.url = options.postgres_url.map(Into::into);
@@ -333,6 +351,42 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A check that reports transport errors (a reset, a refused or dropped
+    /// connection, an unreadable body) as `Err` rather than panicking, so a
+    /// test can count them apart from statuses.
+    pub async fn try_check(&self, policy: &str, key: &str) -> Result<CheckReply, String> {
+        let response = self
+            .client
+            .post(format!("{}/v1/check", self.address))
+            .json(&serde_json::json!({ "policy": policy, "key": key }))
+            .send()
+            .await
+            .map_err(|error| format!("{error:?}"))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response
+            .text()
+            .await
+            .map_err(|error| format!("{error:?}"))?;
+        let body = serde_json::from_str(&text)
+            .map_err(|_| format!("status {status}: body is not JSON: {text:?}"))?;
+        Ok(CheckReply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// `GET /health/ready`: the readiness body (whatever its status).
+    pub async fn readiness(&self) -> serde_json::Value {
+        self.get("/health/ready").await.body
+    }
+
+    /// The limiter's part of readiness: breaker, failure modes, counters.
+    pub async fn limiter_health(&self) -> serde_json::Value {
+        self.readiness().await["checks"]["limiter"].clone()
     }
 
     pub async fn get(&self, path: &str) -> CheckReply {
@@ -526,4 +580,30 @@ impl Drop for Replica {
             let _ = child.wait();
         }
     }
+}
+
+/// Polls `probe` until it yields `Some`, failing the test after `within`.
+/// Waiting on a condition, not for a time: the test goes on as soon as it holds.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    let mut ticks = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        ticks.tick().await;
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+    }
+}
+
+/// Tests that put many concurrent clients on the machine take turns, so each
+/// measures its own load rather than its neighbours' (CI has 2 cores; the
+/// exactness and fault tests each run 20 to 160 clients plus replicas).
+pub async fn one_load_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
 }

@@ -2,7 +2,9 @@
 
 use redis::AsyncCommands;
 
-use crate::helpers::{TestOptions, policy, redis_connection, spawn_app, unique_prefix};
+use std::time::Duration;
+
+use crate::helpers::{TestOptions, eventually, policy, redis_connection, spawn_app, unique_prefix};
 
 /// Every key under `prefix`, found with SCAN (never KEYS on a shared server).
 async fn keys_under(prefix: &str) -> Vec<String> {
@@ -72,6 +74,10 @@ async fn every_key_the_scripts_write_expires_close_to_its_window() {
     for name in ["log", "window", "bucket"] {
         app.check(name, "user-1", Some(2)).await;
     }
+    eventually(Duration::from_secs(5), "a first heartbeat", || async {
+        (app.limiter_health().await["counters"]["heartbeats"] != 0).then_some(())
+    })
+    .await;
     let keys = keys_under(&prefix).await;
     assert_eq!(
         keys,
@@ -79,15 +85,23 @@ async fn every_key_the_scripts_write_expires_close_to_its_window() {
             format!("{prefix}{{bucket:user-1}}:gcra"),
             format!("{prefix}{{log:user-1}}:log"),
             format!("{prefix}{{log:user-1}}:seq"),
+            format!("{prefix}{{replicas}}"),
             format!("{prefix}{{window:user-1}}:sw"),
         ],
-        "keys carry the {{policy:key}} hash tag"
+        "keys carry the {{policy:key}} hash tag, and the replicas key its own"
     );
     let mut redis = redis_connection().await;
     for key in keys {
         let ttl_ms: i64 = redis.pttl(&key).await.unwrap();
-        // The two-counter window keeps its count through the next window.
-        let ceiling = if key.ends_with(":sw") { 60_000 } else { 30_000 };
+        // The two-counter window keeps its count through the next window; a
+        // replica counts as live for three heartbeat periods (1 s by default).
+        let ceiling = if key.ends_with(":sw") {
+            60_000
+        } else if key.ends_with("{replicas}") {
+            3_000
+        } else {
+            30_000
+        };
         assert!(
             ttl_ms > 0 && ttl_ms <= ceiling,
             "{key} has PTTL {ttl_ms} ms, expected 0 < ttl <= {ceiling}"
@@ -101,25 +115,86 @@ async fn peeks_and_denials_write_nothing_new() {
     let prefix = options.key_prefix.clone();
     let app = spawn_app(options).await;
     app.check("log", "peeker", Some(0)).await;
-    assert!(keys_under(&prefix).await.is_empty());
+    let keys = keys_under(&prefix).await;
+    assert!(
+        keys.iter().all(|key| key.ends_with("{replicas}")),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_heartbeat_script_counts_live_replicas_and_forgets_silent_ones() {
+    let mut redis = redis_connection().await;
+    let key = format!("{}{{replicas}}", unique_prefix());
+    let script = redis::Script::new(include_str!("../../lua/heartbeat.lua"));
+    let beat = |replica: &'static str, stale_after_us: u64| {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&key).arg(replica).arg(stale_after_us);
+        invocation
+    };
+    let minute = 60_000_000;
+    assert_eq!(
+        beat("a", minute)
+            .invoke_async::<u64>(&mut redis)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        beat("b", minute)
+            .invoke_async::<u64>(&mut redis)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        beat("a", minute)
+            .invoke_async::<u64>(&mut redis)
+            .await
+            .unwrap(),
+        2,
+        "a beats again"
+    );
+    let ttl_ms: i64 = redis.pttl(&key).await.unwrap();
+    assert!(ttl_ms > 0 && ttl_ms <= 60_000, "PTTL {ttl_ms}");
+
+    // With a 1 ms horizon, only the replica beating now is live.
+    let mut redis_again = redis.clone();
+    eventually(Duration::from_secs(2), "a and b go stale", || {
+        let invocation = beat("c", 1_000);
+        let mut redis = redis_again.clone();
+        async move { (invocation.invoke_async::<u64>(&mut redis).await.unwrap() == 1).then_some(()) }
+    })
+    .await;
+    let members: Vec<String> = redis_again.zrange(&key, 0, -1).await.unwrap();
+    assert_eq!(members, vec!["c".to_owned()]);
 }
 
 #[tokio::test]
 async fn scripts_refuse_calls_with_the_wrong_keys_or_arguments() {
     let mut redis = redis_connection().await;
     let prefix = unique_prefix();
-    for (source, keys) in [
-        (include_str!("../../lua/sliding_log.lua"), 2),
-        (include_str!("../../lua/sliding_window.lua"), 1),
-        (include_str!("../../lua/gcra.lua"), 1),
+    // Each script with valid arguments; the last one is made negative below.
+    let limiter_args: &[i64] = &[1_000_000, 5, 1];
+    for (source, keys, args) in [
+        (include_str!("../../lua/sliding_log.lua"), 2, limiter_args),
+        (
+            include_str!("../../lua/sliding_window.lua"),
+            1,
+            limiter_args,
+        ),
+        (include_str!("../../lua/gcra.lua"), 1, limiter_args),
+        (include_str!("../../lua/heartbeat.lua"), 1, &[7, 1_000_000]),
     ] {
         let script = redis::Script::new(source);
-        // One key too few, and a negative cost.
+        // One key too few, and a negative last argument (cost, stale_after).
         let mut missing = script.prepare_invoke();
         for index in 0..keys - 1 {
             missing.key(format!("{prefix}{{t}}:{index}"));
         }
-        missing.arg(1_000_000).arg(5).arg(1);
+        for arg in args {
+            missing.arg(*arg);
+        }
         let error = missing
             .invoke_async::<redis::Value>(&mut redis)
             .await
@@ -130,7 +205,11 @@ async fn scripts_refuse_calls_with_the_wrong_keys_or_arguments() {
         for index in 0..keys {
             negative.key(format!("{prefix}{{t}}:{index}"));
         }
-        negative.arg(1_000_000).arg(5).arg(-1);
+        let (last, rest) = args.split_last().unwrap();
+        for arg in rest {
+            negative.arg(*arg);
+        }
+        negative.arg(-last);
         let error = negative
             .invoke_async::<redis::Value>(&mut redis)
             .await
