@@ -588,7 +588,6 @@ impl<S: Store> Limiter<S> {
     }
 }
 
-
 /// Finds the tenant and the policy, validates key and cost: everything a check
 /// needs before the store. The policy is the tenant's override where it has one.
 fn match_check<'a>(
