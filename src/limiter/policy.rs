@@ -45,6 +45,16 @@ pub enum PolicyError {
     CostOutOfRange { got: u64, limit: u64 },
 }
 
+/// 1–64 bytes of `[A-Za-z0-9_.-]`: the shape of policy and tenant names, which
+/// appear in Redis keys, metric labels and headers and so must stay plain.
+pub(crate) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_POLICY_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// A validated policy name: 1–64 bytes of `[A-Za-z0-9_.-]`. No `:`, `{`, `}`
 /// or NUL, so a policy name can never run into the key that follows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,12 +64,7 @@ impl PolicyName {
     /// # Errors
     /// [`PolicyError::InvalidName`] when empty, too long or with a character outside the set.
     pub fn parse(name: &str) -> Result<Self, PolicyError> {
-        let valid = !name.is_empty()
-            && name.len() <= MAX_POLICY_NAME_LEN
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if valid {
+        if is_plain_name(name) {
             Ok(Self(name.into()))
         } else {
             Err(PolicyError::InvalidName(name.to_owned()))

@@ -30,12 +30,7 @@ impl TenantName {
     /// # Errors
     /// When empty, too long or with a character outside the set.
     pub fn parse(name: &str) -> Result<Self, InvalidTenant> {
-        let valid = !name.is_empty()
-            && name.len() <= MAX_POLICY_NAME_LEN
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if valid {
+        if super::policy::is_plain_name(name) {
             Ok(Self(name.into()))
         } else {
             Err(InvalidTenant(name.to_owned()))

@@ -188,6 +188,18 @@ fn sliding_window_worst_case_stays_under_twice_the_limit() {
     assert!(worst < 2 * limit);
 }
 
+/// Turns (gap since the previous check in µs, cost) steps into timed checks whose cost fits `limit`.
+fn traffic_from(steps: Vec<(u64, u64)>, limit: u64) -> Vec<(u64, u64)> {
+    let mut at = 0;
+    steps
+        .into_iter()
+        .map(|(gap, cost)| {
+            at += gap;
+            (at, cost.min(limit))
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -198,11 +210,7 @@ proptest! {
         steps in prop::collection::vec((0u64..400_000, 0u64..5), 1..300),
     ) {
         let policy = policy(Algorithm::SlidingLog, limit, window_ms);
-        let mut at = 0;
-        let traffic: Vec<(u64, u64)> = steps
-            .into_iter()
-            .map(|(gap, cost)| { at += gap; (at, cost.min(limit)) })
-            .collect();
+        let traffic = traffic_from(steps, limit);
         let admitted = replay(&policy, 1_767_225_600_000_000, &traffic);
         prop_assert!(max_in_any_trailing_window(&admitted, window_ms * MS) <= limit);
     }
@@ -215,11 +223,7 @@ proptest! {
     ) {
         let policy = policy(Algorithm::Gcra, limit, window_ms);
         let window_us = (window_ms * MS) as f64;
-        let mut at = 0;
-        let traffic: Vec<(u64, u64)> = steps
-            .into_iter()
-            .map(|(gap, cost)| { at += gap; (at, cost.min(limit)) })
-            .collect();
+        let traffic = traffic_from(steps, limit);
         let admitted = replay(&policy, 1_767_225_600_000_000, &traffic);
         // Over any span [first, last] of admissions: at most the burst plus
         // what drains at limit/window during the span.
@@ -241,11 +245,7 @@ proptest! {
         steps in prop::collection::vec((0u64..400_000, 0u64..5), 1..300),
     ) {
         let policy = policy(Algorithm::SlidingWindow, limit, window_ms);
-        let mut at = 0;
-        let traffic: Vec<(u64, u64)> = steps
-            .into_iter()
-            .map(|(gap, cost)| { at += gap; (at, cost.min(limit)) })
-            .collect();
+        let traffic = traffic_from(steps, limit);
         let admitted = replay(&policy, 1_767_225_600_000_000, &traffic);
         prop_assert!(max_in_any_trailing_window(&admitted, window_ms * MS) < 2 * limit.max(1) + 1);
     }
