@@ -25,7 +25,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::limiter::PoolStats;
+use crate::limiter::{Decision, PoolStats};
 use crate::telemetry::{self, SpanExportStats};
 
 /// `Content-Type` of [`Metrics::render`]'s output: the Prometheus text format 0.0.4.
@@ -87,7 +87,7 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "decisions",
-            "Checks decided, by policy and outcome (allowed, denied)",
+            "Checks decided, by policy and outcome (allowed, denied, shadow: a shadow policy's denial answered 200, degraded: decided by the open or local failure mode)",
             decisions.clone(),
         );
         let decision_seconds = Family::<PolicyLabels, LatencyHistogram>::default();
@@ -254,6 +254,9 @@ fn register_spans(registry: &mut Registry, spans: SpanExportStats) {
     );
 }
 
+/// Every `outcome` label of `slidegate_decisions_total`; see [`PolicyMetrics::record`].
+const OUTCOMES: [&str; 4] = ["allowed", "denied", "shadow", "degraded"];
+
 /// The per-policy series, shared with the limiter so that a policy created at
 /// run time gets its handles and a deleted one loses its series.
 #[derive(Clone, Debug)]
@@ -276,6 +279,8 @@ impl PolicyMetricsSource {
         PolicyMetrics {
             allowed: decisions("allowed"),
             denied: decisions("denied"),
+            shadow: decisions("shadow"),
+            degraded: decisions("degraded"),
             latency: self.decision_seconds.get_or_create_owned(&PolicyLabels {
                 policy: name.to_owned(),
             }),
@@ -284,7 +289,7 @@ impl PolicyMetricsSource {
 
     /// Drops the series of a policy that no longer exists.
     pub fn forget(&self, name: &str) {
-        for outcome in ["allowed", "denied"] {
+        for outcome in OUTCOMES {
             self.decisions.remove(&DecisionLabels {
                 policy: name.to_owned(),
                 outcome,
@@ -307,14 +312,29 @@ impl PolicyMetricsSource {
 pub struct PolicyMetrics {
     allowed: Counter,
     denied: Counter,
+    shadow: Counter,
+    degraded: Counter,
     latency: LatencyHistogram,
 }
 
 impl PolicyMetrics {
-    /// Counts one decision and how long the store took to make it.
-    pub fn record(&self, allowed: bool, elapsed: Duration) {
-        if allowed {
+    /// Counts one decision under exactly one outcome, and how long it took.
+    ///
+    /// - `degraded`: the shared store could not decide and the policy's
+    ///   failure mode (`open` or `local`) did, whatever it answered;
+    /// - `shadow`: a shadow policy would have denied (the client got 200);
+    /// - `allowed`: admitted, a shadow policy's admission included;
+    /// - `denied`: answered 429 (from the store or the deny cache).
+    ///
+    /// So `denied` is what clients were refused, and `shadow` is what
+    /// enforcing the shadow policies would add to it.
+    pub fn record(&self, decision: &Decision, shadow: bool, elapsed: Duration) {
+        if decision.fallback.is_some() {
+            self.degraded.inc();
+        } else if decision.allowed {
             self.allowed.inc();
+        } else if shadow {
+            self.shadow.inc();
         } else {
             self.denied.inc();
         }

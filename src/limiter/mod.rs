@@ -520,9 +520,9 @@ impl<S: Store> Limiter<S> {
                 return Err(error.into());
             }
         };
-        // A shadow policy's denials are counted as denials: that is what
-        // operators watch before they enforce it.
-        entry.metrics.record(decision.allowed, elapsed);
+        // A shadow policy's denials are counted apart (`shadow`): that is
+        // what operators watch before they enforce it.
+        entry.metrics.record(&decision, policy.is_shadow(), elapsed);
         if !deciding.is_disabled() {
             let verdict = if decision.allowed {
                 "allowed"

@@ -273,3 +273,37 @@ async fn store_failures_are_counted_by_kind_without_the_redis_password() {
         .sum();
     assert_eq!(decided, 0.0, "a failure is not a decision");
 }
+
+#[tokio::test]
+async fn checks_decided_by_the_open_and_local_failure_modes_are_counted_as_degraded() {
+    let mut local = policy("local", "gcra", 2, "1m");
+    local.failure_mode = Some("local".into());
+    let mut options = TestOptions::redis(vec![policy("open", "sliding_log", 5, "1m"), local])
+        .with_production_timeouts();
+    options.redis_url = Some(format!(
+        "redis://127.0.0.1:{}",
+        crate::private_redis::free_port()
+    ));
+    options.settings.limiter.failure_mode = slidegate::limiter::FailureMode::Open;
+    options.settings.redis.breaker.cool_down = std::time::Duration::from_secs(60);
+    let app = spawn_app(options).await;
+    for _ in 0..3 {
+        assert_eq!(app.check("open", "k", None).await.status, 200);
+        // The third is a local denial: still degraded, not denied.
+        app.check("local", "k", None).await;
+    }
+
+    let samples = scrape(&app.address).await;
+    let decisions = |policy, outcome| {
+        value(
+            &samples,
+            "slidegate_decisions_total",
+            &[("policy", policy), ("outcome", outcome)],
+        )
+    };
+    for policy in ["open", "local"] {
+        assert_eq!(decisions(policy, "degraded"), 3.0, "{policy}");
+        assert_eq!(decisions(policy, "allowed"), 0.0, "{policy}");
+        assert_eq!(decisions(policy, "denied"), 0.0, "{policy}");
+    }
+}
