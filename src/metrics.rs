@@ -25,7 +25,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::limiter::{Decision, PoolStats};
+use crate::limiter::{BreakerState, Decision, Failover, PoolStats};
 use crate::telemetry::{self, SpanExportStats};
 
 /// `Content-Type` of [`Metrics::render`]'s output: the Prometheus text format 0.0.4.
@@ -167,10 +167,14 @@ impl Metrics {
     }
 
     /// Everything in the Prometheus text format: the registry, then the
-    /// values read at scrape time from `pools` and the span exporter.
-    pub fn render(&self, pools: &[PoolStats]) -> String {
+    /// values read at scrape time from `pools`, the failure handling (when
+    /// the store is shared) and the span exporter.
+    pub fn render(&self, pools: &[PoolStats], failover: Option<&Failover>) -> String {
         let mut scraped = Registry::with_prefix(PREFIX);
         register_pools(&mut scraped, pools);
+        if let Some(failover) = failover {
+            register_failover(&mut scraped, failover);
+        }
         register_spans(&mut scraped, telemetry::span_export_stats());
         let mut body = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
@@ -231,12 +235,131 @@ fn register_pools(registry: &mut Registry, pools: &[PoolStats]) {
     );
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+fn counter(value: u64) -> Counter {
+    let counter = Counter::<u64>::default();
+    counter.inc_by(value);
+    counter
+}
+
+fn gauge(value: u64) -> Gauge {
+    let gauge = Gauge::default();
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    gauge
+}
+
+/// The failure handling's own counters and state, read now: the request path
+/// pays nothing for them beyond the atomics it already bumps.
+fn register_failover(registry: &mut Registry, failover: &Failover) {
+    let counters = failover.counters().snapshot();
+    registry.register(
+        "deny_cache_hits",
+        "Checks answered 429 from the deny cache, without a round-trip to Redis",
+        counter(counters.deny_cache_hits),
+    );
+    registry.register(
+        "deny_cache_full",
+        "Denials not cached because the deny cache held its maximum number of keys",
+        counter(counters.deny_cache_full),
+    );
+    let keys = failover.deny_cache().map_or(0, |cache| cache.len() as u64);
+    registry.register(
+        "deny_cache_keys",
+        "Keys in the deny cache now (0 when it is off)",
+        gauge(keys),
+    );
+    let current = failover.breaker_state();
+    let state = Family::<StateLabels, Gauge>::default();
+    for each in [
+        BreakerState::Closed,
+        BreakerState::HalfOpen,
+        BreakerState::Open,
+    ] {
+        state
+            .get_or_create(&StateLabels {
+                state: each.as_str(),
+            })
+            .set(i64::from(each == current));
+    }
+    registry.register(
+        "breaker_state",
+        "The circuit breaker in front of Redis: 1 for its current state (closed, half_open, open), 0 for the others",
+        state,
+    );
+    let transitions = Family::<TransitionLabels, Counter>::default();
+    for (to, value) in [
+        ("open", counters.breaker_opened),
+        ("half_open", counters.breaker_half_opened),
+        ("closed", counters.breaker_closed),
+    ] {
+        transitions
+            .get_or_create(&TransitionLabels { to })
+            .inc_by(value);
+    }
+    registry.register(
+        "breaker_transitions",
+        "Circuit breaker transitions, by the state entered",
+        transitions,
+    );
+    let modes = Family::<ModeLabels, Counter>::default();
+    for (mode, value) in [
+        ("closed", counters.fail_closed),
+        ("open", counters.fail_open),
+        ("local", counters.fail_local),
+    ] {
+        modes.get_or_create(&ModeLabels { mode }).inc_by(value);
+    }
+    registry.register(
+        "failover_decisions",
+        "Checks Redis could not decide, by the failure mode that answered (closed: refused with 503, open: admitted, local: decided in process)",
+        modes,
+    );
+    registry.register(
+        "store_short_circuited",
+        "Checks not sent to Redis because the breaker was open",
+        counter(counters.short_circuited),
+    );
+    let heartbeats = Family::<ResultLabels, Counter>::default();
+    for (result, value) in [
+        ("ok", counters.heartbeats),
+        ("error", counters.heartbeat_failures),
+    ] {
+        heartbeats
+            .get_or_create(&ResultLabels { result })
+            .inc_by(value);
+    }
+    registry.register(
+        "heartbeats",
+        "Heartbeats this replica sent to Redis, by result",
+        heartbeats,
+    );
+    registry.register(
+        "live_replicas",
+        "Replicas sharing Redis, as last counted by the heartbeats (the local failure mode divides limits by it)",
+        gauge(failover.live_replicas()),
+    );
+}
+
 fn register_spans(registry: &mut Registry, spans: SpanExportStats) {
-    let counter = |value: u64| {
-        let counter = Counter::<u64>::default();
-        counter.inc_by(value);
-        counter
-    };
     registry.register(
         "trace_spans_exported",
         "Spans accepted by the OTLP collector",

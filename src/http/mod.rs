@@ -76,7 +76,7 @@ async fn scrape<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     if let Some(catalog) = &state.catalog {
         pools.push(catalog.pool_stats());
     }
-    let body = state.metrics.render(&pools);
+    let body = state.metrics.render(&pools, state.limiter.failover());
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
         .body(body)

@@ -275,7 +275,7 @@ async fn store_failures_are_counted_by_kind_without_the_redis_password() {
 }
 
 #[tokio::test]
-async fn checks_decided_by_the_open_and_local_failure_modes_are_counted_as_degraded() {
+async fn checks_decided_by_the_open_and_local_failure_modes_are_counted_as_degraded_and_by_mode() {
     let mut local = policy("local", "gcra", 2, "1m");
     local.failure_mode = Some("local".into());
     let mut options = TestOptions::redis(vec![policy("open", "sliding_log", 5, "1m"), local])
@@ -305,5 +305,116 @@ async fn checks_decided_by_the_open_and_local_failure_modes_are_counted_as_degra
         assert_eq!(decisions(policy, "degraded"), 3.0, "{policy}");
         assert_eq!(decisions(policy, "allowed"), 0.0, "{policy}");
         assert_eq!(decisions(policy, "denied"), 0.0, "{policy}");
+    }
+    // The same checks, as the failure handling counted them.
+    let modes = |mode| {
+        value(
+            &samples,
+            "slidegate_failover_decisions_total",
+            &[("mode", mode)],
+        )
+    };
+    assert_eq!(
+        (modes("open"), modes("local"), modes("closed")),
+        (3.0, 3.0, 0.0)
+    );
+    // 5 failures in a row open the breaker; the sixth check is not sent.
+    let state = |state| value(&samples, "slidegate_breaker_state", &[("state", state)]);
+    assert_eq!(
+        (state("open"), state("half_open"), state("closed")),
+        (1.0, 0.0, 0.0)
+    );
+    let transitions = |to| {
+        value(
+            &samples,
+            "slidegate_breaker_transitions_total",
+            &[("to", to)],
+        )
+    };
+    assert_eq!(
+        (
+            transitions("open"),
+            transitions("half_open"),
+            transitions("closed")
+        ),
+        (1.0, 0.0, 0.0)
+    );
+    assert_eq!(
+        value(&samples, "slidegate_store_short_circuited_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "slidegate_live_replicas", &[]),
+        1.0,
+        "never saw a heartbeat"
+    );
+}
+
+#[tokio::test]
+async fn a_denial_answered_from_the_deny_cache_is_counted_and_the_failover_state_is_exported() {
+    let app = spawn_app(TestOptions::redis(vec![policy(
+        "p",
+        "sliding_log",
+        1,
+        "1m",
+    )]))
+    .await;
+    let before = scrape(&app.address).await;
+    assert_eq!(value(&before, "slidegate_deny_cache_hits_total", &[]), 0.0);
+    assert_eq!(value(&before, "slidegate_deny_cache_keys", &[]), 0.0);
+
+    assert_eq!(app.check("p", "hot", None).await.status, 200);
+    // Redis denies and the replica remembers; then the cache answers.
+    for _ in 0..3 {
+        assert_eq!(app.check("p", "hot", None).await.status, 429);
+    }
+
+    let after = scrape(&app.address).await;
+    assert_eq!(value(&after, "slidegate_deny_cache_hits_total", &[]), 2.0);
+    assert_eq!(value(&after, "slidegate_deny_cache_full_total", &[]), 0.0);
+    assert_eq!(value(&after, "slidegate_deny_cache_keys", &[]), 1.0);
+    assert_eq!(
+        value(
+            &after,
+            "slidegate_decisions_total",
+            &[("policy", "p"), ("outcome", "denied")]
+        ),
+        3.0,
+        "a cached denial is a denial"
+    );
+    let state = |state| value(&after, "slidegate_breaker_state", &[("state", state)]);
+    assert_eq!(
+        (state("closed"), state("half_open"), state("open")),
+        (1.0, 0.0, 0.0)
+    );
+    for to in ["open", "half_open", "closed"] {
+        assert_eq!(
+            value(&after, "slidegate_breaker_transitions_total", &[("to", to)]),
+            0.0
+        );
+    }
+    for mode in ["open", "local", "closed"] {
+        assert_eq!(
+            value(
+                &after,
+                "slidegate_failover_decisions_total",
+                &[("mode", mode)]
+            ),
+            0.0
+        );
+    }
+    assert!(value(&after, "slidegate_live_replicas", &[]) >= 1.0);
+}
+
+#[tokio::test]
+async fn the_embedded_store_exports_no_failover_metrics() {
+    let app = spawn_app(TestOptions::memory(vec![policy("p", "gcra", 5, "1m")])).await;
+    let samples = scrape(&app.address).await;
+    for name in [
+        "slidegate_deny_cache_keys",
+        "slidegate_breaker_state",
+        "slidegate_live_replicas",
+    ] {
+        assert!(samples.iter().all(|sample| sample.name != name), "{name}");
     }
 }
