@@ -25,7 +25,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::limiter::{BreakerState, Decision, Failover, PoolStats};
+use crate::catalog::CatalogStats;
+use crate::limiter::{BreakerState, Decision, Failover, PoolStats, SyncState};
 use crate::telemetry::{self, SpanExportStats};
 
 /// `Content-Type` of [`Metrics::render`]'s output: the Prometheus text format 0.0.4.
@@ -168,12 +169,21 @@ impl Metrics {
 
     /// Everything in the Prometheus text format: the registry, then the
     /// values read at scrape time from `pools`, the failure handling (when
-    /// the store is shared) and the span exporter.
-    pub fn render(&self, pools: &[PoolStats], failover: Option<&Failover>) -> String {
+    /// the store is shared), the catalog (when policies come from Postgres:
+    /// what is loaded and the catalog's counters) and the span exporter.
+    pub fn render(
+        &self,
+        pools: &[PoolStats],
+        failover: Option<&Failover>,
+        catalog: Option<(SyncState, CatalogStats)>,
+    ) -> String {
         let mut scraped = Registry::with_prefix(PREFIX);
         register_pools(&mut scraped, pools);
         if let Some(failover) = failover {
             register_failover(&mut scraped, failover);
+        }
+        if let Some((sync, stats)) = catalog {
+            register_catalog(&mut scraped, sync, stats);
         }
         register_spans(&mut scraped, telemetry::span_export_stats());
         let mut body = String::with_capacity(8 * 1024);
@@ -357,6 +367,56 @@ fn register_failover(registry: &mut Registry, failover: &Failover) {
         "Replicas sharing Redis, as last counted by the heartbeats (the local failure mode divides limits by it)",
         gauge(failover.live_replicas()),
     );
+}
+
+fn register_catalog(registry: &mut Registry, sync: SyncState, stats: CatalogStats) {
+    let version = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    version.set(sync.version.unwrap_or(0));
+    registry.register(
+        "policy_version",
+        "Version of the Postgres catalog in force on this replica (0 before the first load)",
+        version,
+    );
+    if let Some(synced_at) = sync.synced_at {
+        let seconds = synced_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        let last = Gauge::<f64, AtomicU64>::default();
+        last.set(seconds);
+        registry.register(
+            "catalog_last_sync_timestamp_seconds",
+            "When this replica last applied a catalog load (Unix time)",
+            last,
+        );
+    }
+    let reloads = Family::<ResultLabels, Counter>::default();
+    for (result, value) in [("ok", stats.loads_ok), ("error", stats.loads_failed)] {
+        reloads
+            .get_or_create(&ResultLabels { result })
+            .inc_by(value);
+    }
+    registry.register(
+        "catalog_reloads",
+        "Catalog loads from Postgres (at start, on a change notification, every resync interval, after reconnecting, after an admin write), by result",
+        reloads,
+    );
+    let errors = Family::<KindLabels, Counter>::default();
+    for (kind, value) in [
+        ("unavailable", stats.unavailable_errors),
+        ("database", stats.database_errors),
+    ] {
+        errors.get_or_create(&KindLabels { kind }).inc_by(value);
+    }
+    registry.register(
+        "postgres_errors",
+        "Catalog operations (loads, admin reads and writes, readiness probes) that Postgres failed, by kind (unavailable: unreachable or too slow; database: refused)",
+        errors,
+    );
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 fn register_spans(registry: &mut Registry, spans: SpanExportStats) {

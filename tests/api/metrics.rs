@@ -3,7 +3,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 
-use crate::helpers::{TestOptions, policy, spawn_app};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{TestDatabase, TestOptions, policy, spawn_app, unique_prefix};
 
 /// One sample line of the Prometheus text format: `name{label="value",…} value`.
 #[derive(Debug, Clone, PartialEq)]
@@ -285,7 +290,7 @@ async fn checks_decided_by_the_open_and_local_failure_modes_are_counted_as_degra
         crate::private_redis::free_port()
     ));
     options.settings.limiter.failure_mode = slidegate::limiter::FailureMode::Open;
-    options.settings.redis.breaker.cool_down = std::time::Duration::from_secs(60);
+    options.settings.redis.breaker.cool_down = Duration::from_secs(60);
     let app = spawn_app(options).await;
     for _ in 0..3 {
         assert_eq!(app.check("open", "k", None).await.status, 200);
@@ -414,7 +419,120 @@ async fn the_embedded_store_exports_no_failover_metrics() {
         "slidegate_deny_cache_keys",
         "slidegate_breaker_state",
         "slidegate_live_replicas",
+        // File policies: no catalog, no version.
+        "slidegate_policy_version",
+        "slidegate_catalog_reloads_total",
     ] {
         assert!(samples.iter().all(|sample| sample.name != name), "{name}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_version_its_reloads_and_the_postgres_pool_are_exported() {
+    let database = TestDatabase::create().await;
+    let app = spawn_app(TestOptions::catalog(&database, &unique_prefix())).await;
+    let before = scrape(&app.address).await;
+    let reloads = |samples: &[Sample], result| {
+        value(
+            samples,
+            "slidegate_catalog_reloads_total",
+            &[("result", result)],
+        )
+    };
+    assert!(reloads(&before, "ok") >= 1.0, "the load at start");
+    assert_eq!(reloads(&before, "error"), 0.0);
+    let synced = value(
+        &before,
+        "slidegate_catalog_last_sync_timestamp_seconds",
+        &[],
+    );
+    assert!(synced > 1.7e9, "{synced}");
+    let version = value(&before, "slidegate_policy_version", &[]);
+    assert_eq!(
+        value(
+            &before,
+            "slidegate_pool_max_connections",
+            &[("pool", "postgres")]
+        ),
+        f64::from(
+            slidegate::configuration::Settings::default()
+                .postgres
+                .pool_size
+        )
+    );
+
+    let body = json!({ "name": "api", "algorithm": "gcra", "limit": 5, "window": "1m" });
+    assert_eq!(
+        app.admin(Method::POST, "/policies", Some(body))
+            .await
+            .status,
+        201
+    );
+    let after = scrape(&app.address).await;
+    // The write bumps the version once and this replica applies it before answering.
+    assert_eq!(
+        value(&after, "slidegate_policy_version", &[]),
+        version + 1.0
+    );
+    assert!(reloads(&after, "ok") > reloads(&before, "ok"));
+    assert_eq!(value(&after, "slidegate_policies", &[]), 1.0);
+    for kind in ["unavailable", "database"] {
+        assert_eq!(
+            value(&after, "slidegate_postgres_errors_total", &[("kind", kind)]),
+            0.0
+        );
+    }
+    assert!(
+        value(
+            &after,
+            "slidegate_pool_connections_opened_total",
+            &[("pool", "postgres")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_that_cannot_be_loaded_counts_failed_reloads_and_postgres_errors() {
+    let database = TestDatabase::create().await;
+    let mut options = TestOptions::catalog(&database, &unique_prefix());
+    options.postgres_url = Some(format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        crate::private_redis::free_port(),
+        database.name
+    ));
+    options.settings.postgres.connect_timeout = Duration::from_millis(200);
+    let app = spawn_app(options).await;
+    let samples = scrape(&app.address).await;
+    assert!(
+        value(
+            &samples,
+            "slidegate_catalog_reloads_total",
+            &[("result", "error")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "slidegate_catalog_reloads_total",
+            &[("result", "ok")]
+        ),
+        0.0
+    );
+    assert!(
+        value(
+            &samples,
+            "slidegate_postgres_errors_total",
+            &[("kind", "unavailable")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(&samples, "slidegate_policy_version", &[]),
+        0.0,
+        "never loaded"
+    );
+    assert!(
+        samples
+            .iter()
+            .all(|sample| sample.name != "slidegate_catalog_last_sync_timestamp_seconds")
+    );
 }
