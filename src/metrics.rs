@@ -100,7 +100,7 @@ impl Metrics {
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
         registry.register(
             "store_errors",
-            "Checks the store could not decide, by kind (timeout, unavailable, invalid_reply, circuit_open); each answered by its policy's failure mode",
+            "Checks answered 503 because the store could not decide and the policy fails closed, by kind (timeout, unavailable, invalid_reply, circuit_open); the open and local failure modes' decisions count as degraded decisions instead",
             store_errors.clone(),
         );
         let loaded = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
@@ -605,6 +605,45 @@ impl EncodeMetric for LatencyHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::FailureMode;
+
+    #[test]
+    fn each_decision_is_counted_under_exactly_one_outcome() {
+        let metrics = Metrics::new("memory", 1);
+        let policy = metrics.policy("p");
+        let decision = |allowed, fallback| Decision {
+            allowed,
+            limit: 1,
+            remaining: 0,
+            reset_after: Duration::ZERO,
+            retry_after: Duration::ZERO,
+            fallback,
+        };
+        let elapsed = Duration::from_micros(1);
+        policy.record(&decision(true, None), false, elapsed);
+        policy.record(&decision(true, None), true, elapsed); // a shadow admission
+        policy.record(&decision(false, None), false, elapsed);
+        policy.record(&decision(false, None), true, elapsed); // a shadow denial
+        // A failure mode decided: degraded, shadow or not, admitted or not.
+        policy.record(&decision(true, Some(FailureMode::Open)), false, elapsed);
+        policy.record(&decision(false, Some(FailureMode::Local)), true, elapsed);
+        let out = metrics.render(&[], None, None);
+        for (outcome, count) in [
+            ("allowed", 2),
+            ("denied", 1),
+            ("shadow", 1),
+            ("degraded", 2),
+        ] {
+            let line = format!(
+                "slidegate_decisions_total{{policy=\"p\",outcome=\"{outcome}\"}} {count}\n"
+            );
+            assert!(out.contains(&line), "{line} in {out}");
+        }
+        assert!(
+            out.contains("slidegate_decision_duration_seconds_count{policy=\"p\"} 6\n"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn the_histogram_puts_each_observation_in_its_bucket_and_sums_exactly() {

@@ -122,7 +122,7 @@ async fn decisions_are_counted_by_policy_and_outcome_and_timed_per_policy() {
     .await;
     let before = scrape(&app.address).await;
     // Every series a check can touch exists from the start, at zero.
-    for outcome in ["allowed", "denied"] {
+    for outcome in ["allowed", "denied", "shadow", "degraded"] {
         for policy in ["login", "search"] {
             let labels = [("policy", policy), ("outcome", outcome)];
             assert_eq!(value(&before, "slidegate_decisions_total", &labels), 0.0);
@@ -348,6 +348,17 @@ async fn checks_decided_by_the_open_and_local_failure_modes_are_counted_as_degra
         value(&samples, "slidegate_store_short_circuited_total", &[]),
         1.0
     );
+    let errors: f64 = ["timeout", "unavailable", "invalid_reply", "circuit_open"]
+        .into_iter()
+        .map(|kind| {
+            value(
+                &samples,
+                "slidegate_store_errors_total",
+                &[("store", "redis"), ("kind", kind)],
+            )
+        })
+        .sum();
+    assert_eq!(errors, 0.0, "no check was answered 503");
     assert_eq!(
         value(&samples, "slidegate_live_replicas", &[]),
         1.0,
