@@ -25,7 +25,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::limiter::PoolStats;
+use crate::catalog::CatalogStats;
+use crate::limiter::{BreakerState, Decision, Failover, PoolStats, SyncState};
 use crate::telemetry::{self, SpanExportStats};
 
 /// `Content-Type` of [`Metrics::render`]'s output: the Prometheus text format 0.0.4.
@@ -87,7 +88,7 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "decisions",
-            "Checks decided, by policy and outcome (allowed, denied)",
+            "Checks decided, by policy and outcome (allowed, denied, shadow: a shadow policy's denial answered 200, degraded: decided by the open or local failure mode)",
             decisions.clone(),
         );
         let decision_seconds = Family::<PolicyLabels, LatencyHistogram>::default();
@@ -99,7 +100,7 @@ impl Metrics {
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
         registry.register(
             "store_errors",
-            "Checks the store could not decide, by kind (timeout, unavailable, invalid_reply, circuit_open); each answered by its policy's failure mode",
+            "Checks answered 503 because the store could not decide and the policy fails closed, by kind (timeout, unavailable, invalid_reply, circuit_open); the open and local failure modes' decisions count as degraded decisions instead",
             store_errors.clone(),
         );
         let loaded = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
@@ -167,10 +168,23 @@ impl Metrics {
     }
 
     /// Everything in the Prometheus text format: the registry, then the
-    /// values read at scrape time from `pools` and the span exporter.
-    pub fn render(&self, pools: &[PoolStats]) -> String {
+    /// values read at scrape time from `pools`, the failure handling (when
+    /// the store is shared), the catalog (when policies come from Postgres:
+    /// what is loaded and the catalog's counters) and the span exporter.
+    pub fn render(
+        &self,
+        pools: &[PoolStats],
+        failover: Option<&Failover>,
+        catalog: Option<(SyncState, CatalogStats)>,
+    ) -> String {
         let mut scraped = Registry::with_prefix(PREFIX);
         register_pools(&mut scraped, pools);
+        if let Some(failover) = failover {
+            register_failover(&mut scraped, failover);
+        }
+        if let Some((sync, stats)) = catalog {
+            register_catalog(&mut scraped, sync, stats);
+        }
         register_spans(&mut scraped, telemetry::span_export_stats());
         let mut body = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
@@ -231,12 +245,181 @@ fn register_pools(registry: &mut Registry, pools: &[PoolStats]) {
     );
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+fn counter(value: u64) -> Counter {
+    let counter = Counter::<u64>::default();
+    counter.inc_by(value);
+    counter
+}
+
+fn gauge(value: u64) -> Gauge {
+    let gauge = Gauge::default();
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    gauge
+}
+
+/// The failure handling's own counters and state, read now: the request path
+/// pays nothing for them beyond the atomics it already bumps.
+fn register_failover(registry: &mut Registry, failover: &Failover) {
+    let counters = failover.counters().snapshot();
+    registry.register(
+        "deny_cache_hits",
+        "Checks answered 429 from the deny cache, without a round-trip to Redis",
+        counter(counters.deny_cache_hits),
+    );
+    registry.register(
+        "deny_cache_full",
+        "Denials not cached because the deny cache held its maximum number of keys",
+        counter(counters.deny_cache_full),
+    );
+    let keys = failover.deny_cache().map_or(0, |cache| cache.len() as u64);
+    registry.register(
+        "deny_cache_keys",
+        "Keys in the deny cache now (0 when it is off)",
+        gauge(keys),
+    );
+    let current = failover.breaker_state();
+    let state = Family::<StateLabels, Gauge>::default();
+    for each in [
+        BreakerState::Closed,
+        BreakerState::HalfOpen,
+        BreakerState::Open,
+    ] {
+        state
+            .get_or_create(&StateLabels {
+                state: each.as_str(),
+            })
+            .set(i64::from(each == current));
+    }
+    registry.register(
+        "breaker_state",
+        "The circuit breaker in front of Redis: 1 for its current state (closed, half_open, open), 0 for the others",
+        state,
+    );
+    let transitions = Family::<TransitionLabels, Counter>::default();
+    for (to, value) in [
+        ("open", counters.breaker_opened),
+        ("half_open", counters.breaker_half_opened),
+        ("closed", counters.breaker_closed),
+    ] {
+        transitions
+            .get_or_create(&TransitionLabels { to })
+            .inc_by(value);
+    }
+    registry.register(
+        "breaker_transitions",
+        "Circuit breaker transitions, by the state entered",
+        transitions,
+    );
+    let modes = Family::<ModeLabels, Counter>::default();
+    for (mode, value) in [
+        ("closed", counters.fail_closed),
+        ("open", counters.fail_open),
+        ("local", counters.fail_local),
+    ] {
+        modes.get_or_create(&ModeLabels { mode }).inc_by(value);
+    }
+    registry.register(
+        "failover_decisions",
+        "Checks Redis could not decide, by the failure mode that answered (closed: refused with 503, open: admitted, local: decided in process)",
+        modes,
+    );
+    registry.register(
+        "store_short_circuited",
+        "Checks not sent to Redis because the breaker was open",
+        counter(counters.short_circuited),
+    );
+    let heartbeats = Family::<ResultLabels, Counter>::default();
+    for (result, value) in [
+        ("ok", counters.heartbeats),
+        ("error", counters.heartbeat_failures),
+    ] {
+        heartbeats
+            .get_or_create(&ResultLabels { result })
+            .inc_by(value);
+    }
+    registry.register(
+        "heartbeats",
+        "Heartbeats this replica sent to Redis, by result",
+        heartbeats,
+    );
+    registry.register(
+        "live_replicas",
+        "Replicas sharing Redis, as last counted by the heartbeats (the local failure mode divides limits by it)",
+        gauge(failover.live_replicas()),
+    );
+}
+
+fn register_catalog(registry: &mut Registry, sync: SyncState, stats: CatalogStats) {
+    let version = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    version.set(sync.version.unwrap_or(0));
+    registry.register(
+        "policy_version",
+        "Version of the Postgres catalog in force on this replica (0 before the first load)",
+        version,
+    );
+    if let Some(synced_at) = sync.synced_at {
+        let seconds = synced_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        let last = Gauge::<f64, AtomicU64>::default();
+        last.set(seconds);
+        registry.register(
+            "catalog_last_sync_timestamp_seconds",
+            "When this replica last applied a catalog load (Unix time)",
+            last,
+        );
+    }
+    let reloads = Family::<ResultLabels, Counter>::default();
+    for (result, value) in [("ok", stats.loads_ok), ("error", stats.loads_failed)] {
+        reloads
+            .get_or_create(&ResultLabels { result })
+            .inc_by(value);
+    }
+    registry.register(
+        "catalog_reloads",
+        "Catalog loads from Postgres (at start, on a change notification, every resync interval, after reconnecting, after an admin write), by result",
+        reloads,
+    );
+    let errors = Family::<KindLabels, Counter>::default();
+    for (kind, value) in [
+        ("unavailable", stats.unavailable_errors),
+        ("database", stats.database_errors),
+    ] {
+        errors.get_or_create(&KindLabels { kind }).inc_by(value);
+    }
+    registry.register(
+        "postgres_errors",
+        "Catalog operations (loads, admin reads and writes, readiness probes) that Postgres failed, by kind (unavailable: unreachable or too slow; database: refused)",
+        errors,
+    );
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
 fn register_spans(registry: &mut Registry, spans: SpanExportStats) {
-    let counter = |value: u64| {
-        let counter = Counter::<u64>::default();
-        counter.inc_by(value);
-        counter
-    };
     registry.register(
         "trace_spans_exported",
         "Spans accepted by the OTLP collector",
@@ -253,6 +436,9 @@ fn register_spans(registry: &mut Registry, spans: SpanExportStats) {
         counter(spans.failed_exports),
     );
 }
+
+/// Every `outcome` label of `slidegate_decisions_total`; see [`PolicyMetrics::record`].
+const OUTCOMES: [&str; 4] = ["allowed", "denied", "shadow", "degraded"];
 
 /// The per-policy series, shared with the limiter so that a policy created at
 /// run time gets its handles and a deleted one loses its series.
@@ -276,6 +462,8 @@ impl PolicyMetricsSource {
         PolicyMetrics {
             allowed: decisions("allowed"),
             denied: decisions("denied"),
+            shadow: decisions("shadow"),
+            degraded: decisions("degraded"),
             latency: self.decision_seconds.get_or_create_owned(&PolicyLabels {
                 policy: name.to_owned(),
             }),
@@ -284,7 +472,7 @@ impl PolicyMetricsSource {
 
     /// Drops the series of a policy that no longer exists.
     pub fn forget(&self, name: &str) {
-        for outcome in ["allowed", "denied"] {
+        for outcome in OUTCOMES {
             self.decisions.remove(&DecisionLabels {
                 policy: name.to_owned(),
                 outcome,
@@ -307,14 +495,29 @@ impl PolicyMetricsSource {
 pub struct PolicyMetrics {
     allowed: Counter,
     denied: Counter,
+    shadow: Counter,
+    degraded: Counter,
     latency: LatencyHistogram,
 }
 
 impl PolicyMetrics {
-    /// Counts one decision and how long the store took to make it.
-    pub fn record(&self, allowed: bool, elapsed: Duration) {
-        if allowed {
+    /// Counts one decision under exactly one outcome, and how long it took.
+    ///
+    /// - `degraded`: the shared store could not decide and the policy's
+    ///   failure mode (`open` or `local`) did, whatever it answered;
+    /// - `shadow`: a shadow policy would have denied (the client got 200);
+    /// - `allowed`: admitted, a shadow policy's admission included;
+    /// - `denied`: answered 429 (from the store or the deny cache).
+    ///
+    /// So `denied` is what clients were refused, and `shadow` is what
+    /// enforcing the shadow policies would add to it.
+    pub fn record(&self, decision: &Decision, shadow: bool, elapsed: Duration) {
+        if decision.fallback.is_some() {
+            self.degraded.inc();
+        } else if decision.allowed {
             self.allowed.inc();
+        } else if shadow {
+            self.shadow.inc();
         } else {
             self.denied.inc();
         }
@@ -402,6 +605,45 @@ impl EncodeMetric for LatencyHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::FailureMode;
+
+    #[test]
+    fn each_decision_is_counted_under_exactly_one_outcome() {
+        let metrics = Metrics::new("memory", 1);
+        let policy = metrics.policy("p");
+        let decision = |allowed, fallback| Decision {
+            allowed,
+            limit: 1,
+            remaining: 0,
+            reset_after: Duration::ZERO,
+            retry_after: Duration::ZERO,
+            fallback,
+        };
+        let elapsed = Duration::from_micros(1);
+        policy.record(&decision(true, None), false, elapsed);
+        policy.record(&decision(true, None), true, elapsed); // a shadow admission
+        policy.record(&decision(false, None), false, elapsed);
+        policy.record(&decision(false, None), true, elapsed); // a shadow denial
+        // A failure mode decided: degraded, shadow or not, admitted or not.
+        policy.record(&decision(true, Some(FailureMode::Open)), false, elapsed);
+        policy.record(&decision(false, Some(FailureMode::Local)), true, elapsed);
+        let out = metrics.render(&[], None, None);
+        for (outcome, count) in [
+            ("allowed", 2),
+            ("denied", 1),
+            ("shadow", 1),
+            ("degraded", 2),
+        ] {
+            let line = format!(
+                "slidegate_decisions_total{{policy=\"p\",outcome=\"{outcome}\"}} {count}\n"
+            );
+            assert!(out.contains(&line), "{line} in {out}");
+        }
+        assert!(
+            out.contains("slidegate_decision_duration_seconds_count{policy=\"p\"} 6\n"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn the_histogram_puts_each_observation_in_its_bucket_and_sums_exactly() {

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bb8::{Pool, PooledConnection, RunError};
@@ -58,6 +58,30 @@ pub struct Catalog {
     tls: MakeTlsConnector,
     options: CatalogOptions,
     migrated: AtomicBool,
+    counters: CatalogCounters,
+}
+
+/// What the catalog counts for metrics; read when Prometheus scrapes.
+#[derive(Debug, Default)]
+struct CatalogCounters {
+    loads_ok: AtomicU64,
+    loads_failed: AtomicU64,
+    unavailable: AtomicU64,
+    database: AtomicU64,
+}
+
+/// Plain values of the catalog's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatalogStats {
+    /// Catalog loads that succeeded: at start, after a notification, every
+    /// resync interval, after reconnecting and after an admin write.
+    pub loads_ok: u64,
+    /// Catalog loads that failed (the replica kept what it had).
+    pub loads_failed: u64,
+    /// Operations that failed because Postgres could not be reached or did not answer in time.
+    pub unavailable_errors: u64,
+    /// Operations Postgres refused for another reason (a bug or a schema problem).
+    pub database_errors: u64,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -124,11 +148,37 @@ impl Catalog {
             tls,
             options,
             migrated: AtomicBool::new(false),
+            counters: CatalogCounters::default(),
         })
     }
 
     pub fn options(&self) -> &CatalogOptions {
         &self.options
+    }
+
+    /// The counters, for metrics.
+    pub fn stats(&self) -> CatalogStats {
+        let counters = &self.counters;
+        CatalogStats {
+            loads_ok: counters.loads_ok.load(Ordering::Relaxed),
+            loads_failed: counters.loads_failed.load(Ordering::Relaxed),
+            unavailable_errors: counters.unavailable.load(Ordering::Relaxed),
+            database_errors: counters.database.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts a Postgres failure in `result` (not a caller's mistake: a
+    /// missing row or a conflict is not a Postgres error) and passes it on.
+    fn counted<T>(&self, result: Result<T, CatalogError>) -> Result<T, CatalogError> {
+        let counter = match &result {
+            Err(CatalogError::Unavailable(_)) => Some(&self.counters.unavailable),
+            Err(CatalogError::Database(_)) => Some(&self.counters.database),
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 
     async fn connection(&self) -> Result<PooledConnection<'_, Manager>, CatalogError> {
@@ -176,6 +226,17 @@ impl Catalog {
     /// # Errors
     /// When Postgres cannot be reached or the schema is missing.
     pub async fn load(&self) -> Result<CatalogUpdate, CatalogError> {
+        let loaded = self.counted(self.load_uncounted().await);
+        let counter = if loaded.is_ok() {
+            &self.counters.loads_ok
+        } else {
+            &self.counters.loads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        loaded
+    }
+
+    async fn load_uncounted(&self) -> Result<CatalogUpdate, CatalogError> {
         self.migrate().await?;
         let mut connection = self.connection().await?;
         let tx = connection
@@ -270,12 +331,12 @@ impl Catalog {
                 .map(drop)
         };
         let limit = self.options.connect_timeout + self.options.statement_timeout;
-        let result = match tokio::time::timeout(limit, probe).await {
+        let result = self.counted(match tokio::time::timeout(limit, probe).await {
             Ok(result) => result,
             Err(_) => Err(CatalogError::Unavailable(format!(
                 "no answer within {limit:?}"
             ))),
-        };
+        });
         let state = self.pool.state();
         let ok = result.is_ok();
         DependencyHealth {
@@ -337,18 +398,24 @@ impl Catalog {
             tx.commit().await.map_err(db_error)?;
             Ok(value)
         };
-        tokio::time::timeout(limit, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(CatalogError::Unavailable(format!(
-                    "no answer within {limit:?}"
-                )))
-            })
+        self.counted(
+            tokio::time::timeout(limit, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(CatalogError::Unavailable(format!(
+                        "no answer within {limit:?}"
+                    )))
+                }),
+        )
     }
 
     /// # Errors
     /// Unreachable database.
     pub async fn list_policies(&self) -> Result<Vec<PolicyRecord>, CatalogError> {
+        self.counted(self.list_policies_uncounted().await)
+    }
+
+    async fn list_policies_uncounted(&self) -> Result<Vec<PolicyRecord>, CatalogError> {
         let connection = self.connection().await?;
         let rows = connection
             .query(&format!("{SELECT_POLICY} ORDER BY name"), &[])
@@ -360,8 +427,7 @@ impl Catalog {
     /// # Errors
     /// Unreachable database, or no such policy.
     pub async fn get_policy(&self, name: &str) -> Result<PolicyRecord, CatalogError> {
-        let connection = self.connection().await?;
-        find_policy(&*connection, name).await
+        self.counted(async { find_policy(&*self.connection().await?, name).await }.await)
     }
 
     /// # Errors
@@ -468,6 +534,10 @@ impl Catalog {
     /// # Errors
     /// Unreachable database.
     pub async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, CatalogError> {
+        self.counted(self.list_keys_uncounted().await)
+    }
+
+    async fn list_keys_uncounted(&self) -> Result<Vec<ApiKeyRecord>, CatalogError> {
         let connection = self.connection().await?;
         let rows = connection
             .query(&format!("{SELECT_KEY} ORDER BY id"), &[])

@@ -76,7 +76,13 @@ async fn scrape<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     if let Some(catalog) = &state.catalog {
         pools.push(catalog.pool_stats());
     }
-    let body = state.metrics.render(&pools);
+    let catalog = state
+        .catalog
+        .as_ref()
+        .map(|catalog| (state.limiter.sync_state(), catalog.stats()));
+    let body = state
+        .metrics
+        .render(&pools, state.limiter.failover(), catalog);
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
         .body(body)

@@ -232,6 +232,11 @@ impl Failover {
         self.local.evict_idle();
     }
 
+    /// The circuit breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
     pub fn live_replicas(&self) -> u64 {
         self.live_replicas.load(Ordering::Relaxed)
     }

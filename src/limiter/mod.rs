@@ -258,6 +258,9 @@ pub struct Limiter<S> {
     /// Failure handling, for a store shared with other replicas (Redis). The
     /// embedded store cannot fail and has none.
     failover: Option<Failover>,
+    /// Held by [`Limiter::replace`] only (never by a check), so that two
+    /// reloads finishing together compare versions and swap one at a time.
+    replacing: std::sync::Mutex<()>,
 }
 
 /// Whether a replica should receive traffic, and why (see [`Limiter::health`]).
@@ -358,6 +361,7 @@ impl<S: Store> Limiter<S> {
             store_errors,
             policy_metrics,
             failover: None,
+            replacing: std::sync::Mutex::new(()),
         }
     }
 
@@ -373,6 +377,11 @@ impl<S: Store> Limiter<S> {
     /// An update older than what is loaded (two reloads finishing out of
     /// order) is ignored, so the version in force never goes back.
     pub fn replace(&self, update: CatalogUpdate) {
+        // A poisoned lock guards no data: the snapshot is swapped atomically.
+        let _replacing = self
+            .replacing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let previous = self.snapshot.load_full();
         if previous
             .sync
@@ -411,6 +420,17 @@ impl<S: Store> Limiter<S> {
             }
         }
         self.policy_metrics.set_loaded(next.policies.len());
+        // Once per version: the same catalog reloaded (every resync interval,
+        // and after an admin write both by the writer and by its notification) is not news.
+        if previous.sync.version != Some(update.version) {
+            tracing::info!(
+                version = update.version,
+                previous_version = previous.sync.version,
+                policies = next.policies.len(),
+                api_keys = update.keys.len(),
+                "catalog applied"
+            );
+        }
         self.snapshot.store(Arc::new(next));
         // A remembered denial was judged under the old limits: a raised limit
         // must admit at once, not after the old retry time.
@@ -520,9 +540,9 @@ impl<S: Store> Limiter<S> {
                 return Err(error.into());
             }
         };
-        // A shadow policy's denials are counted as denials: that is what
-        // operators watch before they enforce it.
-        entry.metrics.record(decision.allowed, elapsed);
+        // A shadow policy's denials are counted apart (`shadow`): that is
+        // what operators watch before they enforce it.
+        entry.metrics.record(&decision, policy.is_shadow(), elapsed);
         if !deciding.is_disabled() {
             let verdict = if decision.allowed {
                 "allowed"

@@ -376,3 +376,50 @@ async fn a_url_that_asks_for_tls_gets_tls_with_the_certificate_verified() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_catalog_version_applied_is_logged_once_with_its_policy_count() {
+    let database = TestDatabase::create().await;
+    let replica = crate::helpers::Replica::spawn(
+        // Reloads every 200 ms: the same version reloaded must not be logged again.
+        "[postgres]\nresync_interval = \"200ms\"\n",
+        &[
+            ("SLIDEGATE__POSTGRES__URL", database.url.clone()),
+            (
+                "SLIDEGATE__ADMIN__TOKEN",
+                crate::helpers::ADMIN_TOKEN.to_owned(),
+            ),
+        ],
+    )
+    .await;
+    let applied = |line: &serde_json::Value| line["message"] == "catalog applied";
+    let first = replica.wait_for_log("the catalog at start", applied).await;
+    assert_eq!(first["policies"], 0, "{first}");
+    let version = first["version"].as_i64().unwrap();
+
+    let app = TestApp {
+        address: replica.address.clone(),
+        client: replica.client.clone(),
+    };
+    assert_eq!(
+        app.admin(Method::POST, "/policies", Some(policy_body("api", 5)))
+            .await
+            .status,
+        201
+    );
+    let next = replica
+        .wait_for_log("the new version", |line| {
+            applied(line) && line["version"] == version + 1
+        })
+        .await;
+    assert_eq!(next["policies"], 1, "{next}");
+    assert_eq!(next["previous_version"], version, "{next}");
+    // The writer's reload, the notification's and several periodic ones.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let logged: Vec<_> = replica
+        .logs()
+        .into_iter()
+        .filter(|line| applied(line))
+        .collect();
+    assert_eq!(logged.len(), 2, "{logged:?}");
+}

@@ -3,7 +3,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 
-use crate::helpers::{TestOptions, policy, spawn_app};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{TestDatabase, TestOptions, policy, spawn_app, unique_prefix};
 
 /// One sample line of the Prometheus text format: `name{label="value",…} value`.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +122,7 @@ async fn decisions_are_counted_by_policy_and_outcome_and_timed_per_policy() {
     .await;
     let before = scrape(&app.address).await;
     // Every series a check can touch exists from the start, at zero.
-    for outcome in ["allowed", "denied"] {
+    for outcome in ["allowed", "denied", "shadow", "degraded"] {
         for policy in ["login", "search"] {
             let labels = [("policy", policy), ("outcome", outcome)];
             assert_eq!(value(&before, "slidegate_decisions_total", &labels), 0.0);
@@ -272,4 +277,273 @@ async fn store_failures_are_counted_by_kind_without_the_redis_password() {
         })
         .sum();
     assert_eq!(decided, 0.0, "a failure is not a decision");
+}
+
+#[tokio::test]
+async fn checks_decided_by_the_open_and_local_failure_modes_are_counted_as_degraded_and_by_mode() {
+    let mut local = policy("local", "gcra", 2, "1m");
+    local.failure_mode = Some("local".into());
+    let mut options = TestOptions::redis(vec![policy("open", "sliding_log", 5, "1m"), local])
+        .with_production_timeouts();
+    options.redis_url = Some(format!(
+        "redis://127.0.0.1:{}",
+        crate::private_redis::free_port()
+    ));
+    options.settings.limiter.failure_mode = slidegate::limiter::FailureMode::Open;
+    options.settings.redis.breaker.cool_down = Duration::from_secs(60);
+    let app = spawn_app(options).await;
+    for _ in 0..3 {
+        assert_eq!(app.check("open", "k", None).await.status, 200);
+        // The third is a local denial: still degraded, not denied.
+        app.check("local", "k", None).await;
+    }
+
+    let samples = scrape(&app.address).await;
+    let decisions = |policy, outcome| {
+        value(
+            &samples,
+            "slidegate_decisions_total",
+            &[("policy", policy), ("outcome", outcome)],
+        )
+    };
+    for policy in ["open", "local"] {
+        assert_eq!(decisions(policy, "degraded"), 3.0, "{policy}");
+        assert_eq!(decisions(policy, "allowed"), 0.0, "{policy}");
+        assert_eq!(decisions(policy, "denied"), 0.0, "{policy}");
+    }
+    // The same checks, as the failure handling counted them.
+    let modes = |mode| {
+        value(
+            &samples,
+            "slidegate_failover_decisions_total",
+            &[("mode", mode)],
+        )
+    };
+    assert_eq!(
+        (modes("open"), modes("local"), modes("closed")),
+        (3.0, 3.0, 0.0)
+    );
+    // 5 failures in a row open the breaker; the sixth check is not sent.
+    let state = |state| value(&samples, "slidegate_breaker_state", &[("state", state)]);
+    assert_eq!(
+        (state("open"), state("half_open"), state("closed")),
+        (1.0, 0.0, 0.0)
+    );
+    let transitions = |to| {
+        value(
+            &samples,
+            "slidegate_breaker_transitions_total",
+            &[("to", to)],
+        )
+    };
+    assert_eq!(
+        (
+            transitions("open"),
+            transitions("half_open"),
+            transitions("closed")
+        ),
+        (1.0, 0.0, 0.0)
+    );
+    assert_eq!(
+        value(&samples, "slidegate_store_short_circuited_total", &[]),
+        1.0
+    );
+    let errors: f64 = ["timeout", "unavailable", "invalid_reply", "circuit_open"]
+        .into_iter()
+        .map(|kind| {
+            value(
+                &samples,
+                "slidegate_store_errors_total",
+                &[("store", "redis"), ("kind", kind)],
+            )
+        })
+        .sum();
+    assert_eq!(errors, 0.0, "no check was answered 503");
+    assert_eq!(
+        value(&samples, "slidegate_live_replicas", &[]),
+        1.0,
+        "never saw a heartbeat"
+    );
+}
+
+#[tokio::test]
+async fn a_denial_answered_from_the_deny_cache_is_counted_and_the_failover_state_is_exported() {
+    let app = spawn_app(TestOptions::redis(vec![policy(
+        "p",
+        "sliding_log",
+        1,
+        "1m",
+    )]))
+    .await;
+    let before = scrape(&app.address).await;
+    assert_eq!(value(&before, "slidegate_deny_cache_hits_total", &[]), 0.0);
+    assert_eq!(value(&before, "slidegate_deny_cache_keys", &[]), 0.0);
+
+    assert_eq!(app.check("p", "hot", None).await.status, 200);
+    // Redis denies and the replica remembers; then the cache answers.
+    for _ in 0..3 {
+        assert_eq!(app.check("p", "hot", None).await.status, 429);
+    }
+
+    let after = scrape(&app.address).await;
+    assert_eq!(value(&after, "slidegate_deny_cache_hits_total", &[]), 2.0);
+    assert_eq!(value(&after, "slidegate_deny_cache_full_total", &[]), 0.0);
+    assert_eq!(value(&after, "slidegate_deny_cache_keys", &[]), 1.0);
+    assert_eq!(
+        value(
+            &after,
+            "slidegate_decisions_total",
+            &[("policy", "p"), ("outcome", "denied")]
+        ),
+        3.0,
+        "a cached denial is a denial"
+    );
+    let state = |state| value(&after, "slidegate_breaker_state", &[("state", state)]);
+    assert_eq!(
+        (state("closed"), state("half_open"), state("open")),
+        (1.0, 0.0, 0.0)
+    );
+    for to in ["open", "half_open", "closed"] {
+        assert_eq!(
+            value(&after, "slidegate_breaker_transitions_total", &[("to", to)]),
+            0.0
+        );
+    }
+    for mode in ["open", "local", "closed"] {
+        assert_eq!(
+            value(
+                &after,
+                "slidegate_failover_decisions_total",
+                &[("mode", mode)]
+            ),
+            0.0
+        );
+    }
+    assert!(value(&after, "slidegate_live_replicas", &[]) >= 1.0);
+}
+
+#[tokio::test]
+async fn the_embedded_store_exports_no_failover_metrics() {
+    let app = spawn_app(TestOptions::memory(vec![policy("p", "gcra", 5, "1m")])).await;
+    let samples = scrape(&app.address).await;
+    for name in [
+        "slidegate_deny_cache_keys",
+        "slidegate_breaker_state",
+        "slidegate_live_replicas",
+        // File policies: no catalog, no version.
+        "slidegate_policy_version",
+        "slidegate_catalog_reloads_total",
+    ] {
+        assert!(samples.iter().all(|sample| sample.name != name), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_version_its_reloads_and_the_postgres_pool_are_exported() {
+    let database = TestDatabase::create().await;
+    let app = spawn_app(TestOptions::catalog(&database, &unique_prefix())).await;
+    let before = scrape(&app.address).await;
+    let reloads = |samples: &[Sample], result| {
+        value(
+            samples,
+            "slidegate_catalog_reloads_total",
+            &[("result", result)],
+        )
+    };
+    assert!(reloads(&before, "ok") >= 1.0, "the load at start");
+    assert_eq!(reloads(&before, "error"), 0.0);
+    let synced = value(
+        &before,
+        "slidegate_catalog_last_sync_timestamp_seconds",
+        &[],
+    );
+    assert!(synced > 1.7e9, "{synced}");
+    let version = value(&before, "slidegate_policy_version", &[]);
+    assert_eq!(
+        value(
+            &before,
+            "slidegate_pool_max_connections",
+            &[("pool", "postgres")]
+        ),
+        f64::from(
+            slidegate::configuration::Settings::default()
+                .postgres
+                .pool_size
+        )
+    );
+
+    let body = json!({ "name": "api", "algorithm": "gcra", "limit": 5, "window": "1m" });
+    assert_eq!(
+        app.admin(Method::POST, "/policies", Some(body))
+            .await
+            .status,
+        201
+    );
+    let after = scrape(&app.address).await;
+    // The write bumps the version once and this replica applies it before answering.
+    assert_eq!(
+        value(&after, "slidegate_policy_version", &[]),
+        version + 1.0
+    );
+    assert!(reloads(&after, "ok") > reloads(&before, "ok"));
+    assert_eq!(value(&after, "slidegate_policies", &[]), 1.0);
+    for kind in ["unavailable", "database"] {
+        assert_eq!(
+            value(&after, "slidegate_postgres_errors_total", &[("kind", kind)]),
+            0.0
+        );
+    }
+    assert!(
+        value(
+            &after,
+            "slidegate_pool_connections_opened_total",
+            &[("pool", "postgres")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_that_cannot_be_loaded_counts_failed_reloads_and_postgres_errors() {
+    let database = TestDatabase::create().await;
+    let mut options = TestOptions::catalog(&database, &unique_prefix());
+    options.postgres_url = Some(format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        crate::private_redis::free_port(),
+        database.name
+    ));
+    options.settings.postgres.connect_timeout = Duration::from_millis(200);
+    let app = spawn_app(options).await;
+    let samples = scrape(&app.address).await;
+    assert!(
+        value(
+            &samples,
+            "slidegate_catalog_reloads_total",
+            &[("result", "error")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "slidegate_catalog_reloads_total",
+            &[("result", "ok")]
+        ),
+        0.0
+    );
+    assert!(
+        value(
+            &samples,
+            "slidegate_postgres_errors_total",
+            &[("kind", "unavailable")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(&samples, "slidegate_policy_version", &[]),
+        0.0,
+        "never loaded"
+    );
+    assert!(
+        samples
+            .iter()
+            .all(|sample| sample.name != "slidegate_catalog_last_sync_timestamp_seconds")
+    );
 }
