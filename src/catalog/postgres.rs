@@ -201,6 +201,12 @@ impl Catalog {
     /// # Errors
     /// [`CatalogError::SchemaTooNew`] when the database has a migration this
     /// build does not know: the replica must not run against it.
+    #[tracing::instrument(
+        level = "debug",
+        name = "MIGRATE slidegate_schema_history",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "MIGRATE")
+    )]
     pub async fn migrate(&self) -> Result<(), CatalogError> {
         if self.migrated.load(Ordering::Acquire) {
             return Ok(());
@@ -225,6 +231,12 @@ impl Catalog {
     ///
     /// # Errors
     /// When Postgres cannot be reached or the schema is missing.
+    #[tracing::instrument(
+        level = "debug",
+        name = "SELECT catalog",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "SELECT")
+    )]
     pub async fn load(&self) -> Result<CatalogUpdate, CatalogError> {
         let loaded = self.counted(self.load_uncounted().await);
         let counter = if loaded.is_ok() {
@@ -320,6 +332,12 @@ impl Catalog {
     }
 
     /// Postgres's health for readiness: a round-trip through the pool, its latency and the pool's state.
+    #[tracing::instrument(
+        level = "debug",
+        name = "SELECT 1",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "SELECT")
+    )]
     pub async fn health(&self) -> DependencyHealth {
         let started = Instant::now();
         let probe = async {
@@ -411,6 +429,12 @@ impl Catalog {
 
     /// # Errors
     /// Unreachable database.
+    #[tracing::instrument(
+        level = "debug",
+        name = "SELECT policies",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "SELECT")
+    )]
     pub async fn list_policies(&self) -> Result<Vec<PolicyRecord>, CatalogError> {
         self.counted(self.list_policies_uncounted().await)
     }
@@ -426,12 +450,24 @@ impl Catalog {
 
     /// # Errors
     /// Unreachable database, or no such policy.
+    #[tracing::instrument(
+        level = "debug",
+        name = "SELECT policies",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "SELECT")
+    )]
     pub async fn get_policy(&self, name: &str) -> Result<PolicyRecord, CatalogError> {
         self.counted(async { find_policy(&*self.connection().await?, name).await }.await)
     }
 
     /// # Errors
     /// Unreachable database, or a policy of that name exists.
+    #[tracing::instrument(
+        level = "debug",
+        name = "INSERT policies",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "INSERT")
+    )]
     pub async fn create_policy(&self, valid: ValidPolicy) -> Result<PolicyRecord, CatalogError> {
         self.write(async |tx, version| {
             let inserted = tx
@@ -457,6 +493,12 @@ impl Catalog {
 
     /// # Errors
     /// Unreachable database, or no such policy.
+    #[tracing::instrument(
+        level = "debug",
+        name = "UPDATE policies",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "UPDATE")
+    )]
     pub async fn replace_policy(&self, valid: ValidPolicy) -> Result<PolicyRecord, CatalogError> {
         self.write(async |tx, version| {
             let updated = tx
@@ -483,6 +525,12 @@ impl Catalog {
     ///
     /// # Errors
     /// Unreachable database, or no such policy.
+    #[tracing::instrument(
+        level = "debug",
+        name = "DELETE policies",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "DELETE")
+    )]
     pub async fn delete_policy(&self, name: &str) -> Result<(), CatalogError> {
         self.write(async |tx, _version| {
             let deleted = tx
@@ -501,6 +549,12 @@ impl Catalog {
     ///
     /// # Errors
     /// Unreachable database, an invalid tenant or override.
+    #[tracing::instrument(
+        level = "debug",
+        name = "INSERT api_keys",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "INSERT")
+    )]
     pub async fn create_key(
         &self,
         document: NewKeyDocument,
@@ -533,6 +587,12 @@ impl Catalog {
 
     /// # Errors
     /// Unreachable database.
+    #[tracing::instrument(
+        level = "debug",
+        name = "SELECT api_keys",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "SELECT")
+    )]
     pub async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, CatalogError> {
         self.counted(self.list_keys_uncounted().await)
     }
@@ -555,6 +615,12 @@ impl Catalog {
     ///
     /// # Errors
     /// Unreachable database, or no such key.
+    #[tracing::instrument(
+        level = "debug",
+        name = "UPDATE api_keys",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "UPDATE")
+    )]
     pub async fn revoke_key(&self, id: i64) -> Result<ApiKeyRecord, CatalogError> {
         self.write(async |tx, version| {
             let updated = tx
@@ -577,6 +643,12 @@ impl Catalog {
     ///
     /// # Errors
     /// Unreachable database, no such key, or an override its policy cannot take.
+    #[tracing::instrument(
+        level = "debug",
+        name = "UPDATE api_key_overrides",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "UPDATE")
+    )]
     pub async fn set_overrides(
         &self,
         id: i64,

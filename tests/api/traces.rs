@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 use tokio::sync::Notify;
 
-use crate::helpers::{Replica, redis_url, unique_prefix, wait_until};
+use crate::helpers::{ADMIN_TOKEN, Replica, TestDatabase, redis_url, unique_prefix, wait_until};
 use crate::metrics::{parse_exposition, value};
 
 /// A span as the collector received it, with ids in hex as Jaeger shows them.
@@ -271,6 +271,49 @@ async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_caller
         !raw.windows(needle.len()).any(|window| window == needle),
         "the limiter key was exported"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_write_is_traced_down_to_its_postgres_statement() {
+    let database = TestDatabase::create().await;
+    let receiver = OtlpReceiver::start().await;
+    let mut env = tracing_env(&receiver, "slidegate-admin");
+    env.push(("SLIDEGATE__POSTGRES__URL", database.url.clone()));
+    env.push(("SLIDEGATE__ADMIN__TOKEN", ADMIN_TOKEN.to_owned()));
+    let replica = Replica::spawn(POLICY, &env).await;
+
+    let (trace_id, caller_span) = caller_ids();
+    let response = replica
+        .client
+        .post(format!("{}/v1/admin/policies", replica.address))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({
+            "name": "traced", "algorithm": "gcra", "limit": 5, "window": "1m"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    let spans = receiver
+        .wait_for_trace(&trace_id, &["POST /v1/admin/policies", "INSERT policies"])
+        .await;
+    let root = span(&spans, "POST /v1/admin/policies");
+    let insert = span(&spans, "INSERT policies");
+    assert_eq!(root.parent_span_id, caller_span);
+    assert_eq!(insert.parent_span_id, root.span_id);
+    assert_eq!(insert.kind, SpanKind::Client as i32);
+    assert_eq!(insert.attributes["db.system"], "postgresql");
+    assert_eq!(insert.attributes["db.operation.name"], "INSERT");
+    // Neither the admin token nor the database URL left the process.
+    let raw = receiver.received.raw.lock().unwrap().concat();
+    for secret in [ADMIN_TOKEN.as_bytes(), database.url.as_bytes()] {
+        assert!(
+            !raw.windows(secret.len()).any(|window| window == secret),
+            "a secret was exported"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
