@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::configuration::PolicySettings;
+use crate::limiter::rules::KeySpec;
 use crate::limiter::{FailureMode, Policy, TenantName};
 
 /// Longest description, in characters.
@@ -30,6 +31,10 @@ pub struct PolicyDocument {
     pub cost: u64,
     #[serde(default, rename = "match")]
     pub matching: MatchRules,
+    /// What forward-auth counts a matched request as, as the config file's
+    /// `key`: `"client_ip"`, `"api_key"`, `"header:<name>"`.
+    #[serde(default = "client_ip")]
+    pub key: Vec<String>,
     #[serde(default)]
     pub shadow: bool,
     #[serde(default = "yes")]
@@ -42,12 +47,18 @@ fn one() -> u64 {
     1
 }
 
+fn client_ip() -> Vec<String> {
+    vec!["client_ip".to_owned()]
+}
+
 fn yes() -> bool {
     true
 }
 
 /// Which requests a policy applies to at the forward-auth endpoint. Stored and
-/// validated here; applied by the forward-auth endpoint.
+/// validated here; each replica compiles them into forward-auth's rules when
+/// it loads the catalog. A policy with no condition at all is not a
+/// forward-auth rule (use `path_prefix: "/"` to cover every request).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchRules {
@@ -84,6 +95,8 @@ impl Invalid {
 pub struct ValidPolicy {
     pub policy: Policy,
     pub matching: MatchRules,
+    /// Key parts as given, validated as the config file's `key`.
+    pub key: Vec<String>,
     pub enabled: bool,
     pub description: String,
 }
@@ -113,9 +126,8 @@ impl PolicyDocument {
             limit: self.limit,
             window: self.window,
             cost: self.cost,
-            // Forward-auth reads match rules and key parts from the config
-            // file; the catalog keeps its own `matching` columns as data until
-            // forward-auth learns to read them from here.
+            // Match rules and key parts are validated below: the catalog
+            // stores them in its own columns.
             matches: None,
             key: None,
             // Not stored in the catalog yet: the limiter gives catalog policies
@@ -127,6 +139,7 @@ impl PolicyDocument {
             .map_err(|(field, problem)| Invalid::new(field, problem))?
             .with_shadow(self.shadow);
         let matching = self.matching.validate()?;
+        KeySpec::parse(&self.key).map_err(|problem| Invalid::new("key", problem))?;
         if self.description.chars().count() > MAX_DESCRIPTION_LEN {
             return Err(Invalid::new(
                 "description",
@@ -136,6 +149,7 @@ impl PolicyDocument {
         Ok(ValidPolicy {
             policy,
             matching,
+            key: self.key,
             enabled: self.enabled,
             description: self.description,
         })
@@ -214,6 +228,7 @@ pub struct PolicyRecord {
     pub cost: u64,
     #[serde(rename = "match")]
     pub matching: MatchRules,
+    pub key: Vec<String>,
     pub shadow: bool,
     pub enabled: bool,
     pub description: String,

@@ -15,7 +15,11 @@ use tokio_postgres::{AsyncMessage, Config, GenericClient, IsolationLevel, Row};
 
 use super::CatalogError;
 use super::keys::{self, NewKey};
-use super::model::{ApiKeyRecord, Invalid, MatchRules, NewKeyDocument, PolicyRecord, ValidPolicy};
+use super::model::{
+    ApiKeyRecord, Invalid, MAX_PATH_PREFIX_LEN, MatchRules, NewKeyDocument, PolicyRecord,
+    ValidPolicy,
+};
+use crate::limiter::rules::{KeySpec, RequestMatch, StoredRule};
 use crate::limiter::{
     Algorithm, ApiKeyDigest, CatalogUpdate, DependencyHealth, Policy, PolicyName, PolicySet,
     PoolHealth, PoolStats, TenantKey, TenantName, Window,
@@ -26,11 +30,18 @@ pub const NOTIFY_CHANNEL: &str = "slidegate_catalog";
 /// Taken around migrations so replicas starting together migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x5116_6A7E;
 /// Embedded migrations: version, name, SQL. Append only.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "policies_and_api_keys",
-    include_str!("../../migrations/V1__policies_and_api_keys.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "policies_and_api_keys",
+        include_str!("../../migrations/V1__policies_and_api_keys.sql"),
+    ),
+    (
+        2,
+        "policy_key_parts",
+        include_str!("../../migrations/V2__policy_key_parts.sql"),
+    ),
+];
 
 type Manager = PostgresConnectionManager<MakeTlsConnector>;
 
@@ -264,9 +275,11 @@ impl Catalog {
             .map_err(db_error)?
             .get(0);
         let mut policies = Vec::new();
+        let mut rules = Vec::new();
         for row in tx
             .query(
-                "SELECT name, algorithm, \"limit\", window_ms, default_cost, shadow
+                "SELECT name, algorithm, \"limit\", window_ms, default_cost, shadow,
+                    match_methods, match_path_prefix, match_host, key_parts
                  FROM policies WHERE enabled",
                 &[],
             )
@@ -274,7 +287,19 @@ impl Catalog {
             .map_err(db_error)?
         {
             match policy_from_row(&row) {
-                Ok(policy) => policies.push(policy),
+                Ok(policy) => {
+                    match rule_from_row(&row) {
+                        Ok(Some(rule)) => rules.push(rule),
+                        Ok(None) => {}
+                        // The policy still decides `/v1/check`; forward-auth leaves it out.
+                        Err(error) => tracing::warn!(
+                            policy = row.get::<_, &str>("name"),
+                            %error,
+                            "skipping a stored match rule this build cannot use"
+                        ),
+                    }
+                    policies.push(policy);
+                }
                 Err(error) => tracing::warn!(
                     policy = row.get::<_, &str>("name"),
                     %error,
@@ -327,6 +352,7 @@ impl Catalog {
         Ok(CatalogUpdate {
             policies,
             keys,
+            rules,
             version,
         })
     }
@@ -473,8 +499,9 @@ impl Catalog {
             let inserted = tx
                 .execute(
                     "INSERT INTO policies (name, algorithm, \"limit\", window_ms, default_cost,
-                        match_methods, match_path_prefix, match_host, shadow, enabled, description, version)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                        match_methods, match_path_prefix, match_host, shadow, enabled, description, version,
+                        key_parts)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                      ON CONFLICT (name) DO NOTHING",
                     &PolicyColumns::new(&valid, version).params(),
                 )
@@ -506,7 +533,7 @@ impl Catalog {
                     "UPDATE policies SET algorithm = $2, \"limit\" = $3, window_ms = $4,
                         default_cost = $5, match_methods = $6, match_path_prefix = $7,
                         match_host = $8, shadow = $9, enabled = $10, description = $11,
-                        version = $12, updated_at = now()
+                        version = $12, key_parts = $13, updated_at = now()
                      WHERE name = $1",
                     &PolicyColumns::new(&valid, version).params(),
                 )
@@ -859,7 +886,7 @@ async fn apply_migrations(
 }
 
 const SELECT_POLICY: &str = "SELECT name, algorithm, \"limit\", window_ms, default_cost,
-    match_methods, match_path_prefix, match_host, shadow, enabled, description,
+    match_methods, match_path_prefix, match_host, key_parts, shadow, enabled, description,
     version, created_at, updated_at FROM policies";
 const SELECT_KEY: &str = "SELECT id, display_prefix, tenant, created_at, revoked_at FROM api_keys";
 
@@ -873,6 +900,7 @@ struct PolicyColumns {
     methods: Vec<String>,
     path_prefix: Option<String>,
     host: Option<String>,
+    key_parts: Vec<String>,
     shadow: bool,
     enabled: bool,
     description: String,
@@ -892,6 +920,7 @@ impl PolicyColumns {
             methods: valid.matching.methods.clone(),
             path_prefix: valid.matching.path_prefix.clone(),
             host: valid.matching.host.clone(),
+            key_parts: valid.key.clone(),
             shadow: policy.is_shadow(),
             enabled: valid.enabled,
             description: valid.description.clone(),
@@ -899,7 +928,7 @@ impl PolicyColumns {
         }
     }
 
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 12] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 13] {
         [
             &self.name,
             &self.algorithm,
@@ -913,6 +942,7 @@ impl PolicyColumns {
             &self.enabled,
             &self.description,
             &self.version,
+            &self.key_parts,
         ]
     }
 }
@@ -1016,6 +1046,30 @@ fn policy_from_row(row: &Row) -> Result<Policy, String> {
     .map_err(|e| e.to_string())
 }
 
+/// Forward-auth's rule for a stored policy: `None` for a policy without any
+/// match condition, which only `/v1/check` uses (as a file policy without
+/// `[policies.match]`).
+fn rule_from_row(row: &Row) -> Result<Option<StoredRule>, String> {
+    let methods: Vec<String> = row.get("match_methods");
+    let matches = RequestMatch::stored(
+        &methods,
+        row.get("match_path_prefix"),
+        row.get("match_host"),
+        MAX_PATH_PREFIX_LEN,
+    )
+    .map_err(|(field, problem)| format!("match.{field}: {problem}"))?;
+    if matches.is_unconditional() {
+        return Ok(None);
+    }
+    let key = KeySpec::parse(&row.get::<_, Vec<String>>("key_parts"))
+        .map_err(|problem| format!("key: {problem}"))?;
+    Ok(Some(StoredRule {
+        policy: row.get("name"),
+        matches,
+        key,
+    }))
+}
+
 fn policy_record(row: &Row) -> PolicyRecord {
     PolicyRecord {
         name: row.get("name"),
@@ -1031,6 +1085,7 @@ fn policy_record(row: &Row) -> PolicyRecord {
             path_prefix: row.get("match_path_prefix"),
             host: row.get("match_host"),
         },
+        key: row.get("key_parts"),
         shadow: row.get("shadow"),
         enabled: row.get("enabled"),
         description: row.get("description"),

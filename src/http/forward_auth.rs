@@ -6,8 +6,13 @@
 //! `<path_prefix><original path>` with the original method and `Host`, so
 //! with `path_prefix: /v1/forward-auth` those are read instead.
 //!
+//! The rules come from the config file's `[policies.match]` and `key`, or,
+//! when Postgres is configured, from the catalog's `match` and `key` of each
+//! policy (read from the limiter's snapshot, so an admin change applies on
+//! every replica as soon as it syncs; file rules are then not used).
+//!
 //! Every policy whose match rule covers the request is checked, in
-//! configuration order, and all must allow. The first denial answers 429
+//! configuration order (catalog rules: by policy name), and all must allow. The first denial answers 429
 //! and later policies are not checked (nor consumed); units consumed by the
 //! policies checked before it stay consumed. The answer carries the headers
 //! of the denying policy, or when all allow, of the one with the fewest
@@ -23,7 +28,7 @@ use super::check::decision_response;
 use super::client_ip::ClientIpRules;
 use super::error::ApiError;
 use crate::limiter::rules::{ForwardedRequest, NoMatch, Rules, normalize_path};
-use crate::limiter::{Checked, Store};
+use crate::limiter::{CheckError, Checked, Store};
 
 /// The path Envoy's ext_authz `path_prefix` should be set to.
 pub const PATH: &str = "/v1/forward-auth";
@@ -31,6 +36,7 @@ pub const PATH: &str = "/v1/forward-auth";
 /// How forward-auth reads requests: its rules, whose address to believe, and the answer when nothing matches.
 #[derive(Debug, Clone)]
 pub struct ForwardAuth {
+    /// The config file's rules; with a catalog, the limiter's are used instead.
     pub rules: Rules,
     pub client_ip: ClientIpRules,
     pub no_match: NoMatch,
@@ -110,17 +116,25 @@ pub async fn forward_auth<S: Store>(
         header: &lookup,
     };
 
+    let catalog_rules = state.limiter.catalog_rules();
+    let rules = catalog_rules.as_deref().unwrap_or(&config.rules);
     let mut tightest: Option<Checked> = None;
-    for rule in config.rules.matching(&forwarded) {
+    for rule in rules.matching(&forwarded) {
         // A part the request lacks (no API key, no such header): this policy
         // does not apply, as with Envoy's rate-limit descriptors.
         let Some(key) = rule.key.derive(&forwarded) else {
             continue;
         };
-        let checked = state
+        let checked = match state
             .limiter
             .check(rule.policy.name().as_str(), &key, None)
-            .await?;
+            .await
+        {
+            Ok(checked) => checked,
+            // Deleted from the catalog between loading these rules and the check.
+            Err(CheckError::UnknownPolicy(_)) if catalog_rules.is_some() => continue,
+            Err(error) => return Err(error.into()),
+        };
         if !checked.decision.allowed {
             return Ok(decision_response(&checked));
         }

@@ -241,6 +241,8 @@ impl SyncState {
 pub struct CatalogUpdate {
     pub policies: PolicySet,
     pub keys: Vec<TenantKey>,
+    /// Forward-auth's match rules and key specs, one per policy that has a match rule.
+    pub rules: Vec<rules::StoredRule>,
     pub version: i64,
 }
 
@@ -282,6 +284,10 @@ struct Snapshot {
     /// The same policies with their metric handles, so one lookup per check finds both.
     entries: HashMap<Box<str>, Entry>,
     tenants: HashMap<ApiKeyDigest, Arc<Tenant>>,
+    /// Forward-auth's rules when the policies come from the catalog (joined
+    /// to these very policies); `None` for config policies, whose rules
+    /// forward-auth holds itself.
+    rules: Option<Arc<rules::Rules>>,
     sync: SyncState,
 }
 
@@ -295,6 +301,7 @@ impl Snapshot {
     fn build(
         policies: PolicySet,
         keys: &[TenantKey],
+        stored_rules: &[rules::StoredRule],
         sync: SyncState,
         metrics: &PolicyMetricsSource,
     ) -> Self {
@@ -314,10 +321,13 @@ impl Snapshot {
             .iter()
             .map(|key| (key.digest, Arc::new(Tenant::resolve(key, &policies))))
             .collect();
+        let rules = (sync.source == PolicySource::Database)
+            .then(|| Arc::new(rules::Rules::from_stored(stored_rules, &policies)));
         Self {
             policies,
             entries,
             tenants,
+            rules,
             sync,
         }
     }
@@ -353,7 +363,7 @@ impl<S: Store> Limiter<S> {
     fn with_snapshot(policies: PolicySet, sync: SyncState, store: S, metrics: &Metrics) -> Self {
         let policy_metrics = metrics.policy_source();
         policy_metrics.set_loaded(policies.len());
-        let snapshot = Snapshot::build(policies, &[], sync, &policy_metrics);
+        let snapshot = Snapshot::build(policies, &[], &[], sync, &policy_metrics);
         let store_errors = metrics.store_errors(store.kind());
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -413,7 +423,13 @@ impl<S: Store> Limiter<S> {
             }
             None => update.policies,
         };
-        let next = Snapshot::build(policies, &update.keys, sync, &self.policy_metrics);
+        let next = Snapshot::build(
+            policies,
+            &update.keys,
+            &update.rules,
+            sync,
+            &self.policy_metrics,
+        );
         for name in previous.entries.keys() {
             if !next.entries.contains_key(name) {
                 self.policy_metrics.forget(name);
@@ -437,6 +453,13 @@ impl<S: Store> Limiter<S> {
         if let Some(cache) = self.failover.as_ref().and_then(Failover::deny_cache) {
             cache.clear();
         }
+    }
+
+    /// Forward-auth's rules from the catalog in force now, read without a
+    /// lock; `None` when the policies come from the configuration (whose
+    /// rules are fixed at start-up). Empty until the catalog first loads.
+    pub fn catalog_rules(&self) -> Option<Arc<rules::Rules>> {
+        self.snapshot.load().rules.clone()
     }
 
     /// What is loaded now.

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::policy::Policy;
+use super::policy::{Policy, PolicySet};
 
 /// Most parts in one key spec; with header names of at most 32 bytes and
 /// digested values, every derived key stays under the 256-byte key limit.
@@ -66,6 +66,41 @@ impl RequestMatch {
         path_prefix: Option<&str>,
         host: Option<&str>,
     ) -> Result<Self, (&'static str, RuleError)> {
+        Self::build(methods, path_prefix, host, MAX_RULE_TEXT_LEN)
+    }
+
+    /// A rule as the catalog stores it: the admin API validated it already,
+    /// with its own limits (a `path_prefix` of up to `max_path_prefix_len`
+    /// bytes, a host with an optional `:port`). Forward-auth compares hosts
+    /// without their port, so a stored port is dropped here.
+    ///
+    /// # Errors
+    /// As [`RequestMatch::new`], for stored data this build cannot use.
+    pub fn stored(
+        methods: &[String],
+        path_prefix: Option<&str>,
+        host: Option<&str>,
+        max_path_prefix_len: usize,
+    ) -> Result<Self, (&'static str, RuleError)> {
+        let host = host.map(|host| {
+            host.rsplit_once(':')
+                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(host, |(name, _)| name)
+        });
+        Self::build(methods, path_prefix, host, max_path_prefix_len)
+    }
+
+    /// Whether the rule has any condition; one with none matches every request.
+    pub fn is_unconditional(&self) -> bool {
+        self.methods.is_empty() && self.path_prefix.is_none() && self.host.is_none()
+    }
+
+    fn build(
+        methods: &[String],
+        path_prefix: Option<&str>,
+        host: Option<&str>,
+        max_path_prefix_len: usize,
+    ) -> Result<Self, (&'static str, RuleError)> {
         let methods = methods
             .iter()
             .map(|method| {
@@ -81,7 +116,7 @@ impl RequestMatch {
             .collect::<Result<Vec<_>, _>>()?;
         let path_prefix = path_prefix
             .map(|prefix| {
-                if prefix.starts_with('/') && prefix.len() <= MAX_RULE_TEXT_LEN {
+                if prefix.starts_with('/') && prefix.len() <= max_path_prefix_len {
                     Ok(prefix.to_owned())
                 } else {
                     Err((
@@ -290,6 +325,14 @@ pub struct Rule {
     pub key: KeySpec,
 }
 
+/// A rule as the catalog holds it, before it is joined to its loaded policy.
+#[derive(Debug, Clone)]
+pub struct StoredRule {
+    pub policy: String,
+    pub matches: RequestMatch,
+    pub key: KeySpec,
+}
+
 /// What forward-auth answers when no policy matches a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -309,6 +352,24 @@ pub struct Rules {
 
 impl Rules {
     pub fn new(rules: Vec<Rule>) -> Self {
+        Self { rules }
+    }
+
+    /// The catalog's rules joined to the policies in force, ordered by policy
+    /// name (the catalog has no other order). A rule whose policy is not
+    /// loaded (disabled, or unusable by this build) is left out.
+    pub fn from_stored(stored: &[StoredRule], policies: &PolicySet) -> Self {
+        let mut rules: Vec<Rule> = stored
+            .iter()
+            .filter_map(|rule| {
+                Some(Rule {
+                    policy: Arc::clone(policies.get(&rule.policy)?),
+                    matches: rule.matches.clone(),
+                    key: rule.key.clone(),
+                })
+            })
+            .collect();
+        rules.sort_by(|a, b| a.policy.name().as_str().cmp(b.policy.name().as_str()));
         Self { rules }
     }
 
@@ -482,6 +543,48 @@ mod tests {
         ));
         assert_eq!(KeySpec::parse(&[]), Err(RuleError::EmptyKey));
         assert!(KeySpec::parse(&["header:".into()]).is_err());
+    }
+
+    #[test]
+    fn stored_rules_drop_the_port_and_join_their_policies_by_name() {
+        use crate::limiter::{Algorithm, PolicyName, Window};
+        let policy = |name: &str| {
+            Policy::new(
+                PolicyName::parse(name).unwrap(),
+                Algorithm::SlidingLog,
+                5,
+                Window::try_from(std::time::Duration::from_secs(60)).unwrap(),
+                1,
+            )
+            .unwrap()
+        };
+        let policies = PolicySet::new([policy("b"), policy("a")]).unwrap();
+        let matches =
+            RequestMatch::stored(&[], Some("/x"), Some("api.example.com:8443"), 1024).unwrap();
+        assert!(matches.matches(&request("GET", "/x", Some("api.example.com"), NO_HEADERS)));
+        assert!(
+            RequestMatch::stored(&[], None, None, 1024)
+                .unwrap()
+                .is_unconditional()
+        );
+        let long = format!("/{}", "a".repeat(600));
+        assert!(RequestMatch::stored(&[], Some(&long), None, 1024).is_ok());
+        assert!(RequestMatch::new(&[], Some(&long), None).is_err());
+        let stored = |name: &str| StoredRule {
+            policy: name.into(),
+            matches: matches.clone(),
+            key: KeySpec::client_ip(),
+        };
+        let rules = Rules::from_stored(&[stored("b"), stored("gone"), stored("a")], &policies);
+        let names: Vec<_> = rules
+            .matching(&request("GET", "/x", Some("api.example.com"), NO_HEADERS))
+            .map(|rule| rule.policy.name().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["a", "b"],
+            "by name; a rule without its policy is left out"
+        );
     }
 
     #[test]

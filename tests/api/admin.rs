@@ -242,6 +242,12 @@ async fn invalid_policies_are_refused_with_the_config_files_messages() {
             "lower-case host name",
         ),
         (
+            with(json!({"key": ["ip"]})),
+            "key",
+            "unknown key part \"ip\"",
+        ),
+        (with(json!({"key": []})), "key", "at least one part"),
+        (
             with(json!({"description": "x".repeat(1025)})),
             "description",
             "at most 1024",

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::helpers::{TestApp, TestDatabase, TestOptions, spawn_app, unique_prefix};
+use crate::helpers::{CheckReply, TestApp, TestDatabase, TestOptions, spawn_app, unique_prefix};
 
 /// The promise: a change through any replica is in force on every replica within a second.
 const PROPAGATION: Duration = Duration::from_secs(1);
@@ -68,6 +68,98 @@ async fn a_policy_created_changed_and_deleted_through_one_replica_decides_at_the
         PROPAGATION,
         || b.check("api", "k3", None),
         |reply| reply.status == 422 && reply.body["error"] == "unknown_policy",
+    )
+    .await;
+}
+
+/// Forward-auth for `POST /orders/1`, as user `user` (`X-User`) when given.
+async fn orders(replica: &TestApp, user: Option<&str>) -> CheckReply {
+    let headers: Vec<(&str, &str)> = user.map(|user| ("x-user", user)).into_iter().collect();
+    replica
+        .forward_auth("POST", "/orders/1?x=1", &headers)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_follows_the_catalogs_match_rules_and_keys_on_every_replica() {
+    let database = TestDatabase::create().await;
+    let (a, b) = two_replicas(&database).await;
+
+    // A policy without match conditions limits `/v1/check` only.
+    let plain = a
+        .admin(Method::POST, "/policies", Some(policy_body("plain", 1)))
+        .await;
+    assert_eq!(plain.status, 201, "{:?}", plain.body);
+    assert_eq!(plain.body["key"], json!(["client_ip"]), "the default key");
+
+    let mut body = policy_body("orders", 2);
+    body["match"] = json!({ "methods": ["POST"], "path_prefix": "/orders" });
+    let created = a.admin(Method::POST, "/policies", Some(body)).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let first = b
+        .eventually(
+            "the new rule at the other replica",
+            PROPAGATION,
+            || orders(&b, None),
+            |reply| reply.body["policy"] == "orders",
+        )
+        .await;
+    assert_eq!(
+        (first.status, first.body["remaining"].as_u64()),
+        (200, Some(1))
+    );
+    assert_eq!(orders(&b, None).await.status, 200);
+    let denied = orders(&a, None).await;
+    assert_eq!(
+        denied.status, 429,
+        "shared across replicas: {:?}",
+        denied.body
+    );
+    assert!(denied.header("retry-after").is_some());
+    // Not covered: another method, another path.
+    for (method, uri) in [("GET", "/orders/1"), ("POST", "/ordersx")] {
+        let reply = b.forward_auth(method, uri, &[]).await;
+        assert_eq!(
+            (reply.status, &reply.body["policy"]),
+            (200, &json!(null)),
+            "{method} {uri}"
+        );
+    }
+
+    // A new key spec: counted per `X-User`; a request without it is not covered.
+    let mut body = policy_body("orders", 1);
+    body["match"] = json!({ "path_prefix": "/orders" });
+    body["key"] = json!(["header:x-user"]);
+    let replaced = a.admin(Method::PUT, "/policies/orders", Some(body)).await;
+    assert_eq!(replaced.status, 200, "{:?}", replaced.body);
+    assert_eq!(replaced.body["key"], json!(["header:x-user"]));
+    b.eventually(
+        "the new key at the other replica",
+        PROPAGATION,
+        || orders(&b, Some("alice")),
+        |reply| reply.status == 200 && reply.body["limit"] == 1,
+    )
+    .await;
+    assert_eq!(orders(&b, Some("alice")).await.status, 429);
+    assert_eq!(orders(&b, Some("bob")).await.status, 200);
+    let anonymous = orders(&b, None).await;
+    assert_eq!(
+        (anonymous.status, &anonymous.body["policy"]),
+        (200, &json!(null))
+    );
+
+    // Deleted: nothing matches, and no match allows by default.
+    assert_eq!(
+        a.admin(Method::DELETE, "/policies/orders", None)
+            .await
+            .status,
+        204
+    );
+    b.eventually(
+        "the deletion at the other replica",
+        PROPAGATION,
+        || orders(&b, Some("alice")),
+        |reply| reply.status == 200 && reply.body["policy"].is_null(),
     )
     .await;
 }
@@ -332,7 +424,7 @@ async fn three_replicas_started_together_on_an_empty_database_migrate_once_and_b
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 1, "one migration, applied once");
+    assert_eq!(applied, 2, "every migration, each applied once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -389,6 +389,25 @@ impl TestApp {
         self.readiness().await["checks"]["limiter"].clone()
     }
 
+    /// `GET /v1/forward-auth` for a protected request (`X-Forwarded-Method`,
+    /// `X-Forwarded-Uri`) with extra `headers`.
+    pub async fn forward_auth(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> CheckReply {
+        let mut request = self
+            .client
+            .get(format!("{}/v1/forward-auth", self.address))
+            .header("x-forwarded-method", method)
+            .header("x-forwarded-uri", uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        read_reply(request.send().await.expect("the request reaches the app")).await
+    }
+
     pub async fn get(&self, path: &str) -> CheckReply {
         let response = self
             .client
