@@ -247,6 +247,10 @@ def open_model_report(args, meta, metrics, duration_s, audit_rows, chart_lines):
                         ("p99", "p(99)"), ("max", "max")):
         add(f"| {label} latency | {fmt_ms(trend(d, stat))} |")
     add(f"| throughput | {total / duration_s if duration_s else 0:,.1f} checks/s |")
+    for group in ("hot", "cold"):
+        if group in meta:
+            g = meta[group]
+            add(f"| {group} keys: 200 / 429 | {g['allowed']:,} / {g['denied']:,} |")
     add("")
     if args.ceiling > 0:
         add(f"Redis ceiling on this machine (redis-benchmark, EVALSHA sliding_log.lua, 150 clients): "
