@@ -2,9 +2,16 @@
 """Writes report.md for a fleet_run.sh run: the original's table side by side,
 per-stage success rates, and the exactness audit. Standard library only.
 
-Input, in --out: summary.json (k6 handleSummary of staged.js) and
-k6-console.log (the scenario's "AUDIT admit|deny policy key start_ms end_ms"
-lines). Exit 1 when the audit finds a violation.
+Input, in --out: summary.json (k6 handleSummary of staged.js, capacity.js
+or hotkey.js) and k6-console.log (the scenario's "AUDIT admit|deny policy key
+start_ms end_ms [duration_ms]" lines). Exit 1 when the audit finds a
+violation (--audit 0: the scenario logged nothing; the audit is skipped).
+
+Charts (SVG, written by hand, next to report.md and linked from it), from the
+same per-decision lines bucketed per second of request start: latency.svg
+(p50/p95/p99 of the request duration — k6's timings.duration when logged,
+else end - start), throughput.svg (200s and 429s per second) and stages.svg
+(success rate per stage, from the summary's per-stage counters).
 
 The audit. Each decision happened at some instant in [start, end + 1) ms of
 the k6 clock (Date.now() before and after the request; Redis runs on the
@@ -41,7 +48,7 @@ ORIGINAL = {
 # The original report's "Verified Capacity" lines, per stage (stage 5 not given).
 ORIGINAL_STAGE_SUCCESS = ["100%", "100%", "~80%", "58%", "—"]
 
-AUDIT_LINE = re.compile(r'AUDIT (admit|deny) (\S+) (\S+) (\d+) (\d+)')
+AUDIT_LINE = re.compile(r'AUDIT (admit|deny) (\S+) (\S+) (\d+) (\d+)(?: ([0-9.]+))?')
 
 
 def audit_key(admits, denies, limit, window):
@@ -75,6 +82,203 @@ def pct(part, whole):
     return f"{100 * part / whole:.1f}%" if whole else "—"
 
 
+
+# --- charts (hand-written SVG) -------------------------------------------------
+
+SVG_W, SVG_H = 720, 300
+PAD_L, PAD_R, PAD_T, PAD_B = 60, 130, 30, 40
+COLOURS = ["#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9467bd"]
+
+
+def esc(text):
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def nice_max(value):
+    """A round upper bound for an axis."""
+    if value <= 0:
+        return 1
+    step = 10 ** (len(str(int(value))) - 1)
+    for m in (1, 2, 2.5, 5, 10):
+        if value <= m * step:
+            return m * step
+    return 10 * step
+
+
+def svg_frame(title, x_label, y_label, y_max, x_max):
+    plot_w, plot_h = SVG_W - PAD_L - PAD_R, SVG_H - PAD_T - PAD_B
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_W}" height="{SVG_H}" '
+        f'viewBox="0 0 {SVG_W} {SVG_H}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{SVG_W}" height="{SVG_H}" fill="white"/>',
+        f'<text x="{SVG_W / 2}" y="18" text-anchor="middle" font-size="13">{esc(title)}</text>',
+    ]
+    for i in range(5):
+        v = y_max * i / 4
+        y = PAD_T + plot_h - plot_h * i / 4
+        out.append(f'<line x1="{PAD_L}" y1="{y:.1f}" x2="{PAD_L + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{PAD_L - 5}" y="{y + 4:.1f}" text-anchor="end">{v:g}</text>')
+    if x_max is not None:
+        for i in range(6):
+            v = x_max * i / 5
+            x = PAD_L + plot_w * i / 5
+            out.append(f'<text x="{x:.1f}" y="{PAD_T + plot_h + 15}" text-anchor="middle">{v:.0f}</text>')
+    out.append(f'<line x1="{PAD_L}" y1="{PAD_T + plot_h}" x2="{PAD_L + plot_w}" y2="{PAD_T + plot_h}" stroke="black"/>')
+    out.append(f'<line x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{PAD_T + plot_h}" stroke="black"/>')
+    out.append(f'<text x="{PAD_L + plot_w / 2}" y="{SVG_H - 8}" text-anchor="middle">{esc(x_label)}</text>')
+    out.append(f'<text x="14" y="{PAD_T + plot_h / 2}" text-anchor="middle" '
+               f'transform="rotate(-90 14 {PAD_T + plot_h / 2})">{esc(y_label)}</text>')
+    return out, plot_w, plot_h
+
+
+def line_chart(path, title, y_label, xs, series):
+    """series: list of (name, values aligned with xs; None = no point)."""
+    y_max = nice_max(max((v for _, vs in series for v in vs if v is not None), default=1))
+    x_max = max(xs[-1], 1) if xs else 1
+    out, plot_w, plot_h = svg_frame(title, "seconds since the first request", y_label, y_max, x_max)
+    for n, (name, values) in enumerate(series):
+        colour = COLOURS[n % len(COLOURS)]
+        points = " ".join(
+            f"{PAD_L + plot_w * x / x_max:.1f},{PAD_T + plot_h - plot_h * min(v, y_max) / y_max:.1f}"
+            for x, v in zip(xs, values) if v is not None)
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"/>')
+        ly = PAD_T + 10 + 16 * n
+        out.append(f'<line x1="{SVG_W - PAD_R + 10}" y1="{ly}" x2="{SVG_W - PAD_R + 30}" y2="{ly}" '
+                   f'stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<text x="{SVG_W - PAD_R + 35}" y="{ly + 4}">{esc(name)}</text>')
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+
+
+def bar_chart(path, title, labels, values):
+    """values: percentages (None = nothing sent in that stage)."""
+    out, plot_w, plot_h = svg_frame(title, "stage", "success rate (%)", 100, None)
+    slot = plot_w / max(len(labels), 1)
+    for i, (label, v) in enumerate(zip(labels, values)):
+        x = PAD_L + slot * i + slot * 0.15
+        if v is not None:
+            h = plot_h * v / 100
+            out.append(f'<rect x="{x:.1f}" y="{PAD_T + plot_h - h:.1f}" width="{slot * 0.7:.1f}" '
+                       f'height="{h:.1f}" fill="{COLOURS[0]}"/>')
+            out.append(f'<text x="{x + slot * 0.35:.1f}" y="{PAD_T + plot_h - h - 4:.1f}" '
+                       f'text-anchor="middle">{v:.1f}%</text>')
+        out.append(f'<text x="{x + slot * 0.35:.1f}" y="{PAD_T + plot_h + 15}" '
+                   f'text-anchor="middle">{esc(label)}</text>')
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+
+
+def quantile(sorted_values, q):
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def write_charts(out, records, stage_rows):
+    """records: (start_ms, duration_ms, admitted). stage_rows: (label, sent, admitted).
+    Returns the Markdown lines linking the charts."""
+    lines = []
+    if records:
+        t0 = min(r[0] for r in records)
+        buckets = defaultdict(list)
+        for start, duration, admitted in records:
+            buckets[(start - t0) // 1000].append((duration, admitted))
+        xs = list(range(0, max(buckets) + 1))
+        lat = {q: [] for q in (0.5, 0.95, 0.99)}
+        ok_rate, denied_rate = [], []
+        for x in xs:
+            ds = sorted(d for d, _ in buckets.get(x, []))
+            for q in lat:
+                lat[q].append(quantile(ds, q))
+            ok_rate.append(sum(1 for _, a in buckets.get(x, []) if a))
+            denied_rate.append(sum(1 for _, a in buckets.get(x, []) if not a))
+        line_chart(out / "latency.svg", "Check latency per second (ms)", "ms", xs,
+                   [("p50", lat[0.5]), ("p95", lat[0.95]), ("p99", lat[0.99])])
+        line_chart(out / "throughput.svg", "Decisions per second", "checks/s", xs,
+                   [("200", ok_rate), ("429", denied_rate), ("total", [a + b for a, b in zip(ok_rate, denied_rate)])])
+        lines += ["![latency per second](latency.svg) ![throughput per second](throughput.svg)", ""]
+    if stage_rows:
+        bar_chart(out / "stages.svg", "Success rate per stage (admitted / sent)",
+                  [label for label, _, _ in stage_rows],
+                  [100 * a / n if n else None for _, n, a in stage_rows])
+        lines += ["![success rate per stage](stages.svg)", ""]
+    if lines:
+        lines = ["## Charts", "",
+                 "[latency.svg](latency.svg) (p50/p95/p99 per second), [throughput.svg](throughput.svg) "
+                 "(200s and 429s per second), [stages.svg](stages.svg) (success rate per stage).", ""] + lines
+    return lines
+
+
+def open_model_report(args, meta, metrics, duration_s, audit_rows, chart_lines):
+    """report.md for capacity.js and hotkey.js: one check per iteration."""
+
+    def count(name):
+        return metrics.get(name, {}).get("values", {}).get("count", 0)
+
+    def trend(name, stat):
+        return metrics.get(name, {}).get("values", {}).get(stat)
+
+    scenario = meta.get("scenario")
+    total = count("http_reqs")
+    ok, denied, errors = count("allowed"), count("denied"), count("errors")
+    dropped = count("dropped_iterations")
+    offered = meta.get("offered", 0)
+    d = "http_req_duration"
+    lines = []
+    add = lines.append
+    if scenario == "capacity":
+        add(f"# capacity: open model, K = {meta.get('k'):g} checks/s per user")
+    else:
+        add(f"# {scenario}: {meta.get('description', '')}")
+    add("")
+    add(f"Commit {args.commit}; {args.replicas} release replicas behind nginx ({args.nginx_workers} worker) "
+        f"running the shipped deploy/nginx/conf.d, one Redis, k6 — all on this machine. Stage scale "
+        f"{meta.get('stage_scale')}; run time {duration_s:.1f} s. Arrival-rate executor: checks start on "
+        f"schedule whatever the latency; those k6 could not start (no free VU) are dropped iterations.")
+    add("")
+    add("| | this run |")
+    add("| --- | ---: |")
+    add(f"| offered checks | {offered:,.0f} |")
+    add(f"| sent | {total:,} ({pct(total, offered)} of offered; {dropped:,} dropped iterations) |")
+    add(f"| 200 | {ok:,} ({pct(ok, total)}) |")
+    add(f"| 429 | {denied:,} ({pct(denied, total)}) |")
+    add(f"| errors | {errors} |")
+    for label, stat in (("average", "avg"), ("p50", "med"), ("p90", "p(90)"), ("p95", "p(95)"),
+                        ("p99", "p(99)"), ("max", "max")):
+        add(f"| {label} latency | {fmt_ms(trend(d, stat))} |")
+    add(f"| throughput | {total / duration_s if duration_s else 0:,.1f} checks/s |")
+    for group in ("hot", "cold"):
+        if group in meta:
+            g = meta[group]
+            add(f"| {group} keys: 200 / 429 | {g['allowed']:,} / {g['denied']:,} |")
+    add("")
+    if args.ceiling > 0:
+        add(f"Redis ceiling on this machine (redis-benchmark, EVALSHA sliding_log.lua, 150 clients): "
+            f"**{args.ceiling:,.0f}/s**.")
+        add("")
+    add("## Per stage")
+    add("")
+    add("| stage | users | offered/s | seconds | sent | 200 / 429 / errors | p50 | p99 |")
+    add("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    for i, s in enumerate(meta.get("stages", []), 1):
+        add(f"| {i} | {s.get('users', '—')} | {s.get('rate', '—')} | {s['seconds']:g} | "
+            f"{count(f'stage{i}_user_requests'):,} | {count(f'stage{i}_allowed'):,} / "
+            f"{count(f'stage{i}_denied'):,} / {count(f'stage{i}_errors')} | "
+            f"{fmt_ms(trend(f'stage{i}_latency', 'med'))} | {fmt_ms(trend(f'stage{i}_latency', 'p(99)'))} |")
+    add("")
+    add("## Exactness audit")
+    add("")
+    add("| policy | limit | keys | admitted / denied | most admitted in one window (worst key) | unjustified 429s | verdict |")
+    add("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    lines.extend(audit_rows)
+    add("")
+    lines.extend(chart_lines)
+    add(f"k6 exit status {args.k6_status} (0: every threshold held — zero errors, every check passed; "
+        f"99: a threshold was crossed).")
+    add("")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -83,6 +287,8 @@ def main():
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--ceiling", type=float, default=0)
     parser.add_argument("--k6-status", type=int, default=0)
+    parser.add_argument("--audit", type=int, default=1,
+                        help="0: the scenario was run without AUDIT lines; skip the audit")
     args = parser.parse_args()
     out = Path(args.out)
     data = json.loads((out / "summary.json").read_text())
@@ -110,13 +316,17 @@ def main():
 
     # --- audit -------------------------------------------------------------------
     decisions = defaultdict(lambda: ([], []))
+    records = []  # (start_ms, duration_ms, admitted), for the charts
     console = out / "k6-console.log"
     if console.exists():
-        for line in console.read_text().splitlines():
-            m = AUDIT_LINE.search(line)
-            if m:
-                verdict, policy, key, start, end = m.groups()
-                decisions[(policy, key)][0 if verdict == "admit" else 1].append((int(start), int(end)))
+        with console.open() as lines_in:
+            for line in lines_in:
+                m = AUDIT_LINE.search(line)
+                if m:
+                    verdict, policy, key, start, end, duration = m.groups()
+                    start, end = int(start), int(end)
+                    decisions[(policy, key)][0 if verdict == "admit" else 1].append((start, end))
+                    records.append((start, float(duration) if duration else end - start, verdict == "admit"))
     policies = meta.get("policies", {})
     audit_rows = []
     audit_failed = False
@@ -141,16 +351,26 @@ def main():
             f"| {worst['unjustified']} | {'**FAIL**' if over or worst['unjustified'] else 'exact'} |"
         )
     logged = sum(len(a) + len(dn) for a, dn in decisions.values())
-    if logged != ok + denied:
+    if not args.audit:
+        audit_rows = ["| (not run: the scenario ran with AUDIT=0) | | | | | | skipped |"]
+        audit_failed = False
+    elif logged != ok + denied:
         audit_failed = True
         audit_rows.append(f"| (audit log incomplete: {logged} decisions logged, {ok + denied} counted) | | | | | | **FAIL** |")
 
     # --- report ------------------------------------------------------------------
+    stages = meta.get("stages", [])
+    stage_rows = [(str(i), count(f"stage{i}_user_requests"), count(f"stage{i}_user_requests_admitted"))
+                  for i in range(1, len(stages) + 1)]
+    chart_lines = write_charts(out, records, stage_rows)
+    if meta.get("scenario", "staged") != "staged":
+        lines = open_model_report(args, meta, metrics, duration_s, audit_rows, chart_lines)
+        (out / "report.md").write_text("\n".join(lines) + "\n")
+        return 1 if audit_failed else 0
     lines = []
     add = lines.append
     add(f"# {meta.get('scenario', 'k6')}: the original's load test against the fleet")
     add("")
-    stages = meta.get("stages", [])
     stage_list = ", ".join(f"{s['users']} users {s['seconds']:g} s" for s in stages)
     add(f"Commit {args.commit}; {args.replicas} release replicas behind nginx "
         f"({args.nginx_workers} worker) running the shipped deploy/nginx/conf.d, one Redis, k6 — "
@@ -196,6 +416,7 @@ def main():
     add("| --- | --- | ---: | ---: | ---: | ---: | --- |")
     lines.extend(audit_rows)
     add("")
+    lines.extend(chart_lines)
     add(f"k6 exit status {args.k6_status} (0: every threshold held — zero errors, every check passed, "
         f"p95 < {meta.get('p95_threshold_ms')} ms; 99: a threshold was crossed).")
     add("")

