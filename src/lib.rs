@@ -2,11 +2,14 @@
 //!
 //! A tour, in the order a check travels:
 //!
-//! - [`http`] receives `POST /v1/check`, validates the body and turns the
-//!   decision into a 200 or 429 with rate-limit headers. Errors map to
-//!   statuses in one place, [`http::error`].
+//! - [`http`] receives `POST /v1/check` (or a gateway's `/v1/forward-auth`,
+//!   whose request is matched against policy rules in [`limiter::rules`] and
+//!   keyed by a client address from [`http::client_ip`]), validates the body
+//!   and turns the decision into a 200 or 429 with rate-limit headers. Errors
+//!   map to statuses in one place, [`http::error`].
 //! - [`limiter`] finds the policy, validates key and cost and asks its
-//!   [`limiter::Store`] for a decision. The algorithms live in
+//!   [`limiter::Store`] for a decision; with Redis, through the failover
+//!   (deny cache, circuit breaker, failure modes) in [`limiter::failover`]. The algorithms live in
 //!   [`limiter::algorithms`] (in memory) and `lua/` (in Redis), with one
 //!   semantics; time comes from an injectable [`limiter::Clock`].
 //! - [`store`] holds the state: [`store::RedisStore`] runs the Lua scripts
