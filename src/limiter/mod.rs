@@ -248,7 +248,7 @@ pub struct CatalogUpdate {
 
 /// Decides checks against a set of policies, backed by one store.
 ///
-/// The policies and API keys in force are one immutable [`Snapshot`] behind an
+/// The policies and API keys in force are one immutable `Snapshot` behind an
 /// [`ArcSwap`]: a check loads it with one atomic operation and no lock, and a
 /// resync builds a new one and swaps it in. A check that started on the old
 /// snapshot finishes on it.
