@@ -506,8 +506,26 @@ async fn each_catalog_version_applied_is_logged_once_with_its_policy_count() {
         .await;
     assert_eq!(next["policies"], 1, "{next}");
     assert_eq!(next["previous_version"], version, "{next}");
-    // The writer's reload, the notification's and several periodic ones.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The writer's reload, the notification's and several periodic ones of
+    // the same version must not log it again: wait until three more reloads
+    // have completed (counted in /metrics), then count the lines.
+    let reloads = || async {
+        let samples = crate::metrics::scrape(&replica.address).await;
+        crate::metrics::value(
+            &samples,
+            "slidegate_catalog_reloads_total",
+            &[("result", "ok")],
+        )
+    };
+    let after_write = reloads().await;
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    while reloads().await < after_write + 3.0 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no periodic reloads within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let logged: Vec<_> = replica
         .logs()
         .into_iter()

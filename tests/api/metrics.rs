@@ -102,7 +102,7 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     found[0].value
 }
 
-async fn scrape(address: &str) -> Vec<Sample> {
+pub async fn scrape(address: &str) -> Vec<Sample> {
     let response = reqwest::get(format!("{address}/metrics")).await.unwrap();
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"].to_str().unwrap();
