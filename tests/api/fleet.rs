@@ -366,6 +366,11 @@ struct Fleet {
 
 impl Fleet {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`Fleet::start`], with `extra` settings on every replica (e.g. a Postgres catalog).
+    async fn start_with(extra: &[(&'static str, String)]) -> Self {
         let turn = ONE_FLEET_AT_A_TIME.lock().await;
         let config = std::fs::read_to_string(config_file()).unwrap();
         let mut env: Vec<(&'static str, String)> = compose_slidegate_env()
@@ -389,6 +394,12 @@ impl Fleet {
         );
         set("SLIDEGATE__SERVER__DRAIN_DELAY", "300ms".into());
         set("SLIDEGATE__LIMITER__KEY_PREFIX", unique_prefix());
+        // Settings compose does not use (a Postgres catalog): added on purpose,
+        // so they skip the drift check above.
+        for (name, value) in extra {
+            env.retain(|(n, _)| n != name);
+            env.push((name, value.clone()));
+        }
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut replicas = Vec::new();
         for port in &ports {
@@ -650,6 +661,97 @@ async fn forward_auth_passes_allowed_requests_to_the_upstream_and_answers_429_wi
         DEMO_LIMIT as u64,
         "only allowed requests reach the upstream"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_policies_in_postgres_a_policy_created_through_nginx_guards_the_gateway_on_every_replica()
+ {
+    let database = crate::helpers::TestDatabase::create().await;
+    let fleet = Fleet::start_with(&[
+        ("SLIDEGATE__POSTGRES__URL", database.url.clone()),
+        (
+            "SLIDEGATE__ADMIN__TOKEN",
+            crate::helpers::ADMIN_TOKEN.to_owned(),
+        ),
+    ])
+    .await;
+    let admin = client_from("127.0.0.24");
+    let created = admin
+        .post(format!("{}/v1/admin/policies", fleet.nginx.lb))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .json(&serde_json::json!({
+            "name": "pg-demo",
+            "algorithm": "sliding_log",
+            "limit": 3,
+            "window": "1m",
+            "match": { "methods": ["GET"], "path_prefix": "/demo/pg" },
+            "key": ["client_ip"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+
+    // Every replica learns the policy from Postgres (LISTEN/NOTIFY); nginx
+    // spreads the gateway's auth checks over all three, and they share one count.
+    let client = client_from("127.0.0.25");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut statuses = Vec::new();
+    loop {
+        let response = client
+            .get(format!("{}/demo/pg/page", fleet.nginx.gateway))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            assert!(response.headers().contains_key("retry-after"));
+            assert_eq!(response.headers()["x-ratelimit-limit"], "3");
+            break;
+        }
+        assert_eq!(response.status(), 200, "{}", fleet.nginx.error_log());
+        assert!(
+            Instant::now() < deadline,
+            "the catalog policy never denied: {statuses:?}"
+        );
+    }
+    // A policy is in force everywhere from its first enforced request: once
+    // it applied, exactly its limit was admitted before the first 429.
+    let admitted_under_it = statuses
+        .iter()
+        .rev()
+        .skip(1)
+        .take_while(|status| **status == 200)
+        .count();
+    assert!(admitted_under_it >= 3, "{statuses:?}");
+    // nginx round-robins the auth checks: the next requests reach every
+    // replica, and each denies from the same shared count.
+    for _ in 0..6 {
+        let response = client
+            .get(format!("{}/demo/pg/page", fleet.nginx.gateway))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 429, "{statuses:?}");
+    }
+    // Another path is not covered by the catalog policy.
+    let other = client
+        .get(format!("{}/elsewhere", fleet.nginx.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(other.status(), 429);
+    for replica in &fleet.replicas {
+        let ready = replica
+            .client
+            .get(format!("{}/health/ready", replica.address))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = ready.json().await.unwrap();
+        assert_eq!(body["checks"]["postgres"]["ok"], true, "{body}");
+        assert_eq!(body["checks"]["limiter"]["source"], "database", "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
