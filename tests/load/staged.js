@@ -44,6 +44,7 @@ import http from 'k6/http';
 import { check, sleep } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
+import { problems } from './checks.js';
 
 const BASE_URL = __ENV.BASE_URL || 'http://127.0.0.1:8080';
 if (!/^http:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?$/.test(BASE_URL)) {
@@ -123,50 +124,6 @@ function stageAt(elapsedMs) {
     if (elapsedMs < STAGE_END_MS[i]) return i;
   }
   return STAGE_END_MS.length - 1;
-}
-
-function header(res, name) {
-  const wanted = name.toLowerCase();
-  for (const key of Object.keys(res.headers)) {
-    if (key.toLowerCase() === wanted) return res.headers[key];
-  }
-  return undefined;
-}
-
-// Everything one decision must satisfy; returns the list of what failed.
-function problems(res, policy, limit) {
-  const bad = [];
-  if (res.status !== 200 && res.status !== 429) {
-    return [`status ${res.status} ${res.error || ''} ${String(res.body).slice(0, 200)}`];
-  }
-  let body;
-  try {
-    body = JSON.parse(res.body);
-  } catch (e) {
-    return [`body is not JSON: ${String(res.body).slice(0, 200)}`];
-  }
-  const ok = res.status === 200;
-  if (body.allowed !== ok) bad.push(`allowed=${body.allowed} with status ${res.status}`);
-  if (body.policy !== policy) bad.push(`policy ${body.policy}`);
-  if (body.limit !== limit) bad.push(`limit ${body.limit}`);
-  if (!(Number.isInteger(body.remaining) && body.remaining >= 0 && body.remaining <= limit)) bad.push(`remaining ${body.remaining}`);
-  if (ok ? body.retry_after_ms !== 0 : !(body.retry_after_ms > 0)) bad.push(`retry_after_ms ${body.retry_after_ms}`);
-  if (body.fallback !== undefined) bad.push(`fallback ${body.fallback}`);
-  const policyHeader = header(res, 'RateLimit-Policy') || '';
-  if (!policyHeader.startsWith(`"${policy}";q=${limit};w=`)) bad.push(`RateLimit-Policy ${policyHeader}`);
-  const rl = /^"([^"]+)";r=(\d+);t=(\d+)$/.exec(header(res, 'RateLimit') || '');
-  if (!rl || rl[1] !== policy || Number(rl[2]) !== body.remaining) bad.push(`RateLimit ${header(res, 'RateLimit')}`);
-  if (header(res, 'X-RateLimit-Limit') !== String(limit)) bad.push(`X-RateLimit-Limit ${header(res, 'X-RateLimit-Limit')}`);
-  if (header(res, 'X-RateLimit-Remaining') !== String(body.remaining)) bad.push(`X-RateLimit-Remaining ${header(res, 'X-RateLimit-Remaining')}`);
-  if (header(res, 'X-RateLimit-Reset') === undefined || (rl && header(res, 'X-RateLimit-Reset') !== rl[3])) {
-    bad.push(`X-RateLimit-Reset ${header(res, 'X-RateLimit-Reset')}`);
-  }
-  const retryAfter = header(res, 'Retry-After');
-  if (ok && retryAfter !== undefined) bad.push(`Retry-After ${retryAfter} on a 200`);
-  if (!ok && retryAfter !== String(Math.max(1, Math.ceil(body.retry_after_ms / 1000)))) {
-    bad.push(`Retry-After ${retryAfter} for retry_after_ms ${body.retry_after_ms}`);
-  }
-  return bad;
 }
 
 export default function () {
