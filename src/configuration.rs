@@ -95,7 +95,8 @@ pub struct RedisSettings {
     /// `redis://[user:password@]host:port[/db]`. Unset or empty: the embedded
     /// in-process store, whose limits are per replica.
     pub url: Option<SecretString>,
-    /// Pooled multiplexed connections; each carries many concurrent checks.
+    /// Multiplexed connections per worker thread; each carries many concurrent
+    /// checks. Few are best: commands of concurrent checks share a write.
     pub pool_size: u32,
     /// Longest wait for a pooled connection, including opening one.
     #[serde(deserialize_with = "duration")]
@@ -112,7 +113,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: None,
-            pool_size: 10,
+            pool_size: 2,
             // Tens of milliseconds: a check sits on a request path, and a
             // local Redis answers in well under one.
             connect_timeout: Duration::from_millis(100),

@@ -18,6 +18,7 @@ use bb8::{ManageConnection, Pool, RunError};
 use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult, Script, ScriptInvocation};
+use thread_local::ThreadLocal;
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -38,6 +39,7 @@ pub struct RedisOptions {
     pub url: String,
     /// Key prefix before the hash tag; must not contain `{` or `}`.
     pub key_prefix: String,
+    /// Connections of each thread's pool (see [`RedisStore`]).
     pub pool_size: u32,
     /// Longest wait for a pooled connection, including establishing one.
     pub connect_timeout: Duration,
@@ -73,8 +75,19 @@ impl Scripts {
 }
 
 /// Limiter state in Redis, shared by every replica pointed at the same server.
+///
+/// Each thread that talks to Redis gets its own small pool, opened from that
+/// thread. redis-rs drives a multiplexed connection with a task on the runtime
+/// that opened it, and an actix worker is a single-threaded runtime: with one
+/// pool shared by all workers (opened from the main thread), every decision
+/// handed its command to another thread and was woken by it on the reply,
+/// two cross-thread wake-ups per check. With a pool per worker the request,
+/// the command and the reply stay on one thread.
 pub struct RedisStore {
-    pool: Pool<TrackedConnectionManager>,
+    pools: ThreadLocal<Pool<TrackedConnectionManager>>,
+    manager: TrackedConnectionManager,
+    pool_size: u32,
+    connect_timeout: Duration,
     reachability: Arc<Reachability>,
     /// Shared with the manager: connections older than this are stale (see [`TrackedConnection`]).
     generation: Arc<AtomicU64>,
@@ -98,29 +111,40 @@ impl RedisStore {
         })?;
         let reachability = Arc::new(Reachability::default());
         let generation = Arc::new(AtomicU64::new(0));
-        let pool = Pool::builder()
-            .max_size(options.pool_size)
-            .connection_timeout(options.connect_timeout)
-            // A PING on every checkout would double the round-trips per
-            // decision; broken connections are dropped when a command fails.
-            .test_on_check_out(false)
-            // Checkouts are momentary (see `connection`), so without a floor the
-            // pool would open one connection and stop; keep them all open, and
-            // bb8's FIFO queue spreads checks over them.
-            .min_idle(Some(options.pool_size))
-            .build_unchecked(TrackedConnectionManager {
+        Ok(Self {
+            pools: ThreadLocal::new(),
+            manager: TrackedConnectionManager {
                 manager,
                 reachability: Arc::clone(&reachability),
                 generation: Arc::clone(&generation),
                 response_timeout: options.command_timeout,
-            });
-        Ok(Self {
-            pool,
+            },
+            pool_size: options.pool_size,
+            connect_timeout: options.connect_timeout,
             reachability,
             generation,
             scripts: Scripts::new(),
             key_prefix: options.key_prefix,
             command_timeout: options.command_timeout,
+        })
+    }
+
+    /// This thread's pool, built on first use. Building spawns bb8's connection
+    /// tasks (and with them redis-rs's connection drivers) on the calling
+    /// thread's runtime, which is what keeps a decision on one thread.
+    fn pool(&self) -> &Pool<TrackedConnectionManager> {
+        self.pools.get_or(|| {
+            Pool::builder()
+                .max_size(self.pool_size)
+                .connection_timeout(self.connect_timeout)
+                // A PING on every checkout would double the round-trips per
+                // decision; broken connections are dropped when a command fails.
+                .test_on_check_out(false)
+                // Checkouts are momentary (see `connection`), so without a floor the
+                // pool would open one connection and stop; keep them all open, and
+                // bb8's FIFO queue spreads checks over them.
+                .min_idle(Some(self.pool_size))
+                .build_unchecked(self.manager.clone())
         })
     }
 
@@ -192,11 +216,12 @@ impl RedisStore {
     async fn connection(&self) -> Result<(MultiplexedConnection, u64), StoreError> {
         let timed_out = || StoreError::Timeout {
             operation: "waiting for a Redis connection",
-            after: self.pool.config().connection_timeout,
+            after: self.connect_timeout,
         };
+        let pool = self.pool();
         let checkout = async {
             loop {
-                let mut pooled = self.pool.get().await.map_err(|error| match error {
+                let mut pooled = pool.get().await.map_err(|error| match error {
                     RunError::TimedOut => timed_out(),
                     RunError::User(error) => StoreError::Unavailable(describe(&error)),
                 })?;
@@ -209,7 +234,7 @@ impl RedisStore {
         };
         // Each `get` has its own timeout; this bounds the whole loop, which
         // skips at most `pool_size` stale idle connections without waiting.
-        tokio::time::timeout(self.pool.config().connection_timeout, checkout)
+        tokio::time::timeout(self.connect_timeout, checkout)
             .await
             .map_err(|_| timed_out())?
     }
@@ -335,19 +360,31 @@ impl Store for RedisStore {
         "redis"
     }
 
+    /// One entry for all threads' pools together: an operator sizes Redis
+    /// by the replica's connections, not by its threads.
     fn pools(&self) -> Vec<PoolStats> {
-        let state = self.pool.state();
-        let statistics = &state.statistics;
-        vec![PoolStats {
+        let mut total = PoolStats {
             name: "redis",
-            max_size: self.pool.config().max_size,
-            connections: state.connections,
-            idle: state.idle_connections,
-            waiting: statistics.pending_gets(),
-            timeouts_total: statistics.get_timed_out,
-            opened_total: statistics.connections_created,
-            closed_broken_total: statistics.connections_closed_broken,
-        }]
+            max_size: 0,
+            connections: 0,
+            idle: 0,
+            waiting: 0,
+            timeouts_total: 0,
+            opened_total: 0,
+            closed_broken_total: 0,
+        };
+        for pool in self.pools.iter() {
+            let state = pool.state();
+            let statistics = &state.statistics;
+            total.max_size += pool.config().max_size;
+            total.connections += state.connections;
+            total.idle += state.idle_connections;
+            total.waiting += statistics.pending_gets();
+            total.timeouts_total += statistics.get_timed_out;
+            total.opened_total += statistics.connections_created;
+            total.closed_broken_total += statistics.connections_closed_broken;
+        }
+        vec![total]
     }
 
     async fn health(&self) -> StoreHealth {
@@ -359,11 +396,10 @@ impl Store for RedisStore {
             self.reply(generation, "waiting for PING", pong).await
         };
         let result = probe.await;
-        let state = self.pool.state();
-        let pool = Some(PoolHealth {
-            max_size: self.pool.config().max_size,
-            connections: state.connections,
-            idle: state.idle_connections,
+        let pool = self.pools().pop().map(|total| PoolHealth {
+            max_size: total.max_size,
+            connections: total.connections,
+            idle: total.idle,
         });
         let ok = result.is_ok();
         StoreHealth {
@@ -408,7 +444,9 @@ pub struct TrackedConnection {
 }
 
 /// bb8-redis's manager, with connections that know their generation, and a
-/// log line when Redis is lost or regained.
+/// log line when Redis is lost or regained. Every thread's pool has a clone;
+/// the generation and the reachability are shared by all of them.
+#[derive(Clone)]
 pub struct TrackedConnectionManager {
     manager: RedisConnectionManager,
     reachability: Arc<Reachability>,
