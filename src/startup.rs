@@ -74,13 +74,13 @@ impl Application {
         let draining = Arc::new(AtomicBool::new(false));
         let (store, failover) = match settings.redis.url() {
             Some(url) => (
-                AnyStore::Redis(RedisStore::new(RedisOptions {
+                AnyStore::Redis(Box::new(RedisStore::new(RedisOptions {
                     url: url.to_owned(),
                     key_prefix: settings.limiter.key_prefix.clone(),
                     pool_size: settings.redis.pool_size,
                     connect_timeout: settings.redis.connect_timeout,
                     command_timeout: settings.redis.command_timeout,
-                })?),
+                })?)),
                 Some(Failover::new(settings.failover(), Arc::clone(&clock))),
             ),
             None => (AnyStore::Memory(MemoryStore::new(clock)), None),

@@ -16,7 +16,9 @@ use crate::limiter::{LimiterKey, Outcome, Policy, PoolStats, Store, StoreError, 
 /// `match` and awaits the store's future in place, with no allocation per check.
 pub enum AnyStore {
     Memory(MemoryStore),
-    Redis(RedisStore),
+    /// Boxed: its per-thread pool table is about 1 KB inline, and the
+    /// embedded store should not pay for it.
+    Redis(Box<RedisStore>),
 }
 
 impl Store for AnyStore {
