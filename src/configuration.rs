@@ -75,6 +75,10 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// Largest request body accepted, in bytes; a check body is well under 1 KiB.
     pub max_body_bytes: usize,
+    /// How long an idle client connection is kept open. Keep it longer than
+    /// the proxy in front keeps idle connections to replicas.
+    #[serde(deserialize_with = "duration")]
+    pub keep_alive: Duration,
 }
 
 impl Default for ServerSettings {
@@ -85,6 +89,7 @@ impl Default for ServerSettings {
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             max_body_bytes: 4096,
+            keep_alive: Duration::from_secs(75),
         }
     }
 }

@@ -138,8 +138,13 @@ impl Application {
         })?;
 
         let server_state = state.clone();
+        let server_draining = Arc::clone(&draining);
         let mut server = HttpServer::new(move || {
+            let draining = Arc::clone(&server_draining);
             App::new()
+                .wrap_fn(move |request, service| {
+                    http::close_connections_while_draining(&draining, request, service)
+                })
                 .wrap(Condition::new(traced, TracingLogger::<RootSpan>::new()))
                 .app_data(server_state.clone())
                 .configure(http::routes::<AnyStore>)
@@ -147,6 +152,10 @@ impl Application {
         // Signals are ours (see `run_until`): actix would stop accepting at
         // once, before load balancers have noticed the replica is leaving.
         .disable_signals()
+        // Longer than any proxy keeps an idle connection to us (the shipped
+        // nginx: 30 s), so the proxy closes idle connections, never we: a
+        // check the proxy writes as we close would fail, not be retried.
+        .keep_alive(settings.server.keep_alive)
         .shutdown_timeout(
             // actix counts whole seconds: round up so "2500ms" is not cut to 2 s.
             settings

@@ -9,8 +9,10 @@ pub mod health;
 pub mod root_span;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::http::ConnectionType;
 use actix_web::{HttpResponse, web};
 
 use crate::catalog::Catalog;
@@ -34,6 +36,41 @@ pub struct HttpState<S> {
     pub catalog: Option<Arc<Catalog>>,
     /// `None`: the admin API is off.
     pub admin_token: Option<admin::AdminToken>,
+}
+
+/// Middleware (`App::wrap_fn`): while the replica drains, every response
+/// closes its connection.
+///
+/// A proxy that keeps connections to replicas alive (the shipped nginx does)
+/// would otherwise go on sending over them until the replica closes them at
+/// shutdown, and a check written to a connection at the moment it closes
+/// fails without being retried (nginx never resends a POST it has sent).
+/// Closed by our response instead, the connection is dropped by the proxy
+/// before it is reused, and the next check opens a new one, refused and
+/// retried elsewhere once the listener is closed.
+///
+/// Judged when the response is ready, so a request that began before the
+/// drain and ends during it closes its connection too.
+pub fn close_connections_while_draining<T>(
+    draining: &Arc<AtomicBool>,
+    request: ServiceRequest,
+    service: &T,
+) -> impl Future<Output = Result<ServiceResponse, actix_web::Error>> + use<T>
+where
+    T: Service<ServiceRequest, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let draining = Arc::clone(draining);
+    let response = service.call(request);
+    async move {
+        let mut response = response.await?;
+        if draining.load(Ordering::Relaxed) {
+            response
+                .response_mut()
+                .head_mut()
+                .set_connection_type(ConnectionType::Close);
+        }
+        Ok(response)
+    }
 }
 
 /// Registers every route; the store type is fixed by the caller (see `startup`).

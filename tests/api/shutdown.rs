@@ -67,6 +67,18 @@ async fn sigterm_fails_readiness_at_once_keeps_serving_through_the_drain_finishe
     let ready = format!("{}/health/ready", replica.address);
     let check = format!("{}/v1/check", replica.address);
     assert_eq!(status_of(client.get(&ready)).await, Some(200));
+    let before = client
+        .post(&check)
+        .json(&serde_json::json!({"policy": "p", "key": "before"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(before.status(), 200);
+    assert_eq!(
+        before.headers().get("connection"),
+        None,
+        "kept alive before the drain"
+    );
 
     // A request in flight across the whole shutdown: headers and half its
     // body now, the rest once the listener has closed.
@@ -91,18 +103,29 @@ async fn sigterm_fails_readiness_at_once_keeps_serving_through_the_drain_finishe
         async || (status_of(client.get(&ready)).await == Some(503)).then_some(()),
     )
     .await;
-    // Still within the drain: new checks are answered as usual.
-    let during_drain = status_of(
-        client
-            .post(&check)
-            .json(&serde_json::json!({"policy": "p", "key": "k"})),
-    )
-    .await;
+    // Still within the drain: new checks are answered as usual, on a
+    // connection closed after the answer, so that a proxy keeping
+    // connections alive stops reusing this replica's.
+    let during_drain = client
+        .post(&check)
+        .json(&serde_json::json!({"policy": "p", "key": "k"}))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .unwrap();
     assert!(
         signalled.elapsed() < Duration::from_secs(1),
         "the drain check came too late to prove anything"
     );
-    assert_eq!(during_drain, Some(200), "a check during the drain");
+    assert_eq!(during_drain.status(), 200, "a check during the drain");
+    assert_eq!(
+        during_drain
+            .headers()
+            .get("connection")
+            .map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "a response during the drain closes its connection"
+    );
 
     // After the drain the listener closes…
     eventually(
@@ -135,6 +158,12 @@ async fn sigterm_fails_readiness_at_once_keeps_serving_through_the_drain_finishe
         response.push_str(&String::from_utf8_lossy(&buffer[..read]));
     }
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "begun before the drain, answered during it: the connection closes: {response}"
+    );
 
     let status = replica.wait_for_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{status:?}");
