@@ -231,8 +231,8 @@ def open_model_report(args, meta, metrics, duration_s, audit_rows, chart_lines):
     else:
         add(f"# {scenario}: {meta.get('description', '')}")
     add("")
-    add(f"Commit {args.commit}; {args.replicas} release replicas behind nginx ({args.nginx_workers} worker) "
-        f"running the shipped deploy/nginx/conf.d, one Redis, k6 — all on this machine. Stage scale "
+    add(f"Commit {args.commit}; {args.replicas} release replicas ({args.replica_workers} HTTP worker each) behind nginx ({args.nginx_workers} workers) "
+        f"running the shipped deploy/nginx/conf.d, one Redis, k6 (GOGC {args.k6_gogc}, nice {args.k6_nice}) — all on this machine. Stage scale "
         f"{meta.get('stage_scale')}; run time {duration_s:.1f} s. Arrival-rate executor: checks start on "
         f"schedule whatever the latency; those k6 could not start (no free VU) are dropped iterations.")
     add("")
@@ -284,6 +284,9 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--replicas", type=int, required=True)
     parser.add_argument("--nginx-workers", type=int, default=1)
+    parser.add_argument("--replica-workers", type=int, default=1)
+    parser.add_argument("--k6-gogc", type=int, default=100)
+    parser.add_argument("--k6-nice", type=int, default=0)
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--ceiling", type=float, default=0)
     parser.add_argument("--k6-status", type=int, default=0)
@@ -372,8 +375,8 @@ def main():
     add(f"# {meta.get('scenario', 'k6')}: the original's load test against the fleet")
     add("")
     stage_list = ", ".join(f"{s['users']} users {s['seconds']:g} s" for s in stages)
-    add(f"Commit {args.commit}; {args.replicas} release replicas behind nginx "
-        f"({args.nginx_workers} worker) running the shipped deploy/nginx/conf.d, one Redis, k6 — "
+    add(f"Commit {args.commit}; {args.replicas} release replicas ({args.replica_workers} HTTP worker each) behind nginx "
+        f"({args.nginx_workers} workers) running the shipped deploy/nginx/conf.d, one Redis, k6 (GOGC {args.k6_gogc}, nice {args.k6_nice}) — "
         f"all on this machine. Stage scale {meta.get('stage_scale')} "
         f"({stage_list}); "
         f"run time {duration_s:.1f} s. Each user sends one request per second = two checks "
