@@ -77,6 +77,7 @@ for value in DURATION WARMUP CONNECTIONS WRK_THREADS KEY_SPACE REDIS_REQUESTS; d
   [[ ${!value} =~ ^[0-9]+$ ]] || die "$value must be a whole number (got ${!value})"
 done
 ((DURATION >= 1 && DURATION <= 600)) || die "DURATION must be 1..600 seconds"
+((REDIS_REQUESTS >= 1)) || die "REDIS_REQUESTS must be at least 1: every report compares with the Redis ceiling"
 ((CONNECTIONS >= WRK_THREADS && WRK_THREADS >= 1)) || die "need 1 <= WRK_THREADS <= CONNECTIONS"
 PAUSE_MS=0
 LOAD_KIND="saturating (closed loop)"
