@@ -119,10 +119,11 @@ def svg_frame(title, x_label, y_label, y_max, x_max):
         out.append(f'<line x1="{PAD_L}" y1="{y:.1f}" x2="{PAD_L + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{PAD_L - 5}" y="{y + 4:.1f}" text-anchor="end">{v:g}</text>')
     if x_max is not None:
-        for i in range(6):
-            v = x_max * i / 5
-            x = PAD_L + plot_w * i / 5
-            out.append(f'<text x="{x:.1f}" y="{PAD_T + plot_h + 15}" text-anchor="middle">{v:.0f}</text>')
+        # Ticks on round seconds (0, 10, 20, ...), not on fifths of the run.
+        step = next((s for s in (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600) if s >= x_max / 8), 600)
+        for v in range(0, int(x_max) + 1, step):
+            x = PAD_L + plot_w * v / x_max
+            out.append(f'<text x="{x:.1f}" y="{PAD_T + plot_h + 15}" text-anchor="middle">{v}</text>')
     out.append(f'<line x1="{PAD_L}" y1="{PAD_T + plot_h}" x2="{PAD_L + plot_w}" y2="{PAD_T + plot_h}" stroke="black"/>')
     out.append(f'<line x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{PAD_T + plot_h}" stroke="black"/>')
     out.append(f'<text x="{PAD_L + plot_w / 2}" y="{SVG_H - 8}" text-anchor="middle">{esc(x_label)}</text>')
@@ -160,8 +161,13 @@ def bar_chart(path, title, labels, values):
             h = plot_h * v / 100
             out.append(f'<rect x="{x:.1f}" y="{PAD_T + plot_h - h:.1f}" width="{slot * 0.7:.1f}" '
                        f'height="{h:.1f}" fill="{COLOURS[0]}"/>')
-            out.append(f'<text x="{x + slot * 0.35:.1f}" y="{PAD_T + plot_h - h - 4:.1f}" '
-                       f'text-anchor="middle">{v:.1f}%</text>')
+            # Inside the bar when it is tall enough: above a full bar the
+            # label would run into the title.
+            inside = h > 24
+            label_y = PAD_T + plot_h - h + 16 if inside else PAD_T + plot_h - h - 4
+            colour = ' fill="white"' if inside else ''
+            out.append(f'<text x="{x + slot * 0.35:.1f}" y="{label_y:.1f}" '
+                       f'text-anchor="middle"{colour}>{v:.1f}%</text>')
         out.append(f'<text x="{x + slot * 0.35:.1f}" y="{PAD_T + plot_h + 15}" '
                    f'text-anchor="middle">{esc(label)}</text>')
     out.append("</svg>")

@@ -39,8 +39,9 @@
 //   P95_MS=50                        threshold on p95 of the checks' latency
 //   REPORT_DIR=.                     where handleSummary writes summary.json
 //   CLIENT_WINDOW_MS=60000  GLOBAL_WINDOW_MS=1000   the policies' windows (for the audit)
-//   AUDIT=1                          log "AUDIT admit|deny policy key start_ms end_ms"
-//                                    for each decision (k6 --console-output=FILE),
+//   AUDIT=1                          log "AUDIT admit|deny policy key start_ms end_ms duration_ms"
+//                                    for each decision (start/end bracket the user
+//                                    request, duration is this check's k6 timing) (k6 --console-output=FILE),
 //                                    for the runner's exactness audit
 
 import http from 'k6/http';
@@ -167,12 +168,12 @@ export default function () {
       allowed.add(1, tags);
       s.allowed.add(1);
       // The decision happened between start and end (same clock as Redis).
-      if (AUDIT) console.log(`AUDIT admit ${policy} ${key} ${start} ${end}`);
+      if (AUDIT) console.log(`AUDIT admit ${policy} ${key} ${start} ${end} ${res.timings.duration.toFixed(3)}`);
     } else {
       denied.add(1, tags);
       s.denied.add(1);
       admitted = false;
-      if (AUDIT) console.log(`AUDIT deny ${policy} ${key} ${start} ${end}`);
+      if (AUDIT) console.log(`AUDIT deny ${policy} ${key} ${start} ${end} ${res.timings.duration.toFixed(3)}`);
     }
   });
   s.users.add(1);
