@@ -132,7 +132,8 @@ impl Default for RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
-    /// Consecutive failed checks (errors or timeouts) that open the breaker.
+    /// Consecutive failed checks (errors or timeouts) that open the breaker;
+    /// checks that fail together in one stall count once (see `limiter::breaker`).
     pub failures: u32,
     /// Share of failed checks, above 0 and at most 1, that also opens it...
     pub failure_ratio: f64,

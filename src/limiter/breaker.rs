@@ -10,7 +10,16 @@
 //! States:
 //! - **closed**: every check goes to the store. `failures` failures in a row,
 //!   or a `failure_ratio` of failures among at least `min_calls` calls within
-//!   `ratio_window`, open it.
+//!   `ratio_window`, open it. Failures are counted as *events*: a call that
+//!   was already in flight when a failure was counted and then fails too is
+//!   part of the same event and does not count again. A multiplexed
+//!   connection carries every check in flight, so one stall of the store
+//!   (or of this replica's thread) of a little over `command_timeout` times
+//!   them all out together; counted one by one, a single 60 ms hiccup at
+//!   5,000 checks/s would make hundreds of "consecutive" failures and open
+//!   the breaker for a whole cool-down. Counted as events, the breaker opens
+//!   after `failures` failures each seen after the one before: a store that
+//!   stays down is still cut off within a few timeouts.
 //! - **open**: no check goes to the store (each returns at once and is
 //!   answered by its failure mode) until `cool_down` has passed.
 //! - **half-open**: up to `probes` checks go to the store as probes; `probes`
@@ -148,6 +157,11 @@ pub struct CircuitBreaker {
     /// While open: the instant (clock micros) from which probes may start.
     open_until: AtomicU64,
     consecutive_failures: AtomicU32,
+    /// When the last failure that counted was recorded (clock micros): a
+    /// call that started before it and fails belongs to the same event.
+    last_counted_failure: AtomicU64,
+    /// Failures that counted, since start; the failure ratio uses these.
+    counted_failures: AtomicU64,
     /// Start of the current failure-ratio window (0: none yet), and the
     /// cumulative call and failure counts when it started.
     window_start: AtomicU64,
@@ -166,6 +180,8 @@ pub struct Permit<'a> {
     epoch: u64,
     /// Whether this call is a half-open probe.
     probe: bool,
+    /// When the permit was given (clock micros).
+    started: Micros,
     reported: bool,
 }
 
@@ -190,6 +206,8 @@ impl CircuitBreaker {
             ),
             open_until: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
+            last_counted_failure: AtomicU64::new(0),
+            counted_failures: AtomicU64::new(0),
             window_start: AtomicU64::new(0),
             window_calls: AtomicU64::new(0),
             window_failures: AtomicU64::new(0),
@@ -260,6 +278,7 @@ impl CircuitBreaker {
             breaker: self,
             epoch,
             probe,
+            started: self.clock.now(),
             reported: false,
         })
     }
@@ -318,7 +337,7 @@ impl CircuitBreaker {
         Some(BreakerState::Closed)
     }
 
-    fn record_failure(&self, epoch: u64, probe: bool) -> Option<BreakerState> {
+    fn record_failure(&self, epoch: u64, probe: bool, started: Micros) -> Option<BreakerState> {
         bump(&self.counters.store_failures);
         let now = self.clock.now();
         let current = self.word.load(Ordering::Acquire);
@@ -331,6 +350,12 @@ impl CircuitBreaker {
         match word.state {
             BreakerState::HalfOpen if probe => self.open(current, now, "a probe failed"),
             BreakerState::Closed if !probe => {
+                if started < self.last_counted_failure.load(Ordering::Acquire) {
+                    // In flight when a failure was counted: the same event.
+                    return None;
+                }
+                self.last_counted_failure.fetch_max(now, Ordering::AcqRel);
+                self.counted_failures.fetch_add(1, Ordering::Relaxed);
                 let run = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if run >= self.settings.failures {
                     self.open(current, now, "consecutive failures")
@@ -350,7 +375,7 @@ impl CircuitBreaker {
     /// the ratio is a trend detector, not a contract.
     fn ratio_exceeded(&self, now: Micros) -> bool {
         let calls = self.counters.store_calls();
-        let failures = self.counters.store_failures();
+        let failures = self.counted_failures.load(Ordering::Relaxed);
         let start = self.window_start.load(Ordering::Acquire);
         let window = self.settings.ratio_window.as_micros() as u64;
         if start == 0 || now.saturating_sub(start) >= window {
@@ -412,7 +437,8 @@ impl Permit<'_> {
     /// The store failed or timed out. Returns the state this caused the breaker to enter, if any.
     pub fn failed(mut self) -> Option<BreakerState> {
         self.reported = true;
-        self.breaker.record_failure(self.epoch, self.probe)
+        self.breaker
+            .record_failure(self.epoch, self.probe, self.started)
     }
 }
 
@@ -601,6 +627,63 @@ mod tests {
             "the late failure was not the first of three"
         );
         assert_eq!(fail(&breaker), Some(BreakerState::Open));
+    }
+
+    #[test]
+    fn calls_that_fail_together_in_one_stall_count_as_one_failure() {
+        let (breaker, clock, counters) = breaker(RUN_OF_THREE);
+        // Forty checks in flight on one connection when the store stalls:
+        // they all time out at about the same moment.
+        let in_flight: Vec<_> = (0..40).map(|_| breaker.try_acquire().unwrap()).collect();
+        clock.advance(Duration::from_millis(60));
+        for permit in in_flight {
+            assert_eq!(permit.failed(), None);
+        }
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Closed,
+            "one stall, one failure"
+        );
+        assert_eq!(
+            counters.store_failures(),
+            40,
+            "every failure is still reported"
+        );
+        // The store answers again: the run is broken.
+        assert_eq!(succeed(&breaker), None);
+        // A store that stays down: each later call fails after the last
+        // failure was counted, so these are consecutive events.
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(fail(&breaker), None);
+        clock.advance(Duration::from_millis(60));
+        assert_eq!(fail(&breaker), None);
+        clock.advance(Duration::from_millis(60));
+        assert_eq!(fail(&breaker), Some(BreakerState::Open));
+    }
+
+    #[test]
+    fn a_stall_does_not_trip_the_failure_ratio_either() {
+        let (breaker, clock, _) = breaker(BreakerSettings {
+            failures: 1000,
+            failure_ratio: 0.5,
+            min_calls: 10,
+            ratio_window: Duration::from_secs(10),
+            cool_down: Duration::from_secs(1),
+            probes: 1,
+        });
+        let in_flight: Vec<_> = (0..200).map(|_| breaker.try_acquire().unwrap()).collect();
+        clock.advance(Duration::from_millis(60));
+        for permit in in_flight {
+            assert_eq!(permit.failed(), None);
+        }
+        for _ in 0..20 {
+            clock.advance(Duration::from_millis(1));
+            assert_eq!(succeed(&breaker), None);
+        }
+        // One more failure: 2 counted failures in 221 calls, not 201 in 21.
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(fail(&breaker), None, "the stall counted as one failure");
+        assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
     #[test]

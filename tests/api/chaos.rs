@@ -353,6 +353,53 @@ async fn a_paused_redis_keeps_latency_within_the_timeouts_opens_the_breaker_and_
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_hiccup_times_out_the_checks_in_flight_together_without_opening_the_breaker() {
+    let _turn = one_load_test_at_a_time().await;
+    let redis = PrivateRedis::start();
+    let mut options = TestOptions::redis(vec![with_mode(
+        policy("p", "gcra", 1_000_000, "1h"),
+        FailureMode::Open,
+    )])
+    .with_production_timeouts();
+    options.redis_url = Some(redis.url());
+    let app = Arc::new(spawn_app(options).await);
+    let load = Load::start(&app, 40, &["p"]);
+    load.wait_for(100, "Redis-backed decisions", Answer::redis_backed)
+        .await;
+
+    // A hiccup a little longer than the 50 ms command timeout: the sleep is
+    // the fault's length, not a wait for a condition.
+    redis.pause();
+    tokio::time::sleep(Duration::from_millis(70)).await;
+    redis.resume();
+    let resumed = Instant::now();
+    load.wait_for(200, "Redis-backed decisions after the hiccup", |answer| {
+        answer.sent > resumed && answer.redis_backed()
+    })
+    .await;
+    let answers = load.stop().await;
+
+    let counters = &app.limiter_health().await["counters"];
+    let timed_out = counters["store_timeouts"].as_u64().unwrap();
+    // Many checks were on the connection when Redis stopped, and they timed
+    // out together: counted one by one, that is a run of "consecutive"
+    // failures far over the default 5.
+    assert!(timed_out >= 10, "only {timed_out} timed out: {counters}");
+    assert_eq!(
+        counters["breaker_opened"], 0,
+        "one hiccup opened the breaker: {counters}"
+    );
+    let open_answers = answers
+        .iter()
+        .filter(|a| a.fallback() == Some("open"))
+        .count() as u64;
+    assert!(
+        open_answers <= timed_out,
+        "{open_answers} answers from the failure mode for {timed_out} timeouts: the breaker answered the rest"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_still_gets_every_decision_back_within_the_timeout() {
     let redis = PrivateRedis::start();
