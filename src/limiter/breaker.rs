@@ -479,6 +479,16 @@ mod tests {
         probes: 2,
     };
 
+    /// Opens on the failure ratio only (half of at least 10 calls in 10 s).
+    const RATIO_ONLY: BreakerSettings = BreakerSettings {
+        failures: 1000,
+        failure_ratio: 0.5,
+        min_calls: 10,
+        ratio_window: Duration::from_secs(10),
+        cool_down: Duration::from_secs(1),
+        probes: 1,
+    };
+
     #[test]
     fn words_round_trip_through_packing() {
         let word = Word {
@@ -663,14 +673,7 @@ mod tests {
 
     #[test]
     fn a_stall_does_not_trip_the_failure_ratio_either() {
-        let (breaker, clock, _) = breaker(BreakerSettings {
-            failures: 1000,
-            failure_ratio: 0.5,
-            min_calls: 10,
-            ratio_window: Duration::from_secs(10),
-            cool_down: Duration::from_secs(1),
-            probes: 1,
-        });
+        let (breaker, clock, _) = breaker(RATIO_ONLY);
         let in_flight: Vec<_> = (0..200).map(|_| breaker.try_acquire().unwrap()).collect();
         clock.advance(Duration::from_millis(60));
         for permit in in_flight {
@@ -688,14 +691,7 @@ mod tests {
 
     #[test]
     fn a_failure_ratio_opens_the_breaker_when_failures_are_not_consecutive() {
-        let (breaker, clock, counters) = breaker(BreakerSettings {
-            failures: 1000,
-            failure_ratio: 0.5,
-            min_calls: 10,
-            ratio_window: Duration::from_secs(10),
-            cool_down: Duration::from_secs(1),
-            probes: 1,
-        });
+        let (breaker, clock, counters) = breaker(RATIO_ONLY);
         // Successes before any failure belong to no window.
         for _ in 0..50 {
             let _ = succeed(&breaker);

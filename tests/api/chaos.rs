@@ -139,6 +139,18 @@ async fn breaker_state(app: &TestApp) -> String {
         .to_owned()
 }
 
+/// A replica on `redis` with the production timeouts and one fail-open
+/// policy `p` that load never exhausts.
+async fn fail_open_app_on(redis: &PrivateRedis) -> Arc<TestApp> {
+    let mut options = TestOptions::redis(vec![with_mode(
+        policy("p", "gcra", 1_000_000, "1h"),
+        FailureMode::Open,
+    )])
+    .with_production_timeouts();
+    options.redis_url = Some(redis.url());
+    Arc::new(spawn_app(options).await)
+}
+
 /// Waits until the breaker is in `state`; returns when that was first seen.
 async fn breaker_becomes(app: &TestApp, state: &str, within: Duration) -> Instant {
     eventually(within, &format!("the breaker is {state}"), || async {
@@ -270,15 +282,9 @@ async fn a_paused_redis_keeps_latency_within_the_timeouts_opens_the_breaker_and_
  {
     let _turn = one_load_test_at_a_time().await;
     let redis = PrivateRedis::start();
-    let mut options = TestOptions::redis(vec![with_mode(
-        policy("p", "gcra", 1_000_000, "1h"),
-        FailureMode::Open,
-    )])
-    .with_production_timeouts();
-    options.redis_url = Some(redis.url());
+    let app = fail_open_app_on(&redis).await;
     let defaults = Settings::default().redis;
     let bound = defaults.connect_timeout + defaults.command_timeout;
-    let app = Arc::new(spawn_app(options).await);
     let load = Load::start(&app, 20, &["p"]);
     load.wait_for(100, "Redis-backed decisions", Answer::redis_backed)
         .await;
@@ -357,13 +363,7 @@ async fn a_paused_redis_keeps_latency_within_the_timeouts_opens_the_breaker_and_
 async fn a_redis_hiccup_times_out_the_checks_in_flight_together_without_opening_the_breaker() {
     let _turn = one_load_test_at_a_time().await;
     let redis = PrivateRedis::start();
-    let mut options = TestOptions::redis(vec![with_mode(
-        policy("p", "gcra", 1_000_000, "1h"),
-        FailureMode::Open,
-    )])
-    .with_production_timeouts();
-    options.redis_url = Some(redis.url());
-    let app = Arc::new(spawn_app(options).await);
+    let app = fail_open_app_on(&redis).await;
     let load = Load::start(&app, 40, &["p"]);
     load.wait_for(100, "Redis-backed decisions", Answer::redis_backed)
         .await;
