@@ -10,7 +10,9 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::helpers::{CheckReply, TestApp, TestDatabase, TestOptions, spawn_app, unique_prefix};
+use crate::helpers::{
+    CheckReply, TestApp, TestDatabase, TestOptions, eventually, spawn_app, unique_prefix,
+};
 
 /// The promise: a change through any replica is in force on every replica within a second.
 const PROPAGATION: Duration = Duration::from_secs(1);
@@ -518,14 +520,12 @@ async fn each_catalog_version_applied_is_logged_once_with_its_policy_count() {
         )
     };
     let after_write = reloads().await;
-    let give_up = std::time::Instant::now() + Duration::from_secs(10);
-    while reloads().await < after_write + 3.0 {
-        assert!(
-            std::time::Instant::now() < give_up,
-            "no periodic reloads within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "three periodic reloads",
+        || async { (reloads().await >= after_write + 3.0).then_some(()) },
+    )
+    .await;
     let logged: Vec<_> = replica
         .logs()
         .into_iter()

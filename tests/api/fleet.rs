@@ -19,7 +19,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use tokio::sync::Mutex;
 
 use crate::deploy::{compose_slidegate_env, repo_file};
-use crate::helpers::{Replica, redis_url, unique_prefix};
+use crate::helpers::{Replica, eventually, redis_url, unique_prefix};
 
 /// Fleet tests each start four processes and load them: they take turns.
 static ONE_FLEET_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -564,14 +564,12 @@ async fn decisions(replica: &Replica) -> f64 {
 
 /// Waits until nginx sends traffic to `replica` again (its decision count grows).
 async fn wait_until_serving(replica: &Replica) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while decisions(replica).await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "nginx sent no traffic to the restarted replica within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "nginx to send traffic to the restarted replica",
+        || async { (decisions(replica).await >= 1.0).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -805,11 +803,12 @@ async fn a_replica_killed_during_load_fails_at_most_the_checks_in_flight_on_it_a
     assert!(!status.success());
     // Keep the load on long enough for nginx to hit the dead replica repeatedly.
     let before = decisions(&fleet.replicas[0]).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while decisions(&fleet.replicas[0]).await < before + 300.0 {
-        assert!(Instant::now() < deadline, "the load stalled after the kill");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "300 more decisions after the kill (the load stalled)",
+        || async { (decisions(&fleet.replicas[0]).await >= before + 300.0).then_some(()) },
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     let sent = finish_load(load).await;
 
@@ -841,46 +840,42 @@ async fn a_replica_killed_during_load_fails_at_most_the_checks_in_flight_on_it_a
 
 /// Waits until `replica` answers `/health/ready` with 200: its store answers.
 async fn wait_until_ready(replica: &Replica) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = replica
-            .client
-            .get(format!("{}/health/ready", replica.address))
-            .send()
-            .await
-            .map(|response| response.status().as_u16());
-        if let Ok(200) = status {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica was not ready within 10 s: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the replica to be ready",
+        || async {
+            let status = replica
+                .client
+                .get(format!("{}/health/ready", replica.address))
+                .send()
+                .await
+                .map(|response| response.status().as_u16());
+            matches!(status, Ok(200)).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Waits until `replica`, signalled to stop, answers readiness with 503
 /// (draining); false if it is already gone (the drain ended first).
 async fn saw_draining(replica: &Replica) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match replica
-            .client
-            .get(format!("{}/health/ready", replica.address))
-            .send()
-            .await
-        {
-            Ok(response) if response.status() == 503 => return true,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readiness did not turn 503 within 10 s of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "readiness to turn 503 after SIGTERM",
+        || async {
+            match replica
+                .client
+                .get(format!("{}/health/ready", replica.address))
+                .send()
+                .await
+            {
+                Ok(response) if response.status() == 503 => Some(true),
+                Ok(_) => None,
+                Err(_) => Some(false),
+            }
+        },
+    )
+    .await
 }
 
 /// The store errors and pool timeouts a replica counted, for a failure message.

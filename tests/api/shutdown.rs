@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::helpers::Replica;
+use crate::helpers::{Replica, eventually};
 
 const CONFIG: &str = r#"
 [[policies]]
@@ -18,26 +18,6 @@ const BODY: &str = r#"{"policy": "p", "key": "in-flight"}"#;
 
 fn host_port(address: &str) -> &str {
     address.trim_start_matches("http://")
-}
-
-/// Polls `probe` until it returns `Some`, failing the test after `deadline`.
-async fn eventually<T>(
-    what: &str,
-    deadline: Duration,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let give_up = Instant::now() + deadline;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < give_up,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        // A short pause between polls, not a wait for the condition itself.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn status_of(request: reqwest::RequestBuilder) -> Option<u16> {
@@ -98,9 +78,9 @@ async fn sigterm_fails_readiness_at_once_keeps_serving_through_the_drain_finishe
     let signalled = Instant::now();
     replica.signal("TERM");
     eventually(
-        "readiness to answer 503",
         Duration::from_millis(500),
-        async || (status_of(client.get(&ready)).await == Some(503)).then_some(()),
+        "readiness to answer 503",
+        || async { (status_of(client.get(&ready)).await == Some(503)).then_some(()) },
     )
     .await;
     // Still within the drain: new checks are answered as usual, on a
@@ -128,15 +108,11 @@ async fn sigterm_fails_readiness_at_once_keeps_serving_through_the_drain_finishe
     );
 
     // After the drain the listener closes…
-    eventually(
-        "the listener to close",
-        Duration::from_secs(5),
-        async || {
-            TcpStream::connect(host_port(&replica.address))
-                .is_err()
-                .then_some(())
-        },
-    )
+    eventually(Duration::from_secs(5), "the listener to close", || async {
+        TcpStream::connect(host_port(&replica.address))
+            .is_err()
+            .then_some(())
+    })
     .await;
     assert!(
         signalled.elapsed() >= Duration::from_millis(900),
