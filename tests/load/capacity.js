@@ -36,7 +36,7 @@ import http from 'k6/http';
 import { check } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
-import { loopbackBaseUrl, problems, stageScale } from './checks.js';
+import { STAGES, loopbackBaseUrl, problems, stagePlan, stageScale } from './checks.js';
 
 const BASE_URL = loopbackBaseUrl();
 const SCALE = stageScale();
@@ -53,15 +53,7 @@ const CHECK_EVERY = Number(__ENV.CHECK_EVERY || '10');
 if (!(Number.isInteger(CHECK_EVERY) && CHECK_EVERY >= 1)) throw new Error(`CHECK_EVERY must be a whole number >= 1 (got ${__ENV.CHECK_EVERY})`);
 const URL = `${BASE_URL}/v1/check`;
 
-const STAGES = [
-  { users: 10, seconds: 10 },
-  { users: 50, seconds: 20 },
-  { users: 100, seconds: 20 },
-  { users: 150, seconds: 20 },
-  { users: 10, seconds: 10 },
-];
-const STAGE_MS = STAGES.map((s) => Math.max(100, Math.round(s.seconds * 1000 * SCALE)));
-const STAGE_END_MS = STAGE_MS.reduce((ends, ms) => ends.concat([(ends.length ? ends[ends.length - 1] : 0) + ms]), []);
+const { ms: STAGE_MS, stageAt } = stagePlan(SCALE);
 const rate = (users) => Math.max(1, Math.round(users * K));
 const PEAK = Math.max(...STAGES.map((s) => rate(s.users)));
 const VUS = Number(__ENV.VUS || Math.min(1000, Math.max(20, Math.ceil(PEAK * 0.02))));
@@ -106,12 +98,6 @@ const perStage = STAGES.map((_, i) => ({
 }));
 const NONE = [];
 
-function stageAt(elapsedMs) {
-  for (let i = 0; i < STAGE_END_MS.length; i++) {
-    if (elapsedMs < STAGE_END_MS[i]) return i;
-  }
-  return STAGE_END_MS.length - 1;
-}
 
 // Per stage, built once: an iteration allocates nothing it can reuse.
 const PARAMS = STAGES.map((_, i) => {

@@ -1,5 +1,5 @@
-// What every POST /v1/check response must satisfy, shared by capacity.js and
-// hotkey.js (the same rules as staged.js): status 200 or 429; JSON body with
+// What the k6 scenarios share: the original's stages, the environment
+// checks, and what every POST /v1/check response must satisfy: status 200 or 429; JSON body with
 // allowed == (status == 200), the expected policy and limit, 0 <= remaining
 // <= limit, retry_after_ms 0 when allowed and > 0 when denied, no fallback
 // (Redis decided); RateLimit-Policy, RateLimit, X-RateLimit-* consistent with
@@ -49,6 +49,28 @@ export function problems(res, policy, limit) {
     bad.push(`Retry-After ${retryAfter} for retry_after_ms ${body.retry_after_ms}`);
   }
   return bad;
+}
+
+// The original's five stages: users, seconds.
+export const STAGES = [
+  { users: 10, seconds: 10 },
+  { users: 50, seconds: 20 },
+  { users: 100, seconds: 20 },
+  { users: 150, seconds: 20 },
+  { users: 10, seconds: 10 },
+];
+
+// Each stage's length in ms at `scale` (at least 100 ms), and the index of
+// the stage a moment `elapsedMs` into the run falls in.
+export function stagePlan(scale) {
+  const ms = STAGES.map((s) => Math.max(100, Math.round(s.seconds * 1000 * scale)));
+  const ends = [];
+  ms.forEach((length, i) => ends.push((i ? ends[i - 1] : 0) + length));
+  const stageAt = (elapsedMs) => {
+    const i = ends.findIndex((end) => elapsedMs < end);
+    return i < 0 ? ends.length - 1 : i;
+  };
+  return { ms, stageAt };
 }
 
 export function loopbackBaseUrl() {

@@ -48,16 +48,10 @@ import http from 'k6/http';
 import { check, sleep } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
-import { problems } from './checks.js';
+import { STAGES, loopbackBaseUrl, problems, stagePlan, stageScale } from './checks.js';
 
-const BASE_URL = __ENV.BASE_URL || 'http://127.0.0.1:8080';
-if (!/^http:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?$/.test(BASE_URL)) {
-  throw new Error(`BASE_URL must be a loopback http://host:port (got ${BASE_URL})`);
-}
-const SCALE = Number(__ENV.STAGE_SCALE || '1');
-if (!(SCALE > 0 && SCALE <= 10)) {
-  throw new Error(`STAGE_SCALE must be in (0, 10] (got ${__ENV.STAGE_SCALE})`);
-}
+const BASE_URL = loopbackBaseUrl();
+const SCALE = stageScale();
 const CLIENT_POLICY = __ENV.CLIENT_POLICY || 'load-client';
 const CLIENT_LIMIT = Number(__ENV.CLIENT_LIMIT || '50');
 const GLOBAL_POLICY = __ENV.GLOBAL_POLICY || 'load-global';
@@ -71,16 +65,7 @@ const AUDIT = __ENV.AUDIT === '1';
 const URL = `${BASE_URL}/v1/check`;
 const EXPECTED = http.expectedStatuses(200, 429);
 
-// The original's stages: users, seconds.
-const STAGES = [
-  { users: 10, seconds: 10 },
-  { users: 50, seconds: 20 },
-  { users: 100, seconds: 20 },
-  { users: 150, seconds: 20 },
-  { users: 10, seconds: 10 },
-];
-const STAGE_MS = STAGES.map((s) => Math.max(100, Math.round(s.seconds * 1000 * SCALE)));
-const STAGE_END_MS = STAGE_MS.reduce((ends, ms) => ends.concat([(ends.length ? ends[ends.length - 1] : 0) + ms]), []);
+const { ms: STAGE_MS, stageAt } = stagePlan(SCALE);
 
 const thresholds = {
   errors: ['count==0'],
@@ -124,12 +109,6 @@ const perStage = STAGES.map((_, i) => ({
   latency: new Trend(`stage${i + 1}_latency`, true),
 }));
 
-function stageAt(elapsedMs) {
-  for (let i = 0; i < STAGE_END_MS.length; i++) {
-    if (elapsedMs < STAGE_END_MS[i]) return i;
-  }
-  return STAGE_END_MS.length - 1;
-}
 
 export default function () {
   // Users are independent: each starts at a random point of its first second,
