@@ -163,3 +163,47 @@ async fn sigint_stops_the_replica_the_same_way_with_exit_code_0() {
         "{logs:?}"
     );
 }
+
+#[tokio::test]
+async fn an_idle_client_connection_is_closed_after_server_keep_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut options =
+        crate::helpers::TestOptions::memory(vec![crate::helpers::policy("p", "gcra", 100, "1m")]);
+    // Far below actix's own default (5 s), so the test shows the setting is applied.
+    options.settings.server.keep_alive = Duration::from_millis(300);
+    let app = crate::helpers::spawn_app(options).await;
+    let mut connection = tokio::net::TcpStream::connect(host_port(&app.address))
+        .await
+        .unwrap();
+    connection
+        .write_all(
+            format!(
+                "POST /v1/check HTTP/1.1\r\nHost: slidegate\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}",
+                BODY.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let mut buffer = [0; 4096];
+    while !response.ends_with(b"}") {
+        let read = connection.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "closed before the answer");
+        response.extend_from_slice(&buffer[..read]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 200"));
+    let answered = Instant::now();
+
+    // Kept alive for about keep_alive, then closed by the replica.
+    let closed = tokio::time::timeout(Duration::from_secs(3), connection.read(&mut buffer))
+        .await
+        .expect("the idle connection was still open 3 s after the answer");
+    assert_eq!(closed.unwrap(), 0, "EOF, not more data");
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(250),
+        "closed after {idle:?}, before keep_alive (300 ms)"
+    );
+}
