@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# What one check costs Redis, by its cost: Redis microseconds per EVALSHA (from
+# INFO commandstats) and the key's MEMORY USAGE, for each limiter script.
+#
+#   tests/load/cost_bench.sh                     # the scripts in lua/ of this tree
+#   SCRIPTS_FROM=main tests/load/cost_bench.sh   # the scripts of a git revision, for "before"
+#   ALGORITHMS=sliding_log LIMIT=1000 tests/load/cost_bench.sh
+#
+# Steps: start a private redis-server on a free 127.0.0.1 port (no other
+# client pollutes its command statistics); load each script; then per script,
+# with CONFIG RESETSTAT before each measured phase and the calls sent down one
+# connection with `redis-cli --pipe` (so client round-trips do not count, only
+# the server's time inside EVALSHA):
+#   admit cost 1       CALLS checks of cost 1, each on a fresh key (admitted)
+#   admit cost=limit   HEAVY_CALLS checks of cost LIMIT, each on a fresh key (admitted)
+#   deny, 1 entry      CALLS checks of cost 1 on a key holding one check of cost LIMIT (denied)
+#   deny, full log     CALLS checks of cost 1 on a key holding LIMIT checks of cost 1 (denied)
+# and MEMORY USAGE (SAMPLES 0: every element counted) of the keys one check
+# of cost 1, one check of cost LIMIT, and LIMIT checks of cost 1 leave. Every
+# decision is checked to be what the phase says (admitted or denied). The
+# private Redis is stopped on every exit.
+#
+# Settings (environment):
+#   LIMIT=100000       the policy's limit (100,000 is sliding_log's largest)
+#   WINDOW_US=2592000000000   30 days: nothing leaves the window during the run, and
+#                      gcra drains one unit per 26 s, so a full key stays full
+#   CALLS=2000         calls of each cost-1 phase
+#   HEAVY_CALLS=10     calls of the cost=limit phase (main's sliding_log takes
+#                      ~0.2 s and ~12 MB per call there)
+#   ROUNDS=3           every phase runs this many times; the table shows the median
+#   ALGORITHMS="sliding_log gcra sliding_window"
+#   SCRIPTS_FROM=      unset: lua/ of this working tree; a git revision: its lua/
+#
+# Output: a Markdown table on stdout, also written to target/load-report/.
+
+set -euo pipefail
+
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE="$ROOT/tests/load"
+LIMIT=${LIMIT:-100000}
+WINDOW_US=${WINDOW_US:-2592000000000}
+CALLS=${CALLS:-2000}
+HEAVY_CALLS=${HEAVY_CALLS:-10}
+ROUNDS=${ROUNDS:-3}
+ALGORITHMS=${ALGORITHMS:-sliding_log gcra sliding_window}
+SCRIPTS_FROM=${SCRIPTS_FROM:-}
+REPORT_DIR="$ROOT/target/load-report"
+
+LOG_NAME=cost_bench
+# shellcheck source=tests/load/lib.sh
+source "$HERE/lib.sh"
+
+for value in LIMIT WINDOW_US CALLS HEAVY_CALLS ROUNDS; do
+  [[ ${!value} =~ ^[0-9]+$ ]] && ((${!value} >= 1)) || die "$value must be a whole number >= 1 (got ${!value})"
+done
+((WINDOW_US >= 1000)) || die "WINDOW_US must be at least 1000 (1 ms), as the scripts require"
+for tool in redis-server redis-cli python3; do
+  command -v "$tool" >/dev/null || die "$tool is not installed"
+done
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/cost_bench.XXXXXX")
+REDIS_PID=""
+cleanup() {
+  if [[ -n $REDIS_PID ]]; then
+    kill -TERM "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+  fi
+  rm -rf -- "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+PORT=$(free_port)
+redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
+  --logfile "$WORK/redis.log" &
+REDIS_PID=$!
+REDIS_URL="redis://127.0.0.1:$PORT"
+for _ in $(seq 100); do
+  rcli PING 2>/dev/null | grep -q PONG && break
+  sleep 0.05
+done
+rcli PING | grep -q PONG || die "the private redis-server did not start: $(tail -n 5 "$WORK/redis.log")"
+REDIS_VERSION=$(rcli INFO server | tr -d '\r' | sed -n 's/^redis_version://p')
+
+script_source() { # algorithm -> the script's text
+  if [[ -n $SCRIPTS_FROM ]]; then
+    git -C "$ROOT" show "$SCRIPTS_FROM:lua/$1.lua"
+  else
+    cat "$ROOT/lua/$1.lua"
+  fi
+}
+
+# Sends COUNT EVALSHA calls through one connection; key i of the run is
+# "{bench:<tag>:<i>}:<n>" for each of the script's n keys; FIXED pins i to 0.
+# Prints nothing; dies unless every call was answered without an error.
+pipe_calls() { # sha keys tag first count cost fixed
+  python3 - "$@" >"$WORK/calls.resp" <<'PY'
+import sys
+sha, keys, tag, first, count, cost, fixed = sys.argv[1:8]
+out = sys.stdout
+for i in range(int(first), int(first) + int(count)):
+    index = 0 if fixed == "1" else i
+    args = ["EVALSHA", sha, keys]
+    args += ["{bench:%s:%d}:%d" % (tag, index, n) for n in range(1, int(keys) + 1)]
+    args += [sys.argv[8], sys.argv[9], cost]
+    out.write("*%d\r\n" % len(args))
+    for arg in args:
+        out.write("$%d\r\n%s\r\n" % (len(arg.encode()), arg))
+PY
+  rcli --pipe <"$WORK/calls.resp" >"$WORK/pipe.txt" 2>&1 || die "redis-cli --pipe failed: $(tail -n 3 "$WORK/pipe.txt")"
+  grep -q "errors: 0, replies: $5" "$WORK/pipe.txt" || die "calls failed: $(tail -n 3 "$WORK/pipe.txt")"
+}
+
+usec_per_call() { # -> EVALSHA's usec_per_call since the last RESETSTAT
+  rcli INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p'
+}
+
+decision() { # sha keys tag index cost -> "allowed remaining" of one more call
+  local keys=() n
+  for n in $(seq "$2"); do keys+=("{bench:$3:$4}:$n"); done
+  rcli EVALSHA "$1" "$2" "${keys[@]}" "$WINDOW_US" "$LIMIT" "$5" | head -n 2 | tr '\n' ' '
+}
+
+memory() { # keys tag index -> bytes of all the script's keys of that index
+  local total=0 n bytes
+  for n in $(seq "$1"); do
+    bytes=$(rcli MEMORY USAGE "{bench:$2:$3}:$n" SAMPLES 0)
+    [[ $bytes =~ ^[0-9]+$ ]] && total=$((total + bytes))
+  done
+  echo "$total"
+}
+
+expect() { # what actual expected-prefix
+  [[ $2 == "$3"* ]] || die "$1: expected a decision starting '$3', got '$2'"
+}
+
+human() { # bytes -> "123 B" / "12.3 KB" / "12.3 MB"
+  python3 -c 'import sys; b = int(sys.argv[1]); print("%d B" % b if b < 10**4 else "%.1f KB" % (b / 1e3) if b < 10**7 else "%.1f MB" % (b / 1e6))' "$1"
+}
+
+median() { # numbers... -> their median
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+ROWS=()
+for algorithm in $ALGORITHMS; do
+  script_source "$algorithm" >"$WORK/$algorithm.lua" || die "no lua/$algorithm.lua in ${SCRIPTS_FROM:-this tree}"
+  SHA=$(rcli -x SCRIPT LOAD <"$WORK/$algorithm.lua" | tr -d '\r')
+  [[ $SHA =~ ^[0-9a-f]{40}$ ]] || die "SCRIPT LOAD of $algorithm answered: $SHA"
+  KEYS=$(sed -n 's/^if #KEYS ~= \([0-9]*\) .*/\1/p' "$WORK/$algorithm.lua")
+  [[ $KEYS =~ ^[0-9]+$ ]] || die "cannot tell how many keys $algorithm.lua takes"
+  admit_one=() admit_all=() deny_one_entry=() deny_full=()
+  for round in $(seq "$ROUNDS"); do
+    tag="$algorithm-$round"
+    log "$algorithm round $round/$ROUNDS: $CALLS calls of cost 1 on fresh keys"
+    rcli CONFIG RESETSTAT >/dev/null
+    pipe_calls "$SHA" "$KEYS" "$tag-one" 0 "$CALLS" 1 0 "$WINDOW_US" "$LIMIT"
+    admit_one+=("$(usec_per_call)")
+    expect "$algorithm admit cost 1" "$(decision "$SHA" "$KEYS" "$tag-one" 0 0)" "1 "
+    memory_one=$(memory "$KEYS" "$tag-one" 0)
+
+    log "$algorithm round $round/$ROUNDS: $HEAVY_CALLS calls of cost $LIMIT on fresh keys"
+    rcli CONFIG RESETSTAT >/dev/null
+    pipe_calls "$SHA" "$KEYS" "$tag-all" 0 "$HEAVY_CALLS" "$LIMIT" 0 "$WINDOW_US" "$LIMIT"
+    admit_all+=("$(usec_per_call)")
+    memory_all=$(memory "$KEYS" "$tag-all" 0)
+
+    log "$algorithm round $round/$ROUNDS: $CALLS denied calls of cost 1 on a key holding one check of cost $LIMIT"
+    rcli CONFIG RESETSTAT >/dev/null
+    pipe_calls "$SHA" "$KEYS" "$tag-all" 0 "$CALLS" 1 1 "$WINDOW_US" "$LIMIT"
+    deny_one_entry+=("$(usec_per_call)")
+    expect "$algorithm deny after cost=limit" "$(decision "$SHA" "$KEYS" "$tag-all" 0 1)" "0 0"
+
+    log "$algorithm round $round/$ROUNDS: $LIMIT checks of cost 1 on one key, then $CALLS denied calls of cost 1"
+    pipe_calls "$SHA" "$KEYS" "$tag-full" 0 "$LIMIT" 1 1 "$WINDOW_US" "$LIMIT"
+    memory_full=$(memory "$KEYS" "$tag-full" 0)
+    rcli CONFIG RESETSTAT >/dev/null
+    pipe_calls "$SHA" "$KEYS" "$tag-full" 0 "$CALLS" 1 1 "$WINDOW_US" "$LIMIT"
+    deny_full+=("$(usec_per_call)")
+    expect "$algorithm deny on a full key" "$(decision "$SHA" "$KEYS" "$tag-full" 0 1)" "0 0"
+    rcli FLUSHALL >/dev/null # the private server only
+  done
+  ROWS+=("| \`$algorithm\` | $(median "${admit_one[@]}") | $(median "${admit_all[@]}") | $(median "${deny_one_entry[@]}") | $(median "${deny_full[@]}") | $(human "$memory_one") | $(human "$memory_all") | $(human "$memory_full") |")
+done
+
+mkdir -p "$REPORT_DIR"
+REPORT="$REPORT_DIR/cost-bench-$(date -u +%Y%m%dT%H%M%SZ).md"
+{
+  echo "Redis $REDIS_VERSION, scripts from ${SCRIPTS_FROM:-the working tree} ($(git -C "$ROOT" rev-parse --short HEAD) checked out), limit $LIMIT, window ${WINDOW_US} us."
+  echo "Redis µs per EVALSHA (INFO commandstats usec_per_call, median of $ROUNDS rounds) and MEMORY USAGE of the script's keys."
+  echo
+  echo "| script | admit cost 1 | admit cost $LIMIT | deny (1 entry) | deny (full: $LIMIT × cost 1) | memory: 1 × cost 1 | memory: 1 × cost $LIMIT | memory: $LIMIT × cost 1 |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  printf '%s\n' "${ROWS[@]}"
+} | tee "$REPORT"
+log "report written to $REPORT"
