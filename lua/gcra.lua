@@ -13,19 +13,33 @@
 -- trailing window: after a full burst it admits one more unit every
 -- window/limit, so a trailing window can see up to 2*limit - 1 units.
 --
--- KEYS[1]  a hash: l = level in units, t = time of that level in microseconds
+-- KEYS[1]  a hash: l = level in units, t = time of that level in microseconds,
+--          n and w = the limit and window the level drains at (hashes written
+--          by earlier versions have no n/w: they drain at the check's own)
 -- ARGV[1]  window in microseconds (>= 1000)
 -- ARGV[2]  limit (>= 1)
 -- ARGV[3]  cost (0..limit); 0 is a peek, judged as cost 1, consuming nothing
 --
--- Reply: { allowed (1|0), remaining, reset_after_us, retry_after_us }
+-- Reply: { allowed (1|0), remaining, reset_after_us, retry_after_us }, all >= 0
 --
 -- Example (limit 10, window 10 s, so one unit drains per second): a burst of
 --   10 at t = 0 fills the bucket. At t = 2.5 s the level is 7.5: a check of
 --   cost 3 is denied with retry_after 0.5 s (7.5 + 3 > 10); a check of cost 2
 --   is admitted, leaving level 9.5 and remaining 0.
 --
--- The hash expires when the bucket would be empty.
+-- A changed limit or window (an admin lowered it, a tenant's override went):
+-- the time since the hash was written drains at the rate it was written
+-- with, and from this check on at the new one; the check persists the level
+-- with the new rate, even when it is denied or a peek. A bucket holding more
+-- than a lowered limit is denied like a full one (remaining 0) until it has
+-- drained to limit - cost at the new rate; a raised limit admits at once.
+-- So the hash always expires exactly when the bucket it holds is empty at
+-- the rate it holds, and an expired hash never forgets a level that a
+-- later check would still count. (Draining the whole gap at the new rate
+-- instead would need the hash to outlive its own rate, for a change the
+-- script cannot foresee.)
+--
+-- The clock going back drains nothing rather than admit on borrowed time.
 if #KEYS ~= 1 or #ARGV ~= 3 then
   return redis.error_reply('ERR gcra: expected 1 key and 3 arguments')
 end
@@ -39,17 +53,25 @@ end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 
-local state = redis.call('HMGET', KEYS[1], 'l', 't')
+local state = redis.call('HMGET', KEYS[1], 'l', 't', 'n', 'w')
 local level = tonumber(state[1]) or 0
 local at = tonumber(state[2]) or now
+local drain_limit = tonumber(state[3]) or limit
+local drain_window = tonumber(state[4]) or window
 local elapsed = now - at
 if elapsed < 0 then
-  -- The clock went back: drain nothing rather than admit on borrowed time.
   elapsed = 0
 end
-if elapsed > window then elapsed = window end
-level = level - elapsed * limit / window
+level = level - elapsed * drain_limit / drain_window
 if level < 0 then level = 0 end
+-- A hash holding another rate is rewritten at this check's rate, whatever the decision.
+local rate_changed = state[1] and (drain_limit ~= limit or drain_window ~= window)
+
+-- Writes the level at now at this check's rate; the hash expires when it is empty.
+local function store()
+  redis.call('HSET', KEYS[1], 'l', level, 't', now, 'n', limit, 'w', window)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(math.ceil(level * window / limit) / 1000))
+end
 
 local need = cost
 if need == 0 then need = 1 end
@@ -57,13 +79,14 @@ if need == 0 then need = 1 end
 if level + need > limit then
   local retry_after = math.ceil((level + need - limit) * window / limit)
   if retry_after < 1 then retry_after = 1 end
-  return { 0, math.floor(limit - level), math.ceil(level * window / limit), retry_after }
+  local remaining = math.floor(limit - level)
+  if remaining < 0 then remaining = 0 end
+  if rate_changed then store() end
+  return { 0, remaining, math.ceil(level * window / limit), retry_after }
 end
 
-if cost > 0 then
+if cost > 0 or rate_changed then
   level = level + cost
-  local reset_after = math.ceil(level * window / limit)
-  redis.call('HSET', KEYS[1], 'l', level, 't', now)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(reset_after / 1000))
+  store()
 end
 return { 1, math.floor(limit - level), math.ceil(level * window / limit), 0 }

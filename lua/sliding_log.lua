@@ -1,32 +1,52 @@
--- sliding_log.lua: exact sliding-window limiter, one sorted-set member per admitted unit.
+-- sliding_log.lua: exact sliding-window limiter, one sorted-set entry per admission instant, carrying its units.
 --
 -- Whose clock: Redis's own `TIME`, read inside the script, is the only clock.
 -- Every replica therefore judges a key against the same instant, and the
 -- check-and-admit below runs atomically because Redis runs one script at a time.
 --
--- KEYS[1]  the log: a sorted set, score = admission time in microseconds,
---          one member per admitted unit ("<time>:<seq>").
--- KEYS[2]  the sequence counter that keeps members unique when two admissions
---          share a microsecond. Both keys share one hash tag, so one slot.
+-- KEYS[1]  the log (`...:wlog`): a sorted set with one entry per instant at
+--          which checks were admitted. Member "<time>:<units>" (microseconds,
+--          and the units admitted then, >= 1); score = the key's cumulative
+--          units up to and including this entry. Entries are in time order
+--          and their scores rise with it, so the units held are
+--          newest score - (oldest score - oldest units), and "the entry that
+--          holds the n-th unit" is one ZRANGE BYSCORE away. A check costs the
+--          same whatever its cost, and a key's memory grows with its admitted
+--          checks, not with their units.
+-- KEYS[2]  the log of the previous layout (`...:log`: one member per unit,
+--          score = admission time), written by replicas of earlier versions
+--          during a rolling upgrade. Read, never written: its live units count
+--          here too, so an upgrade forgets nothing. Both keys share one hash tag.
 -- ARGV[1]  window in microseconds (>= 1000)
 -- ARGV[2]  limit, units admitted per trailing window (>= 1)
 -- ARGV[3]  cost of this check (0..limit); 0 is a peek: it is judged as a
 --          cost of 1 and consumes nothing
 --
--- Reply: { allowed (1|0), remaining, reset_after_us, retry_after_us }
---   remaining       units still admissible now, after this check
+-- Reply: { allowed (1|0), remaining, reset_after_us, retry_after_us }, all >= 0
+--   remaining       units still admissible now, after this check; 0 when the
+--                   key holds more than the limit (the limit was lowered)
 --   reset_after_us  time until every admitted unit has left the window
 --   retry_after_us  time until a check of this cost would be admitted; 0 if allowed
 --
--- Semantics: a unit admitted at time t counts at time `now` while
--- now - t < window. A check is admitted iff counted + cost <= limit.
+-- Semantics: a unit admitted at t counts at time `now` while now - t < window.
+-- A check is admitted iff held + cost <= limit, against the limit it carries:
+-- a key holding more than a lowered limit is denied like a full key until
+-- enough units have left; a raised limit admits it at once.
 --
--- Example (limit 3, window 10 s, three earlier admissions at t=0, 2 s, 5 s):
---   at now = 9 s, cost 1 -> {0, 0, 6000000, 1000000}: denied until the unit
---   admitted at 0 leaves the window at 10 s; the log is full until 15 s.
+-- Example (limit 3, window 10 s, admissions of cost 1 at t=0, 2 s, 5 s: entries
+--   "0:1" score 1, "2000000:1" score 2, "5000000:1" score 3):
+--   at now = 9 s, cost 1 -> {0, 0, 6000000, 1000000}: the log must hold at most
+--   2 units, so the entry with score >= 3 - 2 (the one at 0) must leave, at 10 s;
+--   the log is empty at 15 s. The same with the limit lowered to 1: the entry
+--   with score >= 3 (at 5 s) must leave -> {0, 0, 6000000, 6000000}.
 --
--- Every write ends with PEXPIRE of both keys to the newest unit's end of
--- window, so an idle key leaves Redis by itself.
+-- The clock going back (a failover to a server behind in time) never admits on
+-- borrowed time: `now` is never earlier than the newest entry, so nothing
+-- leaves the window early and entries stay in time order; durations in the
+-- reply are measured on Redis's clock, so they include the gap.
+--
+-- Every write ends with PEXPIRE of the log to the moment its newest entry
+-- leaves the window, so an idle key leaves Redis by itself.
 if #KEYS ~= 2 or #ARGV ~= 3 then
   return redis.error_reply('ERR sliding_log: expected 2 keys and 3 arguments')
 end
@@ -38,48 +58,136 @@ if not window or window < 1000 or not limit or limit < 1 or not cost or cost < 0
 end
 
 local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local clock = tonumber(time[1]) * 1000000 + tonumber(time[2])
 
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local counted = redis.call('ZCARD', KEYS[1])
+-- An entry at `rank` (0 = oldest, -1 = newest): time, units, score, member; nil past the end.
+local function entry(rank)
+  local reply = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')
+  if not reply[1] then
+    return nil
+  end
+  local at, units = string.match(reply[1], '^(%d+):(%d+)$')
+  if not at then
+    error('sliding_log: the log holds an entry this script did not write')
+  end
+  return tonumber(at), tonumber(units), tonumber(reply[2]), reply[1]
+end
+
+local newest_at, newest_units, top, newest_member = entry(-1)
+local now = clock
+if newest_at and newest_at > now then
+  now = newest_at
+end
+
+-- Entries that have left the window (t + window <= now) are all at the front.
+-- A galloping search over ranks finds how many: a steady stream expires about
+-- one entry per check (one or two ZRANGEs), a long pause many (a few dozen at most).
+local function gone(at)
+  return at ~= nil and at + window <= now
+end
+local first_at, first_units, first_score = entry(0)
+if gone(first_at) then
+  local left, stays, step = 0, nil, 1
+  while not stays do
+    if gone(entry(left + step)) then
+      left = left + step
+      step = step * 2
+    else
+      stays = left + step
+    end
+  end
+  while stays - left > 1 do
+    local middle = math.floor((left + stays) / 2)
+    if gone(entry(middle)) then
+      left = middle
+    else
+      stays = middle
+    end
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, left)
+  first_at, first_units, first_score = entry(0)
+end
+
+local counted = 0
+if first_at then
+  -- The newest entry is still there: it is the last to leave.
+  counted = top - (first_score - first_units)
+else
+  top = 0
+  newest_at = nil
+end
+local legacy = redis.call('ZCOUNT', KEYS[2], string.format('(%d', now - window), '+inf')
+local held = counted + legacy
+
+-- When the newest unit leaves, as a duration on Redis's clock (0 when nothing is held).
+local function reset_after()
+  local last = 0
+  if newest_at then
+    last = newest_at + window
+  end
+  if legacy > 0 then
+    local newest_legacy = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+    last = math.max(last, tonumber(newest_legacy[2]) + window)
+  end
+  if last == 0 then
+    return 0
+  end
+  return last - clock
+end
+
 local need = cost
-if need == 0 then need = 1 end
+if need == 0 then
+  need = 1
+end
 
-if counted + need > limit then
-  -- Denied: wait until enough of the oldest units leave the window. The unit at
-  -- index `counted - (limit - need) - 1` (oldest first) is the last one that must go.
-  local index = counted - (limit - need) - 1
-  local oldest = redis.call('ZRANGE', KEYS[1], index, index, 'WITHSCORES')
-  local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  local retry_after = tonumber(oldest[2]) + window - now
-  local reset_after = tonumber(newest[2]) + window - now
-  return { 0, limit - counted, reset_after, retry_after }
+if held + need > limit then
+  -- Denied: wait until the window holds at most `limit - need` units.
+  local allowance = limit - need
+  -- When the log holds at most `units`: when the entry holding unit number
+  -- top - units leaves (the first entry scored at or above it).
+  local function log_fits(units)
+    if counted <= units then
+      return now
+    end
+    local reply = redis.call('ZRANGEBYSCORE', KEYS[1], top - units, '+inf', 'LIMIT', 0, 1)
+    return tonumber(string.match(reply[1], '^(%d+):')) + window
+  end
+  local fits
+  if legacy == 0 then
+    fits = log_fits(allowance)
+  else
+    -- Units of both layouts interleave in time; this bound is never early
+    -- (each side alone fits by then) and is exact when either side is empty.
+    local function legacy_fits(units)
+      if legacy <= units then
+        return now
+      end
+      local left = redis.call('ZCOUNT', KEYS[2], '-inf', string.format('%d', now - window))
+      local rank = left + legacy - units - 1
+      local reply = redis.call('ZRANGE', KEYS[2], rank, rank, 'WITHSCORES')
+      return tonumber(reply[2]) + window
+    end
+    fits = math.min(math.max(legacy_fits(0), log_fits(allowance)),
+      math.max(log_fits(0), legacy_fits(allowance)))
+  end
+  local remaining = limit - held
+  if remaining < 0 then
+    remaining = 0
+  end
+  return { 0, remaining, reset_after(), fits - clock }
 end
 
 if cost > 0 then
-  local last = redis.call('INCRBY', KEYS[2], cost)
-  -- ZADD in batches: unpack() of a huge table overflows Lua's C stack.
-  local batch = {}
-  for seq = last - cost + 1, last do
-    batch[#batch + 1] = now
-    batch[#batch + 1] = string.format('%d:%d', now, seq)
-    if #batch >= 1000 then
-      redis.call('ZADD', KEYS[1], unpack(batch))
-      batch = {}
-    end
+  if newest_at == now then
+    -- The same instant as the newest entry (or the clock went back): one entry for both.
+    redis.call('ZREM', KEYS[1], newest_member)
+    redis.call('ZADD', KEYS[1], top + cost, string.format('%d:%d', now, newest_units + cost))
+  else
+    redis.call('ZADD', KEYS[1], top + cost, string.format('%d:%d', now, cost))
   end
-  if #batch > 0 then
-    redis.call('ZADD', KEYS[1], unpack(batch))
-  end
-  counted = counted + cost
-  local ttl_ms = math.ceil(window / 1000)
-  redis.call('PEXPIRE', KEYS[1], ttl_ms)
-  redis.call('PEXPIRE', KEYS[2], ttl_ms)
+  newest_at = now
+  held = held + cost
+  redis.call('PEXPIRE', KEYS[1], math.ceil((now + window - clock) / 1000))
 end
 
-local reset_after = 0
-if counted > 0 then
-  local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  reset_after = tonumber(newest[2]) + window - now
-end
-return { 1, limit - counted, reset_after, 0 }
+return { 1, limit - held, reset_after(), 0 }

@@ -24,8 +24,17 @@
 --   estimate = 8 * 45/60 + 3 = 9, so a check of cost 1 is admitted (c = 4) and
 --   remaining = floor(10 - 10) = 0.
 --
+-- A key whose counts exceed a lowered limit is denied like a full one
+-- (remaining 0) until the estimate has fallen to limit - cost: later in this
+-- window as the previous count fades, or in the next one; a raised limit
+-- admits at once.
+--
 -- The hash expires at the end of the window after the current one, when its
--- counts no longer weigh on any estimate.
+-- counts no longer weigh on any estimate. If the clock went back behind the
+-- stored window, the script stays in that window (see below) and every
+-- duration in the reply, and the expiry, is measured on Redis's clock: they
+-- include the gap (`lead`), so the hash never expires while its counts would
+-- still weigh.
 if #KEYS ~= 1 or #ARGV ~= 3 then
   return redis.error_reply('ERR sliding_window: expected 1 key and 3 arguments')
 end
@@ -49,6 +58,8 @@ local state = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
 local stored = tonumber(state[1])
 local current = 0
 local previous = 0
+-- How far the window judged is ahead of Redis's clock; 0 unless the clock went back.
+local lead = 0
 if stored == index then
   current = tonumber(state[2]) or 0
   previous = tonumber(state[3]) or 0
@@ -57,6 +68,7 @@ elseif stored == index - 1 then
 elseif stored and stored > index then
   -- The clock went back (e.g. failover to a server behind in time): stay in the
   -- stored window and weigh the previous count fully, which never admits more.
+  lead = stored * window - now
   index = stored
   elapsed = 0
   current = tonumber(state[2]) or 0
@@ -64,6 +76,18 @@ elseif stored and stored > index then
 end
 
 local weight = (window - elapsed) / window
+
+-- Until the counts no longer weigh: the end of the next window while this one
+-- has a count, of this window while only the previous one has.
+local function reset_after()
+  if current > 0 then
+    return 2 * window - elapsed + lead
+  elseif previous > 0 then
+    return window - elapsed + lead
+  end
+  return 0
+end
+
 local need = cost
 if need == 0 then need = 1 end
 
@@ -85,27 +109,15 @@ if previous * weight + current + need > limit then
   if retry_after < 1 then retry_after = 1 end
   local remaining = math.floor(limit - (previous * weight + current))
   if remaining < 0 then remaining = 0 end
-  local reset_after = 0
-  if current > 0 then
-    reset_after = 2 * window - elapsed
-  elseif previous > 0 then
-    reset_after = window - elapsed
-  end
-  return { 0, remaining, reset_after, retry_after }
+  return { 0, remaining, reset_after(), retry_after + lead }
 end
 
 if cost > 0 then
   current = current + cost
   redis.call('HSET', KEYS[1], 'w', index, 'c', current, 'p', previous)
-  redis.call('PEXPIRE', KEYS[1], math.ceil((2 * window - elapsed) / 1000))
+  redis.call('PEXPIRE', KEYS[1], math.ceil((2 * window - elapsed + lead) / 1000))
 end
 
 local remaining = math.floor(limit - (previous * weight + current))
 if remaining < 0 then remaining = 0 end
-local reset_after = 0
-if current > 0 then
-  reset_after = 2 * window - elapsed
-elseif previous > 0 then
-  reset_after = window - elapsed
-end
-return { 1, remaining, reset_after, 0 }
+return { 1, remaining, reset_after(), 0 }

@@ -8,6 +8,9 @@
 //!
 //! All times are microseconds; `window` is at least 1000 (1 ms), `limit` at
 //! least 1, and `cost` at most `limit` (the limiter checks before calling).
+//! The limit may differ from one call to the next (a policy changed): a key
+//! holding more than its limit is denied with `remaining` 0, never an
+//! underflow. Arithmetic on stored counts saturates rather than wraps or panics.
 
 use std::collections::VecDeque;
 
@@ -19,68 +22,100 @@ pub(crate) fn judged_cost(cost: u64) -> u64 {
     cost.max(1)
 }
 
-/// `sliding_log.lua`: admitted units as (time, count) runs, oldest first.
+/// One entry of `sliding_log.lua`'s log: the units admitted at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Admission {
+    at: Micros,
+    units: u64,
+    /// The key's cumulative units up to and including this entry (its score in Redis).
+    end: u64,
+}
+
+/// `sliding_log.lua`: one entry per admission instant, oldest first, carrying its units.
 ///
-/// Runs compress units admitted at the same microsecond; the script stores one
-/// sorted-set member per unit instead, which admits exactly the same traffic.
+/// The script's only other input is the previous layout's log (one member
+/// per unit), which the embedded store never had.
 #[derive(Debug, Clone, Default)]
 pub struct SlidingLog {
-    runs: VecDeque<(Micros, u64)>,
-    counted: u64,
+    log: VecDeque<Admission>,
 }
 
 impl SlidingLog {
-    pub fn decide(&mut self, now: Micros, window: u64, limit: u64, cost: u64) -> Outcome {
-        // Same bound as `ZREMRANGEBYSCORE -inf (now - window)`: a unit admitted
-        // at t leaves the window once now - t >= window.
-        let cutoff = now as i128 - window as i128;
-        while let Some(&(at, count)) = self.runs.front() {
-            if (at as i128) > cutoff {
-                break;
-            }
-            self.runs.pop_front();
-            self.counted -= count;
+    pub fn decide(&mut self, clock: Micros, window: u64, limit: u64, cost: u64) -> Outcome {
+        // The clock going back never admits on borrowed time: `now` is never
+        // earlier than the newest entry, and the reply's durations are on `clock`.
+        let now = self.log.back().map_or(clock, |newest| clock.max(newest.at));
+
+        // Entries that left the window (t + window <= now) are all at the front.
+        while self
+            .log
+            .front()
+            .is_some_and(|first| first.at.saturating_add(window) <= now)
+        {
+            self.log.pop_front();
         }
 
+        let (counted, top, mut newest_at) = match (self.log.front(), self.log.back()) {
+            (Some(first), Some(newest)) => (
+                newest
+                    .end
+                    .saturating_sub(first.end.saturating_sub(first.units)),
+                newest.end,
+                Some(newest.at),
+            ),
+            _ => (0, 0, None),
+        };
+        // The script adds the previous layout's live units here; this store has none.
+        let mut held = counted;
+        // When the newest unit leaves, as a duration on the clock (0 when nothing is held).
+        let reset_after = |newest_at: Option<Micros>| {
+            newest_at.map_or(0, |at| at.saturating_add(window).saturating_sub(clock))
+        };
+
         let need = judged_cost(cost);
-        if self.counted + need > limit {
-            let index = self.counted - (limit - need) - 1;
-            let mut seen = 0;
-            let mut last_to_leave = now;
-            for &(at, count) in &self.runs {
-                seen += count;
-                if seen > index {
-                    last_to_leave = at;
-                    break;
-                }
-            }
+        if held.saturating_add(need) > limit {
+            // Denied: wait until the window holds at most `limit - need` units,
+            // i.e. until the entry holding unit number top - allowance leaves.
+            let allowance = limit.saturating_sub(need);
+            let fits = if counted <= allowance {
+                now
+            } else {
+                let unit = top.saturating_sub(allowance);
+                let index = self.log.partition_point(|entry| entry.end < unit);
+                self.log
+                    .get(index)
+                    .map_or(now, |entry| entry.at.saturating_add(window))
+            };
             return Outcome {
                 allowed: false,
-                remaining: limit - self.counted,
-                reset_after_us: self.reset_after(now, window),
-                retry_after_us: last_to_leave + window - now,
+                remaining: limit.saturating_sub(held),
+                reset_after_us: reset_after(newest_at),
+                retry_after_us: fits.saturating_sub(clock),
             };
         }
 
         if cost > 0 {
-            match self.runs.back_mut() {
-                Some((at, count)) if *at == now => *count += cost,
-                _ => self.runs.push_back((now, cost)),
+            match self.log.back_mut() {
+                // The same instant as the newest entry (or the clock went back): one entry for both.
+                Some(newest) if newest_at == Some(now) => {
+                    newest.units = newest.units.saturating_add(cost);
+                    newest.end = newest.end.saturating_add(cost);
+                }
+                _ => self.log.push_back(Admission {
+                    at: now,
+                    units: cost,
+                    end: top.saturating_add(cost),
+                }),
             }
-            self.counted += cost;
+            newest_at = Some(now);
+            held = held.saturating_add(cost);
         }
         Outcome {
             allowed: true,
-            remaining: limit - self.counted,
-            reset_after_us: self.reset_after(now, window),
+            remaining: limit.saturating_sub(held),
+            reset_after_us: reset_after(newest_at),
             retry_after_us: 0,
         }
-    }
-
-    fn reset_after(&self, now: Micros, window: u64) -> u64 {
-        self.runs
-            .back()
-            .map_or(0, |&(newest, _)| newest + window - now)
     }
 }
 
@@ -97,14 +132,17 @@ impl SlidingWindow {
         let mut index = now / window;
         let mut elapsed = now - index * window;
         let (mut current, mut previous) = (0, 0);
+        // How far the window judged is ahead of the clock; 0 unless the clock went back.
+        let mut lead = 0;
         match self.index {
             Some(stored) if stored == index => {
                 current = self.current;
                 previous = self.previous;
             }
-            Some(stored) if stored + 1 == index => previous = self.current,
+            Some(stored) if stored.checked_add(1) == Some(index) => previous = self.current,
             Some(stored) if stored > index => {
                 // The clock went back: stay in the stored window, weigh the previous fully.
+                lead = stored.saturating_mul(window).saturating_sub(now);
                 index = stored;
                 elapsed = 0;
                 current = self.current;
@@ -116,19 +154,22 @@ impl SlidingWindow {
         let (window_f, limit_f) = (window as f64, limit as f64);
         let (current_f, previous_f) = (current as f64, previous as f64);
         let weight = (window_f - elapsed as f64) / window_f;
-        let need = judged_cost(cost);
+        // Until the counts no longer weigh: the end of the next window while
+        // this one has a count, of this window while only the previous one has.
         let reset_after = |current: u64| {
-            if current > 0 {
+            let until = if current > 0 {
                 2 * window - elapsed
             } else if previous > 0 {
                 window - elapsed
             } else {
-                0
-            }
+                return 0;
+            };
+            until.saturating_add(lead)
         };
+        let need = judged_cost(cost);
 
         if previous_f * weight + current_f + need as f64 > limit_f {
-            let retry_after = if previous > 0 && current + need <= limit {
+            let retry_after = if previous > 0 && current.saturating_add(need) <= limit {
                 let at = window_f - (limit_f - current_f - need as f64) * window_f / previous_f;
                 (at - elapsed as f64).ceil()
             } else {
@@ -146,12 +187,12 @@ impl SlidingWindow {
                 allowed: false,
                 remaining: remaining.max(0.0) as u64,
                 reset_after_us: reset_after(current),
-                retry_after_us: retry_after.max(1.0) as u64,
+                retry_after_us: (retry_after.max(1.0) as u64).saturating_add(lead),
             };
         }
 
         if cost > 0 {
-            current += cost;
+            current = current.saturating_add(cost);
             *self = Self {
                 index: Some(index),
                 current,
@@ -172,37 +213,63 @@ impl SlidingWindow {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gcra {
     level: f64,
-    at: Option<Micros>,
+    /// When `level` was stored, and the limit and window it drains at; `None`: an empty bucket.
+    stored: Option<Drain>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Drain {
+    at: Micros,
+    limit: u64,
+    window: u64,
 }
 
 impl Gcra {
     pub fn decide(&mut self, now: Micros, window: u64, limit: u64, cost: u64) -> Outcome {
         let (window_f, limit_f) = (window as f64, limit as f64);
-        let at = self.at.unwrap_or(now);
+        let drain = self.stored.unwrap_or(Drain {
+            at: now,
+            limit,
+            window,
+        });
         // The clock going back drains nothing rather than admit on borrowed time.
-        let elapsed = now.saturating_sub(at).min(window);
-        let mut level = self.level - elapsed as f64 * limit_f / window_f;
+        let elapsed = now.saturating_sub(drain.at);
+        let mut level = self.level - elapsed as f64 * drain.limit as f64 / drain.window as f64;
         if level < 0.0 {
             level = 0.0;
         }
+        // A bucket stored at another rate is rewritten at this one, whatever the decision.
+        let rate_changed =
+            self.stored.is_some() && (drain.limit != limit || drain.window != window);
+        let mut store = |level: f64| {
+            *self = Self {
+                level,
+                stored: Some(Drain {
+                    at: now,
+                    limit,
+                    window,
+                }),
+            };
+        };
 
         let need = judged_cost(cost) as f64;
         if level + need > limit_f {
             let retry_after = ((level + need - limit_f) * window_f / limit_f).ceil();
+            let remaining = (limit_f - level).floor();
+            if rate_changed {
+                store(level);
+            }
             return Outcome {
                 allowed: false,
-                remaining: (limit_f - level).floor() as u64,
+                remaining: remaining.max(0.0) as u64,
                 reset_after_us: (level * window_f / limit_f).ceil() as u64,
                 retry_after_us: retry_after.max(1.0) as u64,
             };
         }
 
-        if cost > 0 {
+        if cost > 0 || rate_changed {
             level += cost as f64;
-            *self = Self {
-                level,
-                at: Some(now),
-            };
+            store(level);
         }
         Outcome {
             allowed: true,
@@ -237,6 +304,17 @@ mod tests {
                 remaining: 0,
                 reset_after_us: 6 * SECOND,
                 retry_after_us: SECOND,
+            }
+        );
+        // The same key with the limit lowered to 1: all but 0 units must leave.
+        let lowered = log.decide(T0 + 9 * SECOND, window, 1, 1);
+        assert_eq!(
+            lowered,
+            Outcome {
+                allowed: false,
+                remaining: 0,
+                reset_after_us: 6 * SECOND,
+                retry_after_us: 6 * SECOND,
             }
         );
     }
@@ -353,5 +431,163 @@ mod tests {
             assert!(!decide(now + retry - 1, 2).allowed, "{name} early");
             assert!(decide(now + retry, 2).allowed, "{name} at retry_after");
         }
+    }
+
+    /// Each algorithm, one key: `held` units admitted at T0 under `old` (one
+    /// check each), then the decider for checks at later times and any limit.
+    fn used_key(
+        name: &str,
+        old: u64,
+        held: u64,
+        window: u64,
+    ) -> Box<dyn FnMut(u64, u64, u64) -> Outcome> {
+        fn boxed<S: 'static>(
+            mut state: S,
+            window: u64,
+            decide: fn(&mut S, u64, u64, u64, u64) -> Outcome,
+        ) -> Box<dyn FnMut(u64, u64, u64) -> Outcome> {
+            Box::new(move |now, limit, cost| decide(&mut state, now, window, limit, cost))
+        }
+        let mut decider = match name {
+            "sliding_log" => boxed(SlidingLog::default(), window, SlidingLog::decide),
+            "sliding_window" => boxed(SlidingWindow::default(), window, SlidingWindow::decide),
+            _ => boxed(Gcra::default(), window, Gcra::decide),
+        };
+        for _ in 0..held {
+            assert!(decider(T0, old, 1).allowed, "{name}: filling");
+        }
+        decider
+    }
+
+    #[test]
+    fn a_key_over_a_lowered_limit_is_denied_like_a_full_key_and_a_raised_limit_admits_it() {
+        // 100 per hour, 50 held; the limit drops to 10.
+        let window = 3600 * SECOND;
+        for name in ["sliding_log", "sliding_window", "gcra"] {
+            let mut decide = used_key(name, 100, 50, window);
+            let later = T0 + SECOND;
+            for cost in [0, 1, 10] {
+                let denied = decide(later, 10, cost);
+                assert!(!denied.allowed, "{name} cost {cost}");
+                assert_eq!(denied.remaining, 0, "{name} cost {cost}");
+                assert!(denied.retry_after_us >= 1, "{name} cost {cost}");
+                assert!(
+                    denied.reset_after_us >= denied.retry_after_us,
+                    "{name} cost {cost}: {denied:?}"
+                );
+            }
+            let raised = decide(later, 200, 1);
+            assert!(raised.allowed, "{name}: a raised limit admits at once");
+            assert_eq!(raised.remaining, 149, "{name}");
+        }
+    }
+
+    #[test]
+    fn retry_after_a_lowering_follows_the_new_limit() {
+        let window = 100 * SECOND;
+        // sliding_log: 50 units at T0 all leave together at T0 + window.
+        let mut log = used_key("sliding_log", 100, 50, window);
+        let denied = log(T0 + SECOND, 10, 1);
+        assert_eq!(denied.retry_after_us, window - SECOND);
+        assert_eq!(denied.reset_after_us, window - SECOND);
+        assert!(!log(T0 + window - 1, 10, 1).allowed);
+        assert!(log(T0 + window, 10, 1).allowed);
+
+        // gcra: 50 units in the bucket, draining at the new 10 per 100 s (one
+        // unit every 10 s) from the check that first sees the new limit; one
+        // unit fits once the level is down to 9: 41 units later.
+        let mut bucket = used_key("gcra", 100, 50, window);
+        let denied = bucket(T0, 10, 1);
+        assert_eq!(denied.retry_after_us, 41 * 10 * SECOND);
+        assert_eq!(denied.reset_after_us, 50 * 10 * SECOND);
+        assert!(!bucket(T0 + 410 * SECOND - 1, 10, 1).allowed);
+        assert!(bucket(T0 + 410 * SECOND, 10, 1).allowed);
+    }
+
+    #[test]
+    fn gcra_drains_at_the_rate_it_was_stored_with_until_a_check_sees_a_new_one() {
+        let window = 100 * SECOND;
+        let mut bucket = Gcra::default();
+        assert!(bucket.decide(T0, window, 100, 50).allowed);
+        // 20 s at 100 per 100 s drain 20 units, although the limit is 10 now:
+        // the bucket (and its Redis hash, which expires when it is empty at
+        // its stored rate) cannot know when the limit changed.
+        let peek = bucket.decide(T0 + 20 * SECOND, window, 10, 0);
+        assert!(!peek.allowed);
+        assert_eq!(
+            peek.reset_after_us,
+            30 * 10 * SECOND,
+            "30 units left at the new rate"
+        );
+        // The peek stored the new rate: 100 s later only 10 more have drained.
+        let later = bucket.decide(T0 + 120 * SECOND, window, 10, 0);
+        assert_eq!(later.reset_after_us, 20 * 10 * SECOND);
+    }
+
+    #[test]
+    fn sliding_log_keeps_one_entry_per_admission_instant_whatever_the_cost() {
+        let window = 3600 * SECOND;
+        let mut log = SlidingLog::default();
+        assert!(log.decide(T0, window, 100_000, 100_000).allowed);
+        assert_eq!(log.log.len(), 1);
+        let mut log = SlidingLog::default();
+        for step in 0..10 {
+            assert!(log.decide(T0 + step, window, 100, 3).allowed);
+            assert!(log.decide(T0 + step, window, 100, 2).allowed);
+        }
+        assert_eq!(
+            log.log.len(),
+            10,
+            "two checks at one instant share an entry"
+        );
+        assert_eq!(
+            log.log.back().map(|entry| (entry.units, entry.end)),
+            Some((5, 50))
+        );
+    }
+
+    #[test]
+    fn sliding_log_never_admits_on_borrowed_time_when_the_clock_goes_back() {
+        let window = 10 * SECOND;
+        let mut log = SlidingLog::default();
+        let ahead = T0 + 60 * SECOND;
+        assert!(log.decide(ahead, window, 3, 2).allowed);
+        // The clock is now a minute behind the newest entry: a window later on
+        // the old clock would empty the log, but nothing has left yet.
+        let behind = T0 + window;
+        let admitted = log.decide(behind, window, 3, 1);
+        assert!(admitted.allowed);
+        assert_eq!(
+            admitted.reset_after_us,
+            ahead + window - behind,
+            "measured on the clock"
+        );
+        assert_eq!(
+            log.log.len(),
+            1,
+            "stamped at the newest entry's instant, merged into it"
+        );
+        let denied = log.decide(behind + window, window, 3, 1);
+        assert!(!denied.allowed);
+        assert_eq!(denied.retry_after_us, ahead - behind);
+        assert!(log.decide(ahead + window, window, 3, 3).allowed);
+    }
+
+    #[test]
+    fn sliding_window_durations_include_the_gap_when_the_clock_goes_back() {
+        let window = 10 * SECOND;
+        let mut counters = SlidingWindow::default();
+        let ahead = T0 + 5 * window;
+        assert!(counters.decide(ahead, window, 2, 2).allowed);
+        let behind = ahead - 3 * window;
+        let denied = counters.decide(behind, window, 2, 1);
+        assert!(!denied.allowed);
+        // Judged in the stored window: the count weighs until the end of the next one.
+        assert_eq!(denied.reset_after_us, 2 * window + (ahead - behind));
+        // One unit fits halfway through the next window, where 2 weigh 1.
+        assert_eq!(
+            denied.retry_after_us,
+            window + window / 2 + (ahead - behind)
+        );
     }
 }

@@ -101,9 +101,12 @@ impl MemoryStore {
         with_composite_key(&parts, |composite| {
             if let Some(mut entry) = self.entries.get_mut(composite) {
                 let outcome = entry.state.decide(now, policy, cost);
-                if outcome.allowed && cost > 0 {
-                    entry.idle_from = now + outcome.reset_after_us;
-                }
+                // Denials and peeks move it too: after a lowered limit a gcra
+                // bucket drains slower than when it was filled. Never earlier:
+                // keeping an entry longer is lossless, dropping it early is not.
+                entry.idle_from = entry
+                    .idle_from
+                    .max(now.saturating_add(outcome.reset_after_us));
                 return outcome;
             }
 

@@ -177,7 +177,8 @@ impl RedisStore {
         name.push('}');
         let tagged = name.len();
         let suffixes: &[&str] = match policy.algorithm() {
-            Algorithm::SlidingLog => &[":log", ":seq"],
+            // The weighted log, then the previous layout's log, read during a rolling upgrade.
+            Algorithm::SlidingLog => &[":wlog", ":log"],
             Algorithm::SlidingWindow => &[":sw"],
             Algorithm::Gcra => &[":gcra"],
         };

@@ -83,8 +83,7 @@ async fn every_key_the_scripts_write_expires_close_to_its_window() {
         keys,
         vec![
             format!("{prefix}{{bucket:user-1}}:gcra"),
-            format!("{prefix}{{log:user-1}}:log"),
-            format!("{prefix}{{log:user-1}}:seq"),
+            format!("{prefix}{{log:user-1}}:wlog"),
             format!("{prefix}{{replicas}}"),
             format!("{prefix}{{window:user-1}}:sw"),
         ],

@@ -41,10 +41,13 @@ fn policy(algorithm: Algorithm, limit: u64, window: &str) -> Policy {
     .unwrap()
 }
 
-async fn run(store: &impl Store, policy: &Policy, key: &str, costs: &[u64]) -> Vec<Outcome> {
+/// Each step is a check of one key under the policy it names (same name and
+/// algorithm, so the same state: a limit changed between checks).
+async fn run(store: &impl Store, key: &str, steps: &[(&Policy, u64)]) -> Vec<Outcome> {
     let mut outcomes = Vec::new();
-    for &cost in costs {
+    for &(policy, cost) in steps {
         let key = LimiterKey::parse(key).unwrap();
+        // Never an error: a lowered limit is a decision, not an invalid reply.
         outcomes.push(store.check(policy, key, cost).await.unwrap());
     }
     outcomes
@@ -52,15 +55,22 @@ async fn run(store: &impl Store, policy: &Policy, key: &str, costs: &[u64]) -> V
 
 /// Runs `costs` on both stores and asserts the same decisions, step by step.
 async fn assert_same_on_both_stores(policy: &Policy, costs: &[u64]) -> Vec<Outcome> {
-    let memory = run(&memory_store(), policy, "contract", costs).await;
-    let redis = run(&redis_store(), policy, "contract", costs).await;
+    let steps: Vec<(&Policy, u64)> = costs.iter().map(|&cost| (policy, cost)).collect();
+    assert_steps_same_on_both_stores(&steps).await
+}
+
+/// Runs `steps` on both stores and asserts the same decisions, step by step.
+pub async fn assert_steps_same_on_both_stores(steps: &[(&Policy, u64)]) -> Vec<Outcome> {
+    let memory = run(&memory_store(), "contract", steps).await;
+    let redis = run(&redis_store(), "contract", steps).await;
     // The two runs happen a few milliseconds apart, on two clocks of this machine.
     let tolerance_us = 250_000;
     for (step, (m, r)) in memory.iter().zip(&redis).enumerate() {
+        let (policy, cost) = steps[step];
         let context = format!(
-            "{} step {step} cost {}: memory {m:?} redis {r:?}",
+            "{} step {step} limit {} cost {cost}: memory {m:?} redis {r:?}",
             policy.algorithm(),
-            costs[step]
+            policy.limit(),
         );
         assert_eq!(m.allowed, r.allowed, "{context}");
         assert_eq!(m.remaining, r.remaining, "{context}");
@@ -139,5 +149,109 @@ async fn retry_after_and_reset_after_agree_between_stores() {
             denied.reset_after_us >= denied.retry_after_us,
             "{algorithm}"
         );
+    }
+}
+
+/// 50 units held under 100 per hour (five checks of 10), then the limit drops to 10.
+fn held_then(algorithm: Algorithm, window: &str) -> (Policy, Policy) {
+    (
+        policy(algorithm, 100, window),
+        policy(algorithm, 10, window),
+    )
+}
+
+fn window_for(algorithm: Algorithm) -> &'static str {
+    // gcra drains 100 per window: over 24 h, nothing measurable during the test.
+    match algorithm {
+        Algorithm::SlidingLog => "1h",
+        _ => "24h",
+    }
+}
+
+#[tokio::test]
+async fn a_lowered_limit_on_a_used_key_is_denied_like_a_full_key_in_both_stores() {
+    for algorithm in Algorithm::ALL {
+        let (old, new) = held_then(algorithm, window_for(algorithm));
+        let mut steps = vec![(&old, 10); 5];
+        // A check, a peek, a check of the new limit, another check.
+        steps.extend([(&new, 1), (&new, 0), (&new, 10), (&new, 1)]);
+        let outcomes = assert_steps_same_on_both_stores(&steps).await;
+        assert!(outcomes[..5].iter().all(|o| o.allowed), "{algorithm}");
+        for (step, denied) in outcomes[5..].iter().enumerate() {
+            assert!(!denied.allowed, "{algorithm} step {step}: {denied:?}");
+            assert_eq!(denied.remaining, 0, "{algorithm} step {step}");
+            assert!(denied.retry_after_us > 0, "{algorithm} step {step}");
+            assert!(
+                denied.reset_after_us >= denied.retry_after_us,
+                "{algorithm} step {step}: {denied:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_raised_limit_admits_a_full_key_at_once_in_both_stores() {
+    for algorithm in Algorithm::ALL {
+        let window = window_for(algorithm);
+        let (low, high) = (policy(algorithm, 10, window), policy(algorithm, 20, window));
+        let outcomes = assert_steps_same_on_both_stores(&[
+            (&low, 10),
+            (&low, 1),
+            (&high, 0),
+            (&high, 10),
+            (&high, 1),
+        ])
+        .await;
+        let allowed: Vec<bool> = outcomes.iter().map(|o| o.allowed).collect();
+        assert_eq!(allowed, [true, false, true, true, false], "{algorithm}");
+        assert_eq!(
+            outcomes[2].remaining, 10,
+            "{algorithm}: the peek under the raised limit"
+        );
+        assert_eq!(outcomes[3].remaining, 0, "{algorithm}");
+    }
+}
+
+#[tokio::test]
+async fn a_cost_above_what_remains_after_a_lowering_is_denied_and_what_fits_is_admitted() {
+    for algorithm in Algorithm::ALL {
+        let window = window_for(algorithm);
+        let (old, new) = (policy(algorithm, 10, window), policy(algorithm, 8, window));
+        let outcomes = assert_steps_same_on_both_stores(&[
+            (&old, 6),
+            (&new, 3),
+            (&new, 2),
+            (&new, 1),
+            (&new, 0),
+        ])
+        .await;
+        assert_eq!(outcomes[1].remaining, 2, "{algorithm}: 6 held of 8");
+        let allowed: Vec<bool> = outcomes.iter().map(|o| o.allowed).collect();
+        assert_eq!(allowed, [true, false, true, false, false], "{algorithm}");
+        assert_eq!(outcomes[2].remaining, 0, "{algorithm}");
+    }
+}
+
+#[tokio::test]
+async fn a_cost_of_the_largest_limit_is_one_decision_in_both_stores() {
+    // sliding_log's largest limit, in one check: one log entry, not 100,000.
+    for algorithm in Algorithm::ALL {
+        let limit = slidegate::limiter::policy::MAX_SLIDING_LOG_LIMIT;
+        let (full, lowered) = (
+            policy(algorithm, limit, window_for(algorithm)),
+            policy(algorithm, limit / 2, window_for(algorithm)),
+        );
+        let outcomes = assert_steps_same_on_both_stores(&[
+            (&full, limit),
+            (&full, 1),
+            (&full, 0),
+            (&lowered, limit / 2),
+            (&full, limit),
+        ])
+        .await;
+        let allowed: Vec<bool> = outcomes.iter().map(|o| o.allowed).collect();
+        assert_eq!(allowed, [true, false, false, false, false], "{algorithm}");
+        assert_eq!(outcomes[0].remaining, 0, "{algorithm}");
+        assert_eq!(outcomes[3].remaining, 0, "{algorithm}");
     }
 }
