@@ -156,8 +156,9 @@ if held + need > limit then
   if legacy == 0 then
     fits = log_fits(allowance)
   else
-    -- Units of both layouts interleave in time; this bound is never early
-    -- (each side alone fits by then) and is exact when either side is empty.
+    -- When the previous layout's log holds at most `units`. Its live units
+    -- are the ranks after the `left` ones that left (it is never trimmed
+    -- here); the last of the oldest `legacy - units` of them must leave.
     local function legacy_fits(units)
       if legacy <= units then
         return now
@@ -167,8 +168,22 @@ if held + need > limit then
       local reply = redis.call('ZRANGE', KEYS[2], rank, rank, 'WITHSCORES')
       return tonumber(reply[2]) + window
     end
-    fits = math.min(math.max(legacy_fits(0), log_fits(allowance)),
-      math.max(log_fits(0), legacy_fits(allowance)))
+    local newest_legacy = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+    if not first_at or tonumber(newest_legacy[2]) <= first_at then
+      -- Every old unit leaves before any entry of the log (the usual upgrade:
+      -- old replicas wrote first): exact.
+      if counted <= allowance then
+        fits = legacy_fits(allowance - counted)
+      else
+        fits = log_fits(allowance)
+      end
+    else
+      -- Old and new units interleave in time (old and new replicas both
+      -- admitting): a bound that is never early, since each side alone has
+      -- fitted by then.
+      fits = math.min(math.max(legacy_fits(0), log_fits(allowance)),
+        math.max(log_fits(0), legacy_fits(allowance)))
+    end
   end
   local remaining = limit - held
   if remaining < 0 then
