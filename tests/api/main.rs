@@ -14,6 +14,7 @@ mod failure_modes;
 mod fleet;
 mod health;
 mod helpers;
+mod limit_changes;
 mod local_mode;
 mod metrics;
 mod private_redis;

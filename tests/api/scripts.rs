@@ -4,7 +4,11 @@ use redis::AsyncCommands;
 
 use std::time::Duration;
 
+use slidegate::limiter::{Algorithm, LimiterKey, Store};
+
 use crate::helpers::{TestOptions, eventually, policy, redis_connection, spawn_app, unique_prefix};
+use crate::limit_changes::{self, store_with_prefix};
+use crate::private_redis::PrivateRedis;
 
 /// Every key under `prefix`, found with SCAN (never KEYS on a shared server).
 async fn keys_under(prefix: &str) -> Vec<String> {
@@ -21,13 +25,17 @@ async fn keys_under(prefix: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_check_after_script_flush_still_decides_correctly() {
-    let app = spawn_app(TestOptions::redis(vec![
+    // SCRIPT FLUSH on a Redis of its own: on the shared one it lands between
+    // another test's reload and its EVALSHA, and that check fails NOSCRIPT.
+    let private = PrivateRedis::start();
+    let mut options = TestOptions::redis(vec![
         policy("log", "sliding_log", 3, "1m"),
         policy("window", "sliding_window", 3, "1m"),
         policy("bucket", "gcra", 3, "1m"),
-    ]))
-    .await;
-    let mut redis = redis_connection().await;
+    ]);
+    options.redis_url = Some(private.url());
+    let app = spawn_app(options).await;
+    let mut redis = private.connection().await;
     for name in ["log", "window", "bucket"] {
         assert_eq!(app.check(name, "k", None).await.body["remaining"], 2);
         let _: () = redis::cmd("SCRIPT")
@@ -72,7 +80,8 @@ async fn every_key_the_scripts_write_expires_close_to_its_window() {
     let prefix = options.key_prefix.clone();
     let app = spawn_app(options).await;
     for name in ["log", "window", "bucket"] {
-        app.check(name, "user-1", Some(2)).await;
+        let reply = app.check(name, "user-1", Some(2)).await;
+        assert_eq!(reply.status, 200, "{name}: {:?}", reply.body);
     }
     eventually(Duration::from_secs(5), "a first heartbeat", || async {
         (app.limiter_health().await["counters"]["heartbeats"] != 0).then_some(())
@@ -216,4 +225,60 @@ async fn scripts_refuse_calls_with_the_wrong_keys_or_arguments() {
         assert!(error.to_string().contains("invalid"), "{error}");
     }
     assert!(keys_under(&prefix).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_sliding_log_check_takes_one_entry_of_redis_memory_whatever_its_cost() {
+    let prefix = unique_prefix();
+    let store = store_with_prefix(&prefix);
+    let limit = slidegate::limiter::policy::MAX_SLIDING_LOG_LIMIT;
+    let policy = limit_changes::policy(Algorithm::SlidingLog, limit, Duration::from_secs(3600));
+    let mut redis = redis_connection().await;
+    let mut usage = Vec::new();
+    for (key, cost) in [("one", 1), ("all", limit)] {
+        let outcome = store
+            .check(&policy, LimiterKey::parse(key).unwrap(), cost)
+            .await
+            .unwrap();
+        assert!(outcome.allowed, "{key}");
+        let log = format!("{prefix}{{changed:{key}}}:wlog");
+        let entries: u64 = redis.zcard(&log).await.unwrap();
+        assert_eq!(entries, 1, "{key}: one entry per check, not per unit");
+        let bytes: u64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&log)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        usage.push(bytes);
+    }
+    // The member spells the units out: "<time>:1" against "<time>:100000".
+    assert!(usage[1] <= usage[0] + 16, "MEMORY USAGE {usage:?}");
+}
+
+#[tokio::test]
+async fn a_lowered_gcra_limit_keeps_the_hash_until_it_has_drained_at_the_new_rate() {
+    let prefix = unique_prefix();
+    let store = store_with_prefix(&prefix);
+    let hour = Duration::from_secs(3600);
+    let key = LimiterKey::parse("k").unwrap();
+    let hash = format!("{prefix}{{changed:k}}:gcra");
+    let mut redis = redis_connection().await;
+    // 50 units at 100 per hour: empty in 30 minutes.
+    let old = limit_changes::policy(Algorithm::Gcra, 100, hour);
+    assert!(store.check(&old, key, 50).await.unwrap().allowed);
+    let ttl_ms: i64 = redis.pttl(&hash).await.unwrap();
+    assert!((1_790_000..=1_800_000).contains(&ttl_ms), "PTTL {ttl_ms}");
+    // At 10 per hour the same 50 units take 5 hours; the denied check says so,
+    // and the hash now lives that long instead of forgetting them after 30 minutes.
+    let new = limit_changes::policy(Algorithm::Gcra, 10, hour);
+    let denied = store.check(&new, key, 0).await.unwrap();
+    assert!(!denied.allowed);
+    assert!(denied.reset_after_us > 17_990_000_000, "{denied:?}");
+    let ttl_ms: i64 = redis.pttl(&hash).await.unwrap();
+    assert!((17_990_000..=18_000_000).contains(&ttl_ms), "PTTL {ttl_ms}");
+    // A later check at the same limit writes nothing more.
+    assert!(!store.check(&new, key, 1).await.unwrap().allowed);
+    let again: i64 = redis.pttl(&hash).await.unwrap();
+    assert!(again <= ttl_ms, "PTTL {again} after {ttl_ms}");
 }

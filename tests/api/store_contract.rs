@@ -160,7 +160,7 @@ fn held_then(algorithm: Algorithm, window: &str) -> (Policy, Policy) {
     )
 }
 
-fn window_for(algorithm: Algorithm) -> &'static str {
+pub fn window_for(algorithm: Algorithm) -> &'static str {
     // gcra drains 100 per window: over 24 h, nothing measurable during the test.
     match algorithm {
         Algorithm::SlidingLog => "1h",
