@@ -3,21 +3,22 @@
 # INFO commandstats) and the key's MEMORY USAGE, for each limiter script.
 #
 #   tests/load/cost_bench.sh                     # the scripts in lua/ of this tree
-#   SCRIPTS_FROM=main tests/load/cost_bench.sh   # the scripts of a git revision, for "before"
+#   SCRIPTS_FROM=72001dc HEAVY_CALLS=20 tests/load/cost_bench.sh   # before issue #11
 #   ALGORITHMS=sliding_log LIMIT=1000 tests/load/cost_bench.sh
 #
 # Steps: start a private redis-server on a free 127.0.0.1 port (no other
-# client pollutes its command statistics); load each script; then per script,
-# with CONFIG RESETSTAT before each measured phase and the calls sent down one
-# connection with `redis-cli --pipe` (so client round-trips do not count, only
-# the server's time inside EVALSHA):
+# client pollutes its command statistics); load each script; then per script
+# four phases, each sent in CHUNKS chunks down one connection with
+# `redis-cli --pipe` (so client round-trips do not count, only the server's
+# time inside EVALSHA), the phases taking turns chunk by chunk, with CONFIG
+# RESETSTAT before each chunk and its calls and usec added up per phase:
 #   admit cost 1       CALLS checks of cost 1, each on a fresh key (admitted)
 #   admit cost=limit   HEAVY_CALLS checks of cost LIMIT, each on a fresh key (admitted)
 #   deny, 1 entry      CALLS checks of cost 1 on a key holding one check of cost LIMIT (denied)
 #   deny, full log     CALLS checks of cost 1 on a key holding LIMIT checks of cost 1 (denied)
 # and MEMORY USAGE (SAMPLES 0: every element counted) of the keys one check
-# of cost 1, one check of cost LIMIT, and LIMIT checks of cost 1 leave. Every
-# decision is checked to be what the phase says (admitted or denied). The
+# of cost 1, one check of cost LIMIT, and LIMIT checks of cost 1 leave. The
+# decisions are checked to be what the phases say (admitted or denied). The
 # private Redis is stopped on every exit.
 #
 # Settings (environment):
@@ -25,9 +26,12 @@
 #   WINDOW_US=2592000000000   30 days: nothing leaves the window during the run, and
 #                      gcra drains one unit per 26 s, so a full key stays full
 #   CALLS=2000         calls of each cost-1 phase
-#   HEAVY_CALLS=10     calls of the cost=limit phase (main's sliding_log takes
-#                      ~0.2 s and ~12 MB per call there)
-#   ROUNDS=3           every phase runs this many times; the table shows the median
+#   HEAVY_CALLS=$CALLS calls of the cost=limit phase; with the previous
+#                      sliding_log (SCRIPTS_FROM=72001dc) each takes ~0.3 s
+#                      and ~12 MB, so measure it with e.g. HEAVY_CALLS=20
+#   CHUNKS=10          each phase's calls are sent in this many chunks, the
+#                      phases taking turns, so that load from elsewhere on the
+#                      machine falls on every phase alike
 #   ALGORITHMS="sliding_log gcra sliding_window"
 #   SCRIPTS_FROM=      unset: lua/ of this working tree; a git revision: its lua/
 #
@@ -40,8 +44,8 @@ HERE="$ROOT/tests/load"
 LIMIT=${LIMIT:-100000}
 WINDOW_US=${WINDOW_US:-2592000000000}
 CALLS=${CALLS:-2000}
-HEAVY_CALLS=${HEAVY_CALLS:-10}
-ROUNDS=${ROUNDS:-3}
+HEAVY_CALLS=${HEAVY_CALLS:-$CALLS}
+CHUNKS=${CHUNKS:-10}
 ALGORITHMS=${ALGORITHMS:-sliding_log gcra sliding_window}
 SCRIPTS_FROM=${SCRIPTS_FROM:-}
 REPORT_DIR="$ROOT/target/load-report"
@@ -50,7 +54,7 @@ LOG_NAME=cost_bench
 # shellcheck source=tests/load/lib.sh
 source "$HERE/lib.sh"
 
-for value in LIMIT WINDOW_US CALLS HEAVY_CALLS ROUNDS; do
+for value in LIMIT WINDOW_US CALLS HEAVY_CALLS CHUNKS; do
   [[ ${!value} =~ ^[0-9]+$ ]] && ((${!value} >= 1)) || die "$value must be a whole number >= 1 (got ${!value})"
 done
 ((WINDOW_US >= 1000)) || die "WINDOW_US must be at least 1000 (1 ms), as the scripts require"
@@ -139,59 +143,95 @@ human() { # bytes -> "123 B" / "12.3 KB" / "12.3 MB"
   python3 -c 'import sys; b = int(sys.argv[1]); print("%d B" % b if b < 10**4 else "%.1f KB" % (b / 1e3) if b < 10**7 else "%.1f MB" % (b / 1e6))' "$1"
 }
 
-median() { # numbers... -> their median
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+# EVALSHA's calls and usec since the last RESETSTAT, as "calls usec".
+evalsha_stats() {
+  rcli INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),usec=\([0-9]*\),.*/\1 \2/p'
+}
+
+# Redis's main thread's CPU time so far, in microseconds.
+cpu_us() {
+  rcli INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys)_main_thread:/ { s += $2 } END { printf "%.0f", s * 1e6 }'
+}
+
+# Runs one chunk of a phase between RESETSTATs and adds its EVALSHA calls and
+# usec, and the main thread's CPU time meanwhile, to the phase's totals
+# (CALLS_<phase>, USEC_<phase>, CPU_<phase>).
+measure() { # phase, then pipe_calls' arguments
+  local phase=$1 calls usec cpu_before cpu_after
+  shift
+  rcli CONFIG RESETSTAT >/dev/null
+  cpu_before=$(cpu_us)
+  pipe_calls "$@"
+  cpu_after=$(cpu_us)
+  read -r calls usec <<<"$(evalsha_stats)"
+  [[ $calls =~ ^[0-9]+$ && $usec =~ ^[0-9]+$ ]] || die "cannot read INFO commandstats"
+  eval "CALLS_$phase=\$((CALLS_$phase + calls)); USEC_$phase=\$((USEC_$phase + usec))"
+  eval "CPU_$phase=\$((CPU_$phase + cpu_after - cpu_before))"
+}
+
+per_call() { # phase [CPU] -> usec (or CPU us) per call, two decimals
+  local calls="CALLS_$1" usec="${2:-USEC}_$1"
+  python3 -c 'import sys; print("%.2f" % (int(sys.argv[2]) / int(sys.argv[1])))' "${!calls}" "${!usec}"
 }
 
 ROWS=()
+CPU_ROWS=()
 for algorithm in $ALGORITHMS; do
   script_source "$algorithm" >"$WORK/$algorithm.lua" || die "no lua/$algorithm.lua in ${SCRIPTS_FROM:-this tree}"
   SHA=$(rcli -x SCRIPT LOAD <"$WORK/$algorithm.lua" | tr -d '\r')
   [[ $SHA =~ ^[0-9a-f]{40}$ ]] || die "SCRIPT LOAD of $algorithm answered: $SHA"
   KEYS=$(sed -n 's/^if #KEYS ~= \([0-9]*\) .*/\1/p' "$WORK/$algorithm.lua")
   [[ $KEYS =~ ^[0-9]+$ ]] || die "cannot tell how many keys $algorithm.lua takes"
-  admit_one=() admit_all=() deny_one_entry=() deny_full=()
-  for round in $(seq "$ROUNDS"); do
-    tag="$algorithm-$round"
-    log "$algorithm round $round/$ROUNDS: $CALLS calls of cost 1 on fresh keys"
-    rcli CONFIG RESETSTAT >/dev/null
-    pipe_calls "$SHA" "$KEYS" "$tag-one" 0 "$CALLS" 1 0 "$WINDOW_US" "$LIMIT"
-    admit_one+=("$(usec_per_call)")
-    expect "$algorithm admit cost 1" "$(decision "$SHA" "$KEYS" "$tag-one" 0 0)" "1 "
-    memory_one=$(memory "$KEYS" "$tag-one" 0)
-
-    log "$algorithm round $round/$ROUNDS: $HEAVY_CALLS calls of cost $LIMIT on fresh keys"
-    rcli CONFIG RESETSTAT >/dev/null
-    pipe_calls "$SHA" "$KEYS" "$tag-all" 0 "$HEAVY_CALLS" "$LIMIT" 0 "$WINDOW_US" "$LIMIT"
-    admit_all+=("$(usec_per_call)")
-    memory_all=$(memory "$KEYS" "$tag-all" 0)
-
-    log "$algorithm round $round/$ROUNDS: $CALLS denied calls of cost 1 on a key holding one check of cost $LIMIT"
-    rcli CONFIG RESETSTAT >/dev/null
-    pipe_calls "$SHA" "$KEYS" "$tag-all" 0 "$CALLS" 1 1 "$WINDOW_US" "$LIMIT"
-    deny_one_entry+=("$(usec_per_call)")
-    expect "$algorithm deny after cost=limit" "$(decision "$SHA" "$KEYS" "$tag-all" 0 1)" "0 0"
-
-    log "$algorithm round $round/$ROUNDS: $LIMIT checks of cost 1 on one key, then $CALLS denied calls of cost 1"
-    pipe_calls "$SHA" "$KEYS" "$tag-full" 0 "$LIMIT" 1 1 "$WINDOW_US" "$LIMIT"
-    memory_full=$(memory "$KEYS" "$tag-full" 0)
-    rcli CONFIG RESETSTAT >/dev/null
-    pipe_calls "$SHA" "$KEYS" "$tag-full" 0 "$CALLS" 1 1 "$WINDOW_US" "$LIMIT"
-    deny_full+=("$(usec_per_call)")
-    expect "$algorithm deny on a full key" "$(decision "$SHA" "$KEYS" "$tag-full" 0 1)" "0 0"
-    rcli FLUSHALL >/dev/null # the private server only
+  for phase in one all deny_one deny_full; do
+    eval "CALLS_$phase=0; USEC_$phase=0; CPU_$phase=0"
   done
-  ROWS+=("| \`$algorithm\` | $(median "${admit_one[@]}") | $(median "${admit_all[@]}") | $(median "${deny_one_entry[@]}") | $(median "${deny_full[@]}") | $(human "$memory_one") | $(human "$memory_all") | $(human "$memory_full") |")
+
+  # The two keys the denial phases check: one check of cost LIMIT, and LIMIT checks of cost 1.
+  log "$algorithm: preparing a key with one check of cost $LIMIT and one with $LIMIT checks of cost 1"
+  pipe_calls "$SHA" "$KEYS" "$algorithm-deny" 0 1 "$LIMIT" 0 "$WINDOW_US" "$LIMIT"
+  memory_all=$(memory "$KEYS" "$algorithm-deny" 0)
+  pipe_calls "$SHA" "$KEYS" "$algorithm-full" 0 "$LIMIT" 1 1 "$WINDOW_US" "$LIMIT"
+  memory_full=$(memory "$KEYS" "$algorithm-full" 0)
+
+  chunk=$(((CALLS + CHUNKS - 1) / CHUNKS))
+  heavy_chunk=$(((HEAVY_CALLS + CHUNKS - 1) / CHUNKS))
+  log "$algorithm: $CHUNKS rounds of $chunk + $heavy_chunk + $chunk + $chunk calls, one phase after the other"
+  for ((round = 0; round < CHUNKS; round++)); do
+    measure one "$SHA" "$KEYS" "$algorithm-one" $((round * chunk)) "$chunk" 1 0 "$WINDOW_US" "$LIMIT"
+    # At once: a gcra unit of 100,000 per 30 days drains in 26 s.
+    ((round > 0)) || memory_one=$(memory "$KEYS" "$algorithm-one" 0)
+    measure all "$SHA" "$KEYS" "$algorithm-all" $((round * heavy_chunk)) "$heavy_chunk" "$LIMIT" 0 "$WINDOW_US" "$LIMIT"
+    # With one member per unit each of these keys holds ~12 MB: drop them now.
+    drop=()
+    for ((i = round * heavy_chunk; i < (round + 1) * heavy_chunk; i++)); do
+      for n in $(seq "$KEYS"); do drop+=("{bench:$algorithm-all:$i}:$n"); done
+    done
+    rcli DEL "${drop[@]}" >/dev/null
+    measure deny_one "$SHA" "$KEYS" "$algorithm-deny" 0 "$chunk" 1 1 "$WINDOW_US" "$LIMIT"
+    measure deny_full "$SHA" "$KEYS" "$algorithm-full" 0 "$chunk" 1 1 "$WINDOW_US" "$LIMIT"
+  done
+  expect "$algorithm admit cost 1" "$(decision "$SHA" "$KEYS" "$algorithm-one" 0 0)" "1 "
+  expect "$algorithm deny after cost=limit" "$(decision "$SHA" "$KEYS" "$algorithm-deny" 0 1)" "0 0"
+  expect "$algorithm deny on a full key" "$(decision "$SHA" "$KEYS" "$algorithm-full" 0 1)" "0 0"
+  ROWS+=("| \`$algorithm\` | $(per_call one) | $(per_call all) | $(per_call deny_one) | $(per_call deny_full) | $(human "$memory_one") | $(human "$memory_all") | $(human "$memory_full") |")
+  CPU_ROWS+=("| \`$algorithm\` | $(per_call one CPU) | $(per_call all CPU) | $(per_call deny_one CPU) | $(per_call deny_full CPU) |")
+  rcli FLUSHALL >/dev/null # the private server only
 done
 
 mkdir -p "$REPORT_DIR"
 REPORT="$REPORT_DIR/cost-bench-$(date -u +%Y%m%dT%H%M%SZ).md"
 {
   echo "Redis $REDIS_VERSION, scripts from ${SCRIPTS_FROM:-the working tree} ($(git -C "$ROOT" rev-parse --short HEAD) checked out), limit $LIMIT, window ${WINDOW_US} us."
-  echo "Redis µs per EVALSHA (INFO commandstats usec_per_call, median of $ROUNDS rounds) and MEMORY USAGE of the script's keys."
+  echo "Redis µs per EVALSHA (INFO commandstats: usec / calls, over $CHUNKS interleaved chunks per phase) and MEMORY USAGE of the script's keys."
   echo
   echo "| script | admit cost 1 | admit cost $LIMIT | deny (1 entry) | deny (full: $LIMIT × cost 1) | memory: 1 × cost 1 | memory: 1 × cost $LIMIT | memory: $LIMIT × cost 1 |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "Redis main thread CPU µs per call over the same chunks (INFO cpu; unlike the wall-clock usec above, not inflated while another process has the CPU):"
+  echo
+  echo "| script | admit cost 1 | admit cost $LIMIT | deny (1 entry) | deny (full: $LIMIT × cost 1) |"
+  echo "|---|---:|---:|---:|---:|"
+  printf '%s\n' "${CPU_ROWS[@]}"
 } | tee "$REPORT"
 log "report written to $REPORT"
