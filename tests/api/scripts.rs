@@ -282,3 +282,65 @@ async fn a_lowered_gcra_limit_keeps_the_hash_until_it_has_drained_at_the_new_rat
     let again: i64 = redis.pttl(&hash).await.unwrap();
     assert!(again <= ttl_ms, "PTTL {again} after {ttl_ms}");
 }
+
+#[tokio::test]
+async fn sliding_log_drops_exactly_the_entries_that_left_the_window_however_many() {
+    // Redis's clock cannot be moved, so the log is written by hand, relative
+    // to Redis TIME: `gone` entries older than the window, `live` ones inside
+    // it, with units 1, 2, 3, 1, 2, 3, ... and cumulative scores.
+    let prefix = unique_prefix();
+    let store = store_with_prefix(&prefix);
+    let hour_us: u64 = 3_600_000_000;
+    let policy = limit_changes::policy(Algorithm::SlidingLog, 100_000, Duration::from_secs(3600));
+    let mut redis = redis_connection().await;
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+    let now = seconds * 1_000_000 + micros;
+    for gone in [0u64, 1, 2, 3, 5, 8, 13, 64, 100] {
+        for live in [0u64, 1, 5] {
+            let key = format!("g{gone}-l{live}");
+            let log = format!("{prefix}{{changed:{key}}}:wlog");
+            let (mut score, mut live_units) = (0, 0);
+            for index in 0..gone + live {
+                let units = index % 3 + 1;
+                score += units;
+                let at = if index < gone {
+                    now - 2 * hour_us + index * 1_000
+                } else {
+                    live_units += units;
+                    now - hour_us / 2 + index * 1_000
+                };
+                let _: () = redis
+                    .zadd(&log, format!("{at}:{units}"), score)
+                    .await
+                    .unwrap();
+            }
+            let _: () = redis.pexpire(&log, 60_000).await.unwrap();
+            let peek = store
+                .check(&policy, LimiterKey::parse(&key).unwrap(), 0)
+                .await
+                .unwrap();
+            assert_eq!(peek.remaining, 100_000 - live_units, "{key}");
+            let entries: u64 = redis.zcard(&log).await.unwrap();
+            assert_eq!(entries, live, "{key}: the entries that left are gone");
+            if live > 0 {
+                // One unit more than remains: the oldest live entry must leave.
+                let denied = store
+                    .check(
+                        &policy,
+                        LimiterKey::parse(&key).unwrap(),
+                        100_000 - live_units + 1,
+                    )
+                    .await
+                    .unwrap();
+                assert!(!denied.allowed, "{key}");
+                let oldest_live = now - hour_us / 2 + gone * 1_000;
+                let retry_at = oldest_live + hour_us;
+                assert!(
+                    denied.retry_after_us <= retry_at - now
+                        && denied.retry_after_us + 5_000_000 > retry_at - now,
+                    "{key}: {denied:?}"
+                );
+            }
+        }
+    }
+}
