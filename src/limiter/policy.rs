@@ -86,7 +86,7 @@ impl fmt::Display for PolicyName {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
-    /// Exact: never more than `limit` units in any trailing window. Memory grows with the limit.
+    /// Exact: never more than `limit` units in any trailing window. Memory grows with the checks admitted in it.
     SlidingLog,
     /// Two fixed-window counters weighted by overlap. O(1) memory, approximate.
     SlidingWindow,

@@ -309,15 +309,15 @@ load_script
 grep -q "$SHA" "$WORK/ready.json" || log "warning: the replica reported other script hashes than $SHA"
 
 # redis-benchmark replaces EVERY occurrence of __rand_int__ with its own random
-# number (checked with MONITOR: "…{bench:000000014564}:log" "…{bench:000000020764}:seq"),
-# so the service's layout "<prefix>{<policy>:<key>}:log" + ":seq" would give
+# number (checked with MONITOR: "…{bench:000000014564}:wlog" "…{bench:000000020764}:log"),
+# so the service's layout "<prefix>{<policy>:<key>}:wlog" + ":log" would give
 # the two keys of one call different hash tags. Here the hash tag is the
 # policy and the random part follows it: both keys share one slot, every call
 # still hits a random log among KEY_SPACE, and the script does exactly the
 # work it does for the service (same commands, same arguments).
 CEILING_PREFIX="${PREFIX}ceiling:"
 case "$ALGORITHM" in
-  sliding_log) KEYS=("${CEILING_PREFIX}{$POLICY}:__rand_int__:log" "${CEILING_PREFIX}{$POLICY}:__rand_int__:seq") ;;
+  sliding_log) KEYS=("${CEILING_PREFIX}{$POLICY}:__rand_int__:wlog" "${CEILING_PREFIX}{$POLICY}:__rand_int__:log") ;;
   sliding_window) KEYS=("${CEILING_PREFIX}{$POLICY}:__rand_int__:sw") ;;
   gcra) KEYS=("${CEILING_PREFIX}{$POLICY}:__rand_int__:gcra") ;;
 esac

@@ -342,8 +342,8 @@ if ((CEILING_REQUESTS > 0)); then
   [[ $SHA =~ ^[0-9a-f]{40}$ ]] || die "SCRIPT LOAD answered: $SHA"
   log "Redis ceiling: redis-benchmark -c 150 -n $CEILING_REQUESTS EVALSHA sliding_log.lua"
   if run_child "$WORK/redis-benchmark.txt" timeout 120 redis-benchmark -u "$REDIS_URL" -c 150 -r 100000 \
-    -n "$CEILING_REQUESTS" --csv EVALSHA "$SHA" 2 "${PREFIX}ceiling:{bench}:__rand_int__:log" \
-    "${PREFIX}ceiling:{bench}:__rand_int__:seq" 60000000 100 1; then
+    -n "$CEILING_REQUESTS" --csv EVALSHA "$SHA" 2 "${PREFIX}ceiling:{bench}:__rand_int__:wlog" \
+    "${PREFIX}ceiling:{bench}:__rand_int__:log" 60000000 100 1; then
     ceiling=$(tr '\r' '\n' <"$WORK/redis-benchmark.txt" | grep '^"EVALSHA' | tail -n 1 | tr -d '"' |
       awk -F, '{ printf "%.0f", $2 }') || true
   fi
