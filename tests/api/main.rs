@@ -13,6 +13,7 @@ mod deploy;
 mod exactness;
 mod failure_modes;
 mod fleet;
+mod forward_auth;
 mod health;
 mod helpers;
 mod local_mode;
