@@ -356,7 +356,7 @@ fn openssl(args: &[&str]) {
 /// directory of its own; every process is killed and every directory removed
 /// when dropped, also when the test (or the start) fails.
 pub struct PrivateCluster {
-    /// Masters first, then replicas, in the order given to `redis-cli --cluster create`.
+    /// In the order given to `redis-cli --cluster create`, which picks the masters.
     nodes: Vec<PrivateRedis>,
     _dirs: tempfile::TempDir,
 }
@@ -419,7 +419,8 @@ impl PrivateCluster {
         cluster
     }
 
-    /// Every node: masters first, then replicas.
+    /// Every node, in the order given to `redis-cli --cluster create`; with
+    /// no replicas, all of them masters.
     pub fn nodes(&self) -> &[PrivateRedis] {
         &self.nodes
     }

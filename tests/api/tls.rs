@@ -71,6 +71,13 @@ async fn decisions_are_made_over_tls_verified_against_a_private_ca() {
     // The only Redis this replica knows speaks TLS: the fourth check is
     // denied because the first three were counted there.
     assert_eq!(statuses(&app, "alice", 4).await, [200, 200, 200, 429]);
+
+    // By name: the certificate's DNS name, verified as its IP address was.
+    let mut by_name = options(&redis, &pki, true, false);
+    by_name.redis_url = Some(format!("rediss://localhost:{}", redis.port()));
+    let by_name = spawn_app(by_name).await;
+    wait_ready(&by_name).await;
+    assert_eq!(statuses(&by_name, "bob", 4).await, [200, 200, 200, 429]);
 }
 
 #[tokio::test]
