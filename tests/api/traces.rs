@@ -454,19 +454,6 @@ async fn log_lines_written_during_a_traced_request_carry_its_trace_and_span_ids(
     env.push(("RUST_LOG", "info,slidegate=debug".into()));
     let replica = Replica::spawn(POLICY, &env).await;
 
-    // Probes and scrapes first, sampled by their caller: none is traced.
-    let (probe_trace, probe_span) = caller_ids();
-    for path in ["/health/ready", "/health/live", "/metrics"] {
-        let response = replica
-            .client
-            .get(format!("{}{path}", replica.address))
-            .header("traceparent", format!("00-{probe_trace}-{probe_span}-01"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{path}");
-    }
-
     let (trace_id, caller_span) = caller_ids();
     let response = replica
         .client
