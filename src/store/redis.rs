@@ -44,7 +44,8 @@ const HEARTBEAT: &str = include_str!("../../lua/heartbeat.lua");
 pub struct RedisOptions {
     /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
     pub url: String,
-    /// Certificates beyond the system's trust store, for a `rediss://` URL.
+    /// TLS for a `rediss://` URL (a private CA, a client certificate);
+    /// `None` with `rediss://`: verified against the system's roots.
     pub tls: Option<RedisTls>,
     /// Key prefix before the hash tag; must not contain `{` or `}`.
     pub key_prefix: String,
@@ -760,14 +761,22 @@ impl Connector {
         })
     }
 
+    /// Longest an attempt to open a connection may take, TLS handshake and
+    /// authentication included (redis-rs's own default for plain ones). A
+    /// checkout gives up after `connect_timeout`; this ends the attempt
+    /// itself, so a server that accepts but never answers cannot hold a
+    /// pool's slot for ever.
+    const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+
     /// A multiplexed connection whose driver runs on the calling thread's
     /// runtime, replies awaited at most `response_timeout`.
     async fn connect(&self, response_timeout: Duration) -> RedisResult<MultiplexedConnection> {
         // redis-rs gives every request on a multiplexed connection its own
         // timeout, 500 ms by default; left alone it would cut any longer
         // `command_timeout` short, and report it as a connection error.
-        let config =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(response_timeout));
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(response_timeout))
+            .set_connection_timeout(Some(Self::OPEN_TIMEOUT));
         match self {
             Self::Plain(client) => {
                 client
@@ -780,12 +789,18 @@ impl Connector {
                 redis,
                 tls,
             } => {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                // Verifies the chain and that the certificate names `host`
-                // (a DNS name, or an IP address in its subjectAltName).
-                let stream = tls.connect(host, tcp).await?;
+                let open = async {
+                    let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                    // Verifies the chain and that the certificate names `host`
+                    // (a DNS name, or an IP address in its subjectAltName).
+                    let stream = tls.connect(host, tcp).await?;
+                    MultiplexedConnection::new_with_config(redis, stream, config).await
+                };
                 let (connection, driver) =
-                    MultiplexedConnection::new_with_config(redis, stream, config).await?;
+                    tokio::time::timeout(Self::OPEN_TIMEOUT, open)
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                // It ends when the last clone of the connection is dropped.
                 tokio::spawn(driver);
                 Ok(connection)
             }

@@ -163,6 +163,35 @@ async fn mutual_tls_refuses_a_replica_without_a_client_certificate_and_accepts_o
     assert_eq!(without.check("p", "bob", None).await.status, 503);
 }
 
+#[tokio::test]
+async fn a_server_that_accepts_but_never_completes_the_handshake_times_the_attempt_out() {
+    let pki = TestPki::new();
+    // The kernel accepts connections to it; nothing ever answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut options = TestOptions::redis(vec![policy("p", "sliding_log", 3, "1m")]);
+    options.redis_url = Some(format!(
+        "rediss://127.0.0.1:{}",
+        silent.local_addr().unwrap().port()
+    ));
+    options.settings.redis.tls_ca_file = Some(pki.ca.cert.clone());
+    let app = spawn_app(options).await;
+    // The attempt ends (and says so) instead of holding the pool's slot.
+    app.eventually(
+        "the hanging handshake to be given up",
+        Duration::from_secs(10),
+        || app.get("/health/ready"),
+        |reply| {
+            reply.body["checks"]["redis"]["error"]
+                .as_str()
+                .is_some_and(|error| {
+                    error.contains("the last connection attempt failed: connection timed out")
+                })
+        },
+    )
+    .await;
+    assert_eq!(app.check("p", "alice", None).await.status, 503);
+}
+
 /// Settings as the environment would give them, over an empty file.
 fn settings(env: &[(&str, String)]) -> Settings {
     let env = env
