@@ -5,7 +5,7 @@
 //! rather than surfacing later as a strange decision.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -20,6 +20,7 @@ use crate::limiter::{
     Algorithm, BreakerSettings, FailoverSettings, FailureMode, Policy, PolicyError, PolicyName,
     PolicySet, Window,
 };
+use crate::store::{RedisTls, TlsError};
 
 /// Prefix of every environment variable read: `SLIDEGATE__REDIS__URL` sets `redis.url`.
 pub const ENV_PREFIX: &str = "SLIDEGATE";
@@ -97,9 +98,17 @@ impl Default for ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]`. Unset or empty: the embedded
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (the
+    /// server's certificate is always verified). Unset or empty: the embedded
     /// in-process store, whose limits are per replica.
     pub url: Option<SecretString>,
+    /// PEM file of the CA certificates that sign the server's certificate,
+    /// trusted instead of the system's roots; only with `rediss://`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of a client certificate (chain) for mutual TLS; needs `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's PKCS#8 private key (`BEGIN PRIVATE KEY`).
+    pub tls_key_file: Option<PathBuf>,
     /// Multiplexed connections per worker thread; each carries many concurrent
     /// checks. Few are best: commands of concurrent checks share a write.
     pub pool_size: u32,
@@ -118,6 +127,9 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             pool_size: 2,
             // Tens of milliseconds: a check sits on a request path, and a
             // local Redis answers in well under one.
@@ -183,6 +195,108 @@ impl RedisSettings {
             .as_ref()
             .map(|url| url.expose_secret().trim())
             .filter(|url| !url.is_empty())
+    }
+
+    /// The TLS files given, by setting name (an empty path counts as none).
+    fn tls_files(&self) -> [(&'static str, Option<&Path>); 3] {
+        fn given(path: &Option<PathBuf>) -> Option<&Path> {
+            path.as_deref().filter(|path| !path.as_os_str().is_empty())
+        }
+        [
+            ("redis.tls_ca_file", given(&self.tls_ca_file)),
+            ("redis.tls_cert_file", given(&self.tls_cert_file)),
+            ("redis.tls_key_file", given(&self.tls_key_file)),
+        ]
+    }
+
+    /// Checks what can be checked without reading a file.
+    fn validate(&self) -> Result<(), ConfigurationError> {
+        let known_scheme = |url: &str| {
+            ["redis://", "rediss://", "unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+        };
+        // Never echo the URL: it may hold a password.
+        if let Some(url) = self.url() {
+            if !known_scheme(url) {
+                return Err(ConfigurationError::invalid(
+                    "redis.url",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+            if url.contains('#') {
+                // redis-rs reads `rediss://…/#insecure` as "verify nothing".
+                return Err(ConfigurationError::invalid(
+                    "redis.url",
+                    "must not have a #fragment (#insecure would turn certificate verification off); \
+                     to trust a private CA, set redis.tls_ca_file",
+                ));
+            }
+        }
+        let tls = self.url().is_some_and(|url| url.starts_with("rediss://"));
+        let [_, cert, key] = self.tls_files();
+        for (field, path) in self.tls_files() {
+            if path.is_some() && !tls {
+                return Err(ConfigurationError::invalid(
+                    field,
+                    "applies only to a rediss:// redis.url (TLS)",
+                ));
+            }
+        }
+        match (cert.1, key.1) {
+            (Some(_), None) => Err(ConfigurationError::invalid(
+                "redis.tls_key_file",
+                "must be set with redis.tls_cert_file: a client certificate needs its key",
+            )),
+            (None, Some(_)) => Err(ConfigurationError::invalid(
+                "redis.tls_cert_file",
+                "must be set with redis.tls_key_file: a client key needs its certificate",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The TLS certificates the files name, read and parsed; `None` when no
+    /// file is set.
+    ///
+    /// # Errors
+    /// A file that cannot be read or parsed, naming its setting and path (never its contents).
+    pub fn tls(&self) -> Result<Option<RedisTls>, ConfigurationError> {
+        self.validate()?;
+        let [ca, cert, key] = self.tls_files();
+        if ca.1.is_none() && cert.1.is_none() {
+            return Ok(None);
+        }
+        let read = |(field, path): (&'static str, Option<&Path>)| {
+            path.map(|path| {
+                std::fs::read(path).map_err(|error| {
+                    ConfigurationError::invalid(
+                        field,
+                        format!("cannot read {}: {error}", path.display()),
+                    )
+                })
+            })
+            .transpose()
+        };
+        let ca_pem = read(ca)?;
+        let client = match (read(cert)?, read(key)?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => None,
+        };
+        let client = client
+            .as_ref()
+            .map(|(cert, key)| (cert.as_slice(), key.as_slice()));
+        RedisTls::new(ca_pem.as_deref(), client)
+            .map(Some)
+            .map_err(|error| {
+                let (field, path) = match &error {
+                    TlsError::Ca(_) | TlsError::Setup(_) => ca,
+                    TlsError::ClientCert(_) => cert,
+                    TlsError::ClientKey(_) => key,
+                };
+                let path = path.map_or_else(String::new, |path| path.display().to_string());
+                ConfigurationError::invalid(field, format!("{path} {error}"))
+            })
     }
 }
 
@@ -718,18 +832,7 @@ impl Settings {
                 "must be at least 1 (set enabled = false to turn the cache off)",
             ));
         }
-        let known_scheme = |url: &str| {
-            ["redis://", "rediss://", "unix://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme))
-        };
-        if self.redis.url().is_some_and(|url| !known_scheme(url)) {
-            // Never echo the URL: it may hold a password.
-            return Err(ConfigurationError::invalid(
-                "redis.url",
-                "must start with redis://, rediss:// or unix://",
-            ));
-        }
+        self.redis.validate()?;
         self.tracing.validate()?;
         if self.server.drain_delay > Duration::from_secs(300) {
             return Err(ConfigurationError::invalid(

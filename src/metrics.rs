@@ -100,7 +100,7 @@ impl Metrics {
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
         registry.register(
             "store_errors",
-            "Checks answered 503 because the store could not decide and the policy fails closed, by kind (timeout, unavailable, invalid_reply, circuit_open); the open and local failure modes' decisions count as degraded decisions instead",
+            "Checks answered 503 because the store could not decide and the policy fails closed, by kind (timeout, unavailable, invalid_reply, misconfigured, circuit_open); the open and local failure modes' decisions count as degraded decisions instead",
             store_errors.clone(),
         );
         let loaded = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
@@ -163,6 +163,7 @@ impl Metrics {
             timeout: kind("timeout"),
             unavailable: kind("unavailable"),
             invalid_reply: kind("invalid_reply"),
+            misconfigured: kind("misconfigured"),
             circuit_open: kind("circuit_open"),
         }
     }
@@ -531,6 +532,7 @@ pub struct StoreErrorMetrics {
     timeout: Counter,
     unavailable: Counter,
     invalid_reply: Counter,
+    misconfigured: Counter,
     circuit_open: Counter,
 }
 
@@ -545,6 +547,11 @@ impl StoreErrorMetrics {
 
     pub fn invalid_reply(&self) {
         self.invalid_reply.inc();
+    }
+
+    /// The store answered that it is not what this build can use (a cluster node).
+    pub fn misconfigured(&self) {
+        self.misconfigured.inc();
     }
 
     /// Checks not sent because the breaker was open.

@@ -76,6 +76,7 @@ impl Application {
             Some(url) => (
                 AnyStore::Redis(Box::new(RedisStore::new(RedisOptions {
                     url: url.to_owned(),
+                    tls: settings.redis.tls()?,
                     key_prefix: settings.limiter.key_prefix.clone(),
                     pool_size: settings.redis.pool_size,
                     connect_timeout: settings.redis.connect_timeout,

@@ -46,7 +46,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 type Manager = PostgresConnectionManager<MakeTlsConnector>;
 
 /// How the catalog connects and how long it waits.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CatalogOptions {
     /// `postgres://user[:password]@host[:port]/database[?sslmode=require]`.
     pub url: String,
@@ -57,6 +57,27 @@ pub struct CatalogOptions {
     pub statement_timeout: Duration,
     /// How often the whole catalog is reloaded even without a notification.
     pub resync_interval: Duration,
+}
+
+/// The URL may carry a password: it is never printed, not even in debug output.
+impl std::fmt::Debug for CatalogOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field cannot be left out of this impl unnoticed.
+        let Self {
+            url: _,
+            pool_size,
+            connect_timeout,
+            statement_timeout,
+            resync_interval,
+        } = self;
+        f.debug_struct("CatalogOptions")
+            .field("url", &"<redacted>")
+            .field("pool_size", pool_size)
+            .field("connect_timeout", connect_timeout)
+            .field("statement_timeout", statement_timeout)
+            .field("resync_interval", resync_interval)
+            .finish()
+    }
 }
 
 /// The catalog's Postgres side: a pool for reads and writes, and what the listener needs to connect.

@@ -27,7 +27,9 @@ use super::HttpState;
 use super::check::decision_response;
 use super::client_ip::ClientIpRules;
 use super::error::ApiError;
-use crate::limiter::rules::{ForwardedRequest, NoMatch, Rules, normalize_path};
+use crate::limiter::rules::{
+    ForwardedRequest, NoMatch, Rules, normalize_path, normalize_path_decoding_slashes,
+};
 use crate::limiter::{CheckError, Checked, Store};
 
 /// The path Envoy's ext_authz `path_prefix` should be set to.
@@ -91,6 +93,7 @@ pub async fn forward_auth<S: Store>(
             },
         };
     let path = normalize_path(&target);
+    let path_decoding_slashes = normalize_path_decoding_slashes(&target);
     let host = header(headers, "x-forwarded-host")
         .or_else(|| header(headers, "host"))
         .map(normalize_host);
@@ -110,6 +113,7 @@ pub async fn forward_auth<S: Store>(
     let forwarded = ForwardedRequest {
         method,
         path: &path,
+        path_decoding_slashes: path_decoding_slashes.as_deref(),
         host: host.as_deref(),
         client_ip: client_ip.as_deref(),
         api_key: api_key(headers),

@@ -98,6 +98,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store replied with something the limiter cannot read: {0}")]
     InvalidReply(String),
+    /// The store answers, but is not what this build can use (a Redis Cluster
+    /// node answering `MOVED`): an operator must fix the deployment.
+    #[error("store misconfigured: {0}")]
+    Misconfigured(String),
     /// Not an answer from the store: the limiter did not ask it.
     #[error("not asked: the circuit breaker is open after repeated store failures")]
     CircuitOpen,
@@ -110,6 +114,7 @@ impl StoreError {
             StoreError::Timeout { .. } => "timeout",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::InvalidReply(_) => "invalid_reply",
+            StoreError::Misconfigured(_) => "misconfigured",
             StoreError::CircuitOpen => "circuit_open",
         }
     }
@@ -553,6 +558,7 @@ impl<S: Store> Limiter<S> {
                     StoreError::Timeout { .. } => self.store_errors.timeout(),
                     StoreError::Unavailable(_) => self.store_errors.unavailable(),
                     StoreError::InvalidReply(_) => self.store_errors.invalid_reply(),
+                    StoreError::Misconfigured(_) => self.store_errors.misconfigured(),
                     StoreError::CircuitOpen => self.store_errors.circuit_open(),
                 }
                 if !deciding.is_disabled() {

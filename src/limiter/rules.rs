@@ -6,13 +6,16 @@
 //! says what to count per (client address, API key, a header, or several).
 //! This module knows no HTTP types: the caller hands it plain strings.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use super::key::MAX_KEY_LEN;
 use super::policy::{Policy, PolicySet};
 
-/// Most parts in one key spec; with header names of at most 32 bytes and
-/// digested values, every derived key stays under the 256-byte key limit.
+/// Most parts in one key spec. Four parts can join to more than the 256-byte
+/// key limit (four 32-byte header names with their digests: 303 bytes), so a
+/// longer key is digested as a whole (see [`KeySpec::derive`]).
 pub const MAX_KEY_PARTS: usize = 4;
 
 /// Longest `path_prefix` and `host` in a rule; they are compared on every forwarded request.
@@ -37,7 +40,7 @@ pub enum RuleError {
     DuplicateKeyPart(String),
     #[error("must name at least one part, e.g. [\"client_ip\"]")]
     EmptyKey,
-    #[error("at most {MAX_KEY_PARTS} parts, so the combined key stays within the key length limit")]
+    #[error("at most {MAX_KEY_PARTS} parts")]
     TooManyKeyParts,
 }
 
@@ -137,19 +140,28 @@ impl RequestMatch {
     }
 
     /// Whether `request` is one this rule covers. The path is compared after
-    /// [`normalize_path`], so `/./api` or `//api` cannot slip past a `/api` prefix.
+    /// [`normalize_path`], so `/./api` or `//api` cannot slip past a `/api`
+    /// prefix; a path with an encoded slash is covered when either reading of
+    /// it is (see [`normalize_path_decoding_slashes`]), so neither kind of
+    /// upstream can be reached under the prefix without the rule applying.
     pub fn matches(&self, request: &ForwardedRequest<'_>) -> bool {
         let method_ok = self.methods.is_empty()
             || self
                 .methods
                 .iter()
                 .any(|method| method.eq_ignore_ascii_case(request.method));
-        let path_ok = self.path_prefix.as_deref().is_none_or(|prefix| {
-            request.path.starts_with(prefix)
+        let under = |prefix: &str, path: &str| {
+            path.starts_with(prefix)
                 // "/api" covers "/api" and "/api/x", not "/apix"; "/api/" only "/api/…".
                 && (prefix.ends_with('/')
-                    || request.path.len() == prefix.len()
-                    || request.path.as_bytes()[prefix.len()] == b'/')
+                    || path.len() == prefix.len()
+                    || path.as_bytes()[prefix.len()] == b'/')
+        };
+        let path_ok = self.path_prefix.as_deref().is_none_or(|prefix| {
+            under(prefix, request.path)
+                || request
+                    .path_decoding_slashes
+                    .is_some_and(|path| under(prefix, path))
         });
         let host_ok = self.host.as_ref().is_none_or(|pattern| {
             let host = request.host.unwrap_or("");
@@ -262,6 +274,10 @@ impl KeySpec {
     ///
     /// API keys and header values are stored as SHA-1 digests: the key length
     /// stays bounded whatever a client sends, and Redis never holds a credential.
+    /// A key that still comes to more than [`MAX_KEY_LEN`] bytes (long header
+    /// names, an IPv6 address) becomes `sha1=<digest of the whole key>`, so a
+    /// rule never fails a request for its key's length. No joined key starts
+    /// with `sha1=` (each starts with a part's label), so the two never meet.
     pub fn derive(&self, request: &ForwardedRequest<'_>) -> Option<String> {
         let mut key = String::new();
         for part in &self.0 {
@@ -276,6 +292,9 @@ impl KeySpec {
             key.push_str(&part.label());
             key.push('=');
             key.push_str(&value);
+        }
+        if key.len() > MAX_KEY_LEN {
+            key = format!("sha1={}", digest(&key));
         }
         Some(key)
     }
@@ -297,6 +316,8 @@ pub struct ForwardedRequest<'a> {
     pub method: &'a str,
     /// Normalised with [`normalize_path`], without the query.
     pub path: &'a str,
+    /// [`normalize_path_decoding_slashes`]: set only when the target has a `%2F`.
+    pub path_decoding_slashes: Option<&'a str>,
     /// Lower-case, without port.
     pub host: Option<&'a str>,
     /// Already reduced to what is counted (an IPv6 prefix, an IPv4 address).
@@ -312,6 +333,7 @@ impl fmt::Debug for ForwardedRequest<'_> {
         f.debug_struct("ForwardedRequest")
             .field("method", &self.method)
             .field("path", &self.path)
+            .field("path_decoding_slashes", &self.path_decoding_slashes)
             .field("host", &self.host)
             .finish_non_exhaustive()
     }
@@ -392,41 +414,83 @@ impl Rules {
     }
 }
 
-/// The path part of a request target as a router sees it: query and fragment
-/// dropped, percent-escapes decoded, repeated slashes merged, `.` and `..`
-/// resolved. Gateways route on the normalised path, so matching the raw one
-/// would let `/./api` or `/%61pi` through unlimited.
+/// The path part of a request target as most routers see it: query and
+/// fragment dropped, split into segments on its real `/` separators, each
+/// segment percent-decoded except `%2F`, which stays inside its segment (as
+/// `%2F`), then empty and `.` segments dropped and `..` resolved. Gateways
+/// route on the normalised path, so matching the raw one would let `/./api`
+/// or `/%61pi` through unlimited; and decoding `%2F` into a separator would
+/// let `/api/x%2F..%2F..%2Fpublic` (a path under `/api` to such a router)
+/// pass for `/public`.
 pub fn normalize_path(target: &str) -> String {
+    resolve(raw_path(target).split('/').map(decode_segment))
+}
+
+/// The same path as a server that decodes `%2F` into a separator sees it
+/// (some do, or proxies in front of them do); `None` when the target has no
+/// encoded slash, so the two readings agree. Rules match either reading
+/// (see [`RequestMatch::matches`]): `/public%2F..%2Fapi` is `/api` here.
+pub fn normalize_path_decoding_slashes(target: &str) -> Option<String> {
+    let raw = raw_path(target);
+    let encoded_slash = raw.as_bytes().windows(3).any(|window| {
+        window[0] == b'%' && window[1] == b'2' && window[2].eq_ignore_ascii_case(&b'f')
+    });
+    if !encoded_slash {
+        return None;
+    }
+    let decoded = percent_decode(raw, false);
+    Some(resolve(decoded.split('/').map(Cow::Borrowed)))
+}
+
+/// The path of a request target, still encoded: without query, fragment,
+/// and the scheme and authority of an absolute-form target.
+fn raw_path(target: &str) -> &str {
     let raw = target.split(['?', '#']).next().unwrap_or("");
     // An absolute-form target ("http://host/path") carries the path after the authority.
-    let raw = match raw.split_once("://") {
+    match raw.split_once("://") {
         Some((_, rest)) => rest.find('/').map_or("/", |at| &rest[at..]),
         None => raw,
-    };
-    let decoded = percent_decode(raw);
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
+    }
+}
+
+fn decode_segment(segment: &str) -> Cow<'_, str> {
+    if segment.contains('%') {
+        Cow::Owned(percent_decode(segment, true))
+    } else {
+        Cow::Borrowed(segment)
+    }
+}
+
+/// Joins decoded segments into a path: empty and `.` segments dropped, `..`
+/// removing the one before; a trailing `/` (or a final `.` or `..`) kept.
+fn resolve<'a>(segments: impl Iterator<Item = Cow<'a, str>>) -> String {
+    let mut kept: Vec<Cow<'a, str>> = Vec::new();
+    let mut trailing = false;
+    for segment in segments {
+        trailing = matches!(segment.as_ref(), "" | "." | "..");
+        match segment.as_ref() {
             "" | "." => {}
             ".." => {
-                segments.pop();
+                kept.pop();
             }
-            segment => segments.push(segment),
+            _ => kept.push(segment),
         }
     }
-    let mut path = String::with_capacity(decoded.len() + 1);
-    for segment in &segments {
+    let mut path =
+        String::with_capacity(kept.iter().map(|segment| segment.len() + 1).sum::<usize>() + 1);
+    for segment in &kept {
         path.push('/');
         path.push_str(segment);
     }
-    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    if path.is_empty() || (trailing && !segments.is_empty()) {
+    if path.is_empty() || (trailing && !kept.is_empty()) {
         path.push('/');
     }
     path
 }
 
-fn percent_decode(text: &str) -> String {
+/// Decodes `%xx` escapes; with `keep_slashes`, `%2F` stays `%2F` (upper-case,
+/// so both spellings compare equal).
+fn percent_decode(text: &str, keep_slashes: bool) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut at = 0;
@@ -437,7 +501,12 @@ fn percent_decode(text: &str) -> String {
                 bytes.get(at + 2).and_then(|b| (*b as char).to_digit(16)),
             )
         {
-            out.push((high * 16 + low) as u8);
+            let byte = (high * 16 + low) as u8;
+            if keep_slashes && byte == b'/' {
+                out.extend_from_slice(b"%2F");
+            } else {
+                out.push(byte);
+            }
             at += 3;
             continue;
         }
@@ -460,6 +529,7 @@ mod tests {
         ForwardedRequest {
             method,
             path,
+            path_decoding_slashes: None,
             host,
             client_ip: Some("203.0.113.7"),
             api_key: None,
@@ -480,9 +550,48 @@ mod tests {
             ("", "/"),
             ("http://example.com/api?q", "/api"),
             ("/api/..", "/"),
+            ("/%2e%2e/etc", "/etc"),
+            ("/api/%2E%2E/public", "/public"),
+            // An encoded slash stays inside its segment: `..` resolves on real separators only.
+            ("/api/x%2F..%2F..%2Fpublic", "/api/x%2F..%2F..%2Fpublic"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/api%2F", "/api%2F"),
         ] {
             assert_eq!(normalize_path(raw), normal, "{raw:?}");
         }
+        assert_eq!(normalize_path_decoding_slashes("/api/x/../y"), None);
+        assert_eq!(
+            normalize_path_decoding_slashes("/api/x%2F..%2F..%2Fpublic?q=%2F").as_deref(),
+            Some("/public")
+        );
+        assert_eq!(
+            normalize_path_decoding_slashes("/public%2f..%2Fapi/x").as_deref(),
+            Some("/api/x")
+        );
+    }
+
+    #[test]
+    fn an_encoded_slash_cannot_take_a_request_out_from_under_a_prefix() {
+        let api = RequestMatch::new(&[], Some("/api"), None).unwrap();
+        let covered = |target: &str| {
+            let path = normalize_path(target);
+            let decoded = normalize_path_decoding_slashes(target);
+            let no_headers = |_: &str| None;
+            let mut forwarded = request("GET", &path, None, &no_headers);
+            forwarded.path_decoding_slashes = decoded.as_deref();
+            api.matches(&forwarded)
+        };
+        // Under /api to a router that keeps %2F in its segment (most do).
+        assert!(covered("/api/x%2F..%2F..%2Fpublic"));
+        // Under /api to a server that decodes %2F into a separator.
+        assert!(covered("/public%2F..%2Fapi/x"));
+        assert!(covered("/public%2f..%2fapi"));
+        // Neither reading is under /api.
+        assert!(!covered("/public/x%2Fapi"));
+        // One segment "api/x" to most routers, /api/x to the others: covered.
+        assert!(covered("/api%2Fx"));
+        assert!(!covered("/apix%2Fy"));
+        assert!(!covered("/x%2F..%2Fapix"));
     }
 
     #[test]
@@ -584,6 +693,33 @@ mod tests {
             names,
             ["a", "b"],
             "by name; a rule without its policy is left out"
+        );
+    }
+
+    #[test]
+    fn a_key_longer_than_the_limit_is_digested_whole_and_stays_distinct() {
+        let names: Vec<String> = (0..MAX_KEY_PARTS)
+            .map(|index| format!("header:x-{}-{index}", "a".repeat(28)))
+            .collect();
+        assert!(names.iter().all(|name| name.len() == "header:".len() + 32));
+        let spec = KeySpec::parse(&names).unwrap();
+        let key_for = |value: &'static str| {
+            let header = move |_: &str| Some(value);
+            spec.derive(&request("GET", "/", None, &header)).unwrap()
+        };
+        let key = key_for("acme");
+        assert_eq!(key.len(), "sha1=".len() + 40, "{key}");
+        assert!(key.starts_with("sha1="), "{key}");
+        assert!(crate::limiter::LimiterKey::parse(&key).is_ok());
+        assert_ne!(key, key_for("other"), "another value, another counter");
+        assert_eq!(key, key_for("acme"));
+        // Short keys keep their readable form.
+        let short = KeySpec::parse(&["client_ip".into()]).unwrap();
+        assert_eq!(
+            short
+                .derive(&request("GET", "/", None, NO_HEADERS))
+                .unwrap(),
+            "ip=203.0.113.7"
         );
     }
 

@@ -4,7 +4,7 @@ pub mod memory;
 pub mod redis;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::{RedisOptions, RedisStore};
+pub use self::redis::{RedisOptions, RedisStore, RedisTls, TlsError};
 
 use std::time::Duration;
 

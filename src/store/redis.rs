@@ -8,16 +8,23 @@
 //! Keys look like `<prefix>{<policy>:<key>}:<algorithm>`, or
 //! `<prefix>{<policy>@<tenant>:<key>}:<algorithm>` for a key checked with an API key. The braces are a
 //! Redis Cluster hash tag: every key one script call touches shares the slot
-//! of `<policy>:<key>`, so the same scripts run unchanged on a cluster.
+//! of `<policy>:<key>`. That is a precondition for Redis Cluster, not support
+//! for it: this store speaks to one standalone server. A cluster node is
+//! recognised (readiness, and `MOVED`-style replies) and reported as a
+//! misconfiguration rather than half-working.
+//!
+//! `rediss://` URLs connect over TLS (the system's OpenSSL through
+//! native-tls), verifying the server's certificate against the system's
+//! roots or a private CA ([`RedisTls`]), optionally with a client certificate.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bb8::{ManageConnection, Pool, RunError};
-use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
-use redis::{RedisError, RedisResult, Script, ScriptInvocation};
+use redis::{ErrorKind, RedisError, RedisResult, Script, ScriptInvocation, ServerErrorKind};
 use thread_local::ThreadLocal;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -33,10 +40,13 @@ const GCRA: &str = include_str!("../../lua/gcra.lua");
 const HEARTBEAT: &str = include_str!("../../lua/heartbeat.lua");
 
 /// How the Redis store connects and how long it waits.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisOptions {
     /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
     pub url: String,
+    /// TLS for a `rediss://` URL (a private CA, a client certificate);
+    /// `None` with `rediss://`: verified against the system's roots.
+    pub tls: Option<RedisTls>,
     /// Key prefix before the hash tag; must not contain `{` or `}`.
     pub key_prefix: String,
     /// Connections of each thread's pool (see [`RedisStore`]).
@@ -45,6 +55,130 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// Longest wait for one command's reply.
     pub command_timeout: Duration,
+}
+
+/// The URL may carry a password: it is never printed, not even in debug output.
+impl fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured so that a new field cannot be left out of this impl unnoticed.
+        let Self {
+            url: _,
+            tls,
+            key_prefix,
+            pool_size,
+            connect_timeout,
+            command_timeout,
+        } = self;
+        f.debug_struct("RedisOptions")
+            .field("url", &"<redacted>")
+            .field("tls", tls)
+            .field("key_prefix", key_prefix)
+            .field("pool_size", pool_size)
+            .field("connect_timeout", connect_timeout)
+            .field("command_timeout", command_timeout)
+            .finish()
+    }
+}
+
+/// TLS for a `rediss://` URL: the server's certificate is verified against
+/// the system's roots, or against a private CA instead; optionally a client
+/// certificate for mutual TLS.
+///
+/// Holds the connector, built once: building one reads and parses the
+/// system's trust store, as long as the default `connect_timeout` on its own
+/// (`cargo bench --bench tls_connector`). redis-rs would build one per
+/// connection, so this store opens TLS connections itself (see
+/// [`TrackedConnectionManager`]). Debug output shows no certificate.
+#[derive(Clone)]
+pub struct RedisTls {
+    connector: native_tls::TlsConnector,
+    private_ca: bool,
+    client_certificate: bool,
+}
+
+/// Which PEM input of [`RedisTls::new`] cannot be used, and why (never its contents).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    #[error("{0}")]
+    Ca(String),
+    #[error("{0}")]
+    ClientCert(String),
+    #[error("{0}")]
+    ClientKey(String),
+    #[error("cannot set up TLS: {0}")]
+    Setup(String),
+}
+
+impl RedisTls {
+    /// `ca`: CA certificates (PEM), trusted instead of the system's roots.
+    /// `client`: a certificate chain and its PKCS#8 private key (PEM).
+    ///
+    /// # Errors
+    /// The input that cannot be parsed, with the reason.
+    pub fn new(ca: Option<&[u8]>, client: Option<(&[u8], &[u8])>) -> Result<Self, TlsError> {
+        let mut builder = native_tls::TlsConnector::builder();
+        if let Some(ca) = ca {
+            let roots = native_tls::Certificate::stack_from_pem(ca).map_err(|error| {
+                TlsError::Ca(format!(
+                    "holds no PEM certificate that can be read ({error})"
+                ))
+            })?;
+            if roots.is_empty() {
+                return Err(TlsError::Ca(
+                    "holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")".to_owned(),
+                ));
+            }
+            // Only the private CA: a public certificate for the same name
+            // must not be accepted in its place.
+            builder.disable_built_in_roots(true);
+            for root in roots {
+                builder.add_root_certificate(root);
+            }
+        }
+        if let Some((cert, key)) = client {
+            // native-tls reads only PKCS#8 keys, and only from the first byte.
+            let key = key.trim_ascii_start();
+            if !key.starts_with(b"-----BEGIN PRIVATE KEY-----") {
+                return Err(TlsError::ClientKey(
+                    "is not a PKCS#8 PEM private key (\"-----BEGIN PRIVATE KEY-----\"); \
+                     convert it with `openssl pkcs8 -topk8 -nocrypt -in <key>`"
+                        .to_owned(),
+                ));
+            }
+            let chain = native_tls::Certificate::stack_from_pem(cert).unwrap_or_default();
+            if chain.is_empty() {
+                return Err(TlsError::ClientCert(
+                    "holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")".to_owned(),
+                ));
+            }
+            let identity = native_tls::Identity::from_pkcs8(cert, key).map_err(|error| {
+                TlsError::ClientKey(format!("cannot be read as the certificate's key ({error})"))
+            })?;
+            builder.identity(identity);
+        }
+        let connector = builder.build().map_err(|error| {
+            // OpenSSL checks here that the key belongs to the certificate.
+            if client.is_some() {
+                TlsError::ClientKey(format!("does not fit the client certificate ({error})"))
+            } else {
+                TlsError::Setup(error.to_string())
+            }
+        })?;
+        Ok(Self {
+            connector,
+            private_ca: ca.is_some(),
+            client_certificate: client.is_some(),
+        })
+    }
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("private_ca", &self.private_ca)
+            .field("client_certificate", &self.client_certificate)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The scripts, each built once; `Script` keeps the SHA1 it sends with `EVALSHA`.
@@ -91,6 +225,7 @@ pub struct RedisStore {
     reachability: Arc<Reachability>,
     /// Shared with the manager: connections older than this are stale (see [`TrackedConnection`]).
     generation: Arc<AtomicU64>,
+    misconfiguration: Misconfiguration,
     scripts: Scripts,
     key_prefix: String,
     command_timeout: Duration,
@@ -101,20 +236,22 @@ impl RedisStore {
     /// itself not ready) while Redis is down, and connects when it returns.
     ///
     /// # Errors
-    /// When the URL does not parse. The message never repeats the URL, which may hold a password.
+    /// When the URL does not parse, or TLS certificates come with a URL that
+    /// is not `rediss://`. The message never repeats the URL, which may hold a password.
     pub fn new(options: RedisOptions) -> Result<Self, StoreError> {
-        let manager = RedisConnectionManager::new(options.url.as_str()).map_err(|error| {
+        let client = redis::Client::open(options.url.as_str()).map_err(|error| {
             StoreError::Unavailable(format!(
-                "the Redis URL is invalid ({:?}); expected redis://host:port",
+                "the Redis URL is invalid ({:?}); expected redis://host:port or rediss://host:port",
                 error.kind()
             ))
         })?;
+        let connector = Connector::new(client, options.tls)?;
         let reachability = Arc::new(Reachability::default());
         let generation = Arc::new(AtomicU64::new(0));
         Ok(Self {
             pools: ThreadLocal::new(),
             manager: TrackedConnectionManager {
-                manager,
+                connector,
                 reachability: Arc::clone(&reachability),
                 generation: Arc::clone(&generation),
                 response_timeout: options.command_timeout,
@@ -123,6 +260,7 @@ impl RedisStore {
             connect_timeout: options.connect_timeout,
             reachability,
             generation,
+            misconfiguration: Misconfiguration::default(),
             scripts: Scripts::new(),
             key_prefix: options.key_prefix,
             command_timeout: options.command_timeout,
@@ -262,6 +400,17 @@ impl RedisStore {
             // redis-rs's own per-request timeout (set to the same duration)
             // may fire on the same timer tick as ours: the same event.
             Ok(Err(error)) if error.is_timeout() => Err(timed_out),
+            // A healthy server that will never decide this key here: not an
+            // outage, and no reason to retire connections.
+            Ok(Err(error)) if is_cluster_reply(&error) => {
+                let problem = format!(
+                    "Redis answered {} ({}): it is a Redis Cluster node, and cluster mode is not supported (yet); point redis.url at a standalone Redis",
+                    error.code().unwrap_or("a cluster error"),
+                    error.category()
+                );
+                self.misconfiguration.report(&problem);
+                Err(StoreError::Misconfigured(problem))
+            }
             Ok(Err(error)) => {
                 if error.is_unrecoverable_error() || error.is_connection_dropped() {
                     self.generation.fetch_max(generation + 1, Ordering::AcqRel);
@@ -273,6 +422,22 @@ impl RedisStore {
     }
 }
 
+/// Replies a standalone server never sends: only a Redis Cluster node answers
+/// that a key lives elsewhere (`MOVED`, `ASK`), that keys span slots
+/// (`CROSSSLOT`), or that the cluster cannot serve (`CLUSTERDOWN`, `TRYAGAIN`).
+fn is_cluster_reply(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::CrossSlot
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::TryAgain
+        )
+    )
+}
+
 /// A Redis error as text fit for logs and readiness: kind and server message,
 /// never the connection URL.
 fn describe(error: &RedisError) -> String {
@@ -281,7 +446,9 @@ fn describe(error: &RedisError) -> String {
     } else if error.is_timeout() {
         "connection timed out".to_owned()
     } else if error.is_connection_dropped() {
-        "connection dropped".to_owned()
+        // The cause says more than the category: a TLS alert ("certificate
+        // required") arrives as a dropped connection.
+        format!("connection dropped ({error})")
     } else {
         error.to_string()
     }
@@ -388,15 +555,42 @@ impl Store for RedisStore {
         vec![total]
     }
 
+    /// A `PING`, then `INFO cluster`: a cluster node answers PING like any
+    /// server but would answer half the checks `MOVED`, so it is not ready.
     async fn health(&self) -> StoreHealth {
         let started = Instant::now();
+        let mut latency = None;
         let probe = async {
             let (mut connection, generation) = self.connection().await?;
             let ping = redis::cmd("PING");
             let pong = ping.query_async::<String>(&mut connection);
-            self.reply(generation, "waiting for PING", pong).await
+            self.reply(generation, "waiting for PING", pong).await?;
+            latency = Some(started.elapsed());
+            let mut info = redis::cmd("INFO");
+            let info = info.arg("cluster").query_async::<String>(&mut connection);
+            match self
+                .reply(generation, "waiting for INFO cluster", info)
+                .await
+            {
+                Ok(info) if cluster_enabled(&info) => {
+                    let problem = "Redis is a cluster node (cluster_enabled:1); cluster mode is not supported (yet): point redis.url at a standalone Redis";
+                    self.misconfiguration.report(problem);
+                    Err(StoreError::Misconfigured(problem.to_owned()))
+                }
+                Ok(_) => {
+                    self.misconfiguration.clear();
+                    Ok(())
+                }
+                // A server that refuses INFO (renamed or denied by an ACL, as
+                // some managed services do) answered PING: a standalone
+                // server as far as we can tell.
+                Err(StoreError::Unavailable(_)) if self.reachability.is_up() => Ok(()),
+                Err(error) => Err(error),
+            }
         };
-        let result = probe.await;
+        let result = probe
+            .await
+            .map_err(|error| self.with_last_connect_error(error));
         let pool = self.pools().pop().map(|total| PoolHealth {
             max_size: total.max_size,
             connections: total.connections,
@@ -409,7 +603,9 @@ impl Store for RedisStore {
             dependencies: vec![DependencyHealth {
                 name: "redis",
                 ok,
-                latency_ms: ok.then(|| started.elapsed().as_secs_f64() * 1000.0),
+                latency_ms: latency
+                    .filter(|_| ok)
+                    .map(|latency| latency.as_secs_f64() * 1000.0),
                 error: result.err().map(|error| error.to_string()),
                 pool,
             }],
@@ -429,6 +625,25 @@ impl Store for RedisStore {
     }
 }
 
+/// Whether `INFO cluster` says the server runs in cluster mode.
+fn cluster_enabled(info: &str) -> bool {
+    info.lines().any(|line| line.trim() == "cluster_enabled:1")
+}
+
+impl RedisStore {
+    /// A connection that could not be had in time says only that it waited;
+    /// readiness adds why the last attempt to open one failed (refused, a
+    /// TLS certificate that does not verify, authentication).
+    fn with_last_connect_error(&self, error: StoreError) -> StoreError {
+        match (&error, self.reachability.last_error()) {
+            (StoreError::Timeout { .. }, Some(cause)) => StoreError::Unavailable(format!(
+                "{error}; the last connection attempt failed: {cause}"
+            )),
+            _ => error,
+        }
+    }
+}
+
 /// A pooled multiplexed connection, with the generation it was opened in.
 ///
 /// A `MultiplexedConnection` does not reconnect by itself and bb8-redis cannot
@@ -444,12 +659,12 @@ pub struct TrackedConnection {
     broken: bool,
 }
 
-/// bb8-redis's manager, with connections that know their generation, and a
-/// log line when Redis is lost or regained. Every thread's pool has a clone;
-/// the generation and the reachability are shared by all of them.
+/// Opens multiplexed connections that know their generation, and logs when
+/// Redis is lost or regained. Every thread's pool has a clone; the
+/// generation and the reachability are shared by all of them.
 #[derive(Clone)]
 pub struct TrackedConnectionManager {
-    manager: RedisConnectionManager,
+    connector: Connector,
     reachability: Arc<Reachability>,
     generation: Arc<AtomicU64>,
     /// redis-rs gives every request on a multiplexed connection its own
@@ -466,10 +681,9 @@ impl ManageConnection for TrackedConnectionManager {
         // Read before connecting: a failure seen while this connection is
         // being opened then also retires it, which errs towards reconnecting.
         let generation = self.generation.load(Ordering::Acquire);
-        match self.manager.connect().await {
-            Ok(mut connection) => {
+        match self.connector.connect(self.response_timeout).await {
+            Ok(connection) => {
                 self.reachability.up();
-                connection.set_response_timeout(self.response_timeout);
                 Ok(TrackedConnection {
                     connection,
                     generation,
@@ -484,11 +698,114 @@ impl ManageConnection for TrackedConnectionManager {
     }
 
     async fn is_valid(&self, connection: &mut Self::Connection) -> Result<(), Self::Error> {
-        self.manager.is_valid(&mut connection.connection).await
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection.connection)
+            .await
+            .map(drop)
     }
 
     fn has_broken(&self, connection: &mut Self::Connection) -> bool {
         connection.broken || connection.generation < self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// How a connection is opened: by redis-rs for `redis://` and `unix://`; for
+/// `rediss://` over a TLS stream this store opens with its one connector
+/// (see [`RedisTls`]) and hands to redis-rs, which then authenticates and
+/// selects the database as it would on its own stream.
+#[derive(Clone)]
+enum Connector {
+    Plain(redis::Client),
+    Tls {
+        host: String,
+        port: u16,
+        redis: redis::RedisConnectionInfo,
+        tls: tokio_native_tls::TlsConnector,
+    },
+}
+
+impl Connector {
+    /// # Errors
+    /// TLS settings with a URL that is not `rediss://`, or a `rediss://` URL
+    /// asking to skip verification (`#insecure`).
+    fn new(client: redis::Client, tls: Option<RedisTls>) -> Result<Self, StoreError> {
+        let info = client.get_connection_info();
+        let redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure,
+            ..
+        } = info.addr()
+        else {
+            return match tls {
+                None => Ok(Self::Plain(client)),
+                Some(_) => Err(StoreError::Unavailable(
+                    "TLS certificates are set, but the Redis URL is not rediss://".to_owned(),
+                )),
+            };
+        };
+        if *insecure {
+            return Err(StoreError::Unavailable(
+                "the Redis URL asks to skip certificate verification (#insecure), which slidegate never does".to_owned(),
+            ));
+        }
+        let tls = match tls {
+            Some(tls) => tls,
+            None => RedisTls::new(None, None)
+                .map_err(|error| StoreError::Unavailable(error.to_string()))?,
+        };
+        Ok(Self::Tls {
+            host: host.clone(),
+            port: *port,
+            redis: info.redis_settings().clone(),
+            tls: tokio_native_tls::TlsConnector::from(tls.connector),
+        })
+    }
+
+    /// Longest an attempt to open a connection may take, TLS handshake and
+    /// authentication included (redis-rs's own default for plain ones). A
+    /// checkout gives up after `connect_timeout`; this ends the attempt
+    /// itself, so a server that accepts but never answers cannot hold a
+    /// pool's slot for ever.
+    const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+
+    /// A multiplexed connection whose driver runs on the calling thread's
+    /// runtime, replies awaited at most `response_timeout`.
+    async fn connect(&self, response_timeout: Duration) -> RedisResult<MultiplexedConnection> {
+        // redis-rs gives every request on a multiplexed connection its own
+        // timeout, 500 ms by default; left alone it would cut any longer
+        // `command_timeout` short, and report it as a connection error.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(response_timeout))
+            .set_connection_timeout(Some(Self::OPEN_TIMEOUT));
+        match self {
+            Self::Plain(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+            }
+            Self::Tls {
+                host,
+                port,
+                redis,
+                tls,
+            } => {
+                let open = async {
+                    let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                    // Verifies the chain and that the certificate names `host`
+                    // (a DNS name, or an IP address in its subjectAltName).
+                    let stream = tls.connect(host, tcp).await?;
+                    MultiplexedConnection::new_with_config(redis, stream, config).await
+                };
+                let (connection, driver) =
+                    tokio::time::timeout(Self::OPEN_TIMEOUT, open)
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                // It ends when the last clone of the connection is dropped.
+                tokio::spawn(driver);
+                Ok(connection)
+            }
+        }
     }
 }
 
@@ -497,7 +814,12 @@ impl ManageConnection for TrackedConnectionManager {
 /// failed check: during an outage every check fails, and readiness and
 /// metrics already report it continuously.
 #[derive(Debug, Default)]
-struct Reachability(AtomicU8);
+struct Reachability {
+    state: AtomicU8,
+    /// Why the last connection failed, for readiness; taken only on failures
+    /// and (re)connections, never on a decision.
+    last_error: Mutex<Option<String>>,
+}
 
 impl Reachability {
     const UNKNOWN: u8 = 0;
@@ -505,20 +827,120 @@ impl Reachability {
     const DOWN: u8 = 2;
 
     fn up(&self) {
-        match self.0.swap(Self::UP, Ordering::Relaxed) {
+        match self.state.swap(Self::UP, Ordering::Relaxed) {
             Self::UNKNOWN => tracing::info!("connected to Redis"),
-            Self::DOWN => tracing::info!("reconnected to Redis; checks are decided again"),
+            Self::DOWN => {
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!("reconnected to Redis; checks are decided again");
+            }
             _ => {}
         }
     }
 
     /// `error` comes from [`describe`]: it never holds the URL.
     fn down(&self, error: &str) {
-        if self.0.swap(Self::DOWN, Ordering::Relaxed) != Self::DOWN {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_owned());
+        if self.state.swap(Self::DOWN, Ordering::Relaxed) != Self::DOWN {
             tracing::warn!(
                 error,
                 "cannot reach Redis; checks are answered by their failure modes until it returns"
             );
         }
+    }
+
+    fn is_up(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == Self::UP
+    }
+
+    /// Why Redis could not be reached, while it cannot.
+    fn last_error(&self) -> Option<String> {
+        if self.state.load(Ordering::Relaxed) != Self::DOWN {
+            return None;
+        }
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Whether a misconfiguration (a cluster node behind `redis.url`) has been
+/// logged: one error line when it is first seen, not one per check; again
+/// only after a probe found it fixed.
+#[derive(Debug, Default)]
+struct Misconfiguration(AtomicBool);
+
+impl Misconfiguration {
+    fn report(&self, problem: &str) {
+        if !self.0.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                problem,
+                "Redis is misconfigured for slidegate; checks it cannot decide are answered by their failure modes"
+            );
+        }
+    }
+
+    fn clear(&self) {
+        if self.0.swap(false, Ordering::Relaxed) {
+            tracing::info!("Redis is no longer misconfigured");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's error reply as redis-rs reads it off the wire.
+    fn reply(wire: &str) -> RedisError {
+        match redis::parse_redis_value(wire.as_bytes()).unwrap() {
+            redis::Value::ServerError(error) => error.into(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replies_only_a_cluster_node_sends_are_told_apart_from_other_errors() {
+        for wire in [
+            "-MOVED 3999 127.0.0.1:7001\r\n",
+            "-ASK 3999 127.0.0.1:7001\r\n",
+            "-CROSSSLOT Keys in request don't hash to the same slot\r\n",
+            "-CLUSTERDOWN The cluster is down\r\n",
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+        ] {
+            assert!(is_cluster_reply(&reply(wire)), "{wire:?}");
+        }
+        for wire in [
+            "-NOSCRIPT No matching script\r\n",
+            "-ERR wrong number of arguments\r\n",
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-LOADING Redis is loading the dataset in memory\r\n",
+        ] {
+            assert!(!is_cluster_reply(&reply(wire)), "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn info_cluster_tells_a_cluster_node_from_a_standalone_server() {
+        assert!(cluster_enabled("# Cluster\r\ncluster_enabled:1\r\n"));
+        assert!(!cluster_enabled("# Cluster\r\ncluster_enabled:0\r\n"));
+        assert!(!cluster_enabled(""));
+    }
+
+    #[test]
+    fn debug_output_of_the_options_shows_no_url() {
+        let options = RedisOptions {
+            url: "rediss://:hunter2@redis.internal:6380/0".into(),
+            tls: Some(RedisTls::new(None, None).unwrap()),
+            key_prefix: "slidegate:".into(),
+            pool_size: 2,
+            connect_timeout: Duration::from_millis(100),
+            command_timeout: Duration::from_millis(50),
+        };
+        let debug = format!("{options:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("redis.internal"), "{debug}");
+        assert!(debug.contains("url: \"<redacted>\""), "{debug}");
+        assert!(debug.contains("pool_size: 2"), "{debug}");
     }
 }

@@ -533,3 +533,30 @@ async fn each_catalog_version_applied_is_logged_once_with_its_policy_count() {
         .collect();
     assert_eq!(logged.len(), 2, "{logged:?}");
 }
+
+#[test]
+fn a_reload_never_replaces_a_newer_catalog_version_with_an_older_one() {
+    use slidegate::limiter::{CatalogUpdate, Limiter, PolicySet, SystemClock};
+    use slidegate::store::MemoryStore;
+    let metrics = slidegate::metrics::Metrics::new("memory", 0);
+    let limiter = Limiter::awaiting_catalog(MemoryStore::new(Arc::new(SystemClock)), &metrics);
+    let update = |version: i64, policies: &[&str]| CatalogUpdate {
+        policies: PolicySet::new(policies.iter().map(|name| {
+            crate::helpers::policy(name, "gcra", 5, "1m")
+                .to_policy(slidegate::limiter::FailureMode::Closed)
+                .unwrap()
+        }))
+        .unwrap(),
+        keys: Vec::new(),
+        rules: Vec::new(),
+        version,
+    };
+    limiter.replace(update(7, &["a", "b"]));
+    // Two reloads that finished out of order: the older one arrives last.
+    limiter.replace(update(6, &["a"]));
+    let state = limiter.sync_state();
+    assert_eq!((state.version, state.policies), (Some(7), 2));
+    limiter.replace(update(8, &["c"]));
+    let state = limiter.sync_state();
+    assert_eq!((state.version, state.policies), (Some(8), 1));
+}

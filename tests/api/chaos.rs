@@ -257,8 +257,11 @@ async fn redis_killed_under_150_clients_gets_each_policy_its_failure_mode_and_de
         outage_answers > 100,
         "only {outage_answers} during the outage"
     );
+    let first = answers.iter().map(|a| a.sent).min().unwrap();
+    let last = answers.iter().map(|a| a.sent).max().unwrap();
+    let rate = answers.len() as f64 / (last - first).as_secs_f64();
     eprintln!(
-        "{} answers, {outage_answers} during the outage; Redis-backed again {recovery:?} after the restart",
+        "{} answers ({rate:.0} checks/s), {outage_answers} during the outage; Redis-backed again {recovery:?} after the restart",
         answers.len()
     );
 
@@ -481,4 +484,63 @@ async fn a_command_timeout_longer_than_half_a_second_is_honoured() {
     let reply = app.check("p", "k", None).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(reply.body["remaining"], 99_998);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_that_timed_out_was_sent_once_and_is_never_sent_again() {
+    let redis = PrivateRedis::start();
+    let proxy = DelayingProxy::start(redis.port()).await;
+    let mut options = TestOptions::redis(vec![with_mode(
+        policy("p", "sliding_log", 100, "1h"),
+        FailureMode::Open,
+    )])
+    .with_production_timeouts();
+    options.redis_url = Some(proxy.url());
+    let prefix = options.key_prefix.clone();
+    // Every check goes to Redis (no breaker in the way), and no heartbeat
+    // adds a script call mid-test.
+    options.settings.redis.breaker.failures = 1000;
+    options.settings.redis.breaker.min_calls = 1000;
+    options.settings.limiter.heartbeat_interval = Duration::from_secs(3600);
+    let app = spawn_app(options).await;
+    eventually(Duration::from_secs(5), "a first Redis decision", || async {
+        let warm = app.check("p", "warm-up", None).await;
+        let heartbeats = app.limiter_health().await["counters"]["heartbeats"].clone();
+        (warm.body["fallback"].is_null() && heartbeats == 1).then_some(())
+    })
+    .await;
+    let before = redis.calls_of("evalsha").await;
+
+    // Redis answers, but after the 50 ms timeout: each check is answered by
+    // its failure mode while Redis still counts it, once.
+    proxy.set_delay(Duration::from_millis(400));
+    for index in 0..5 {
+        let reply = app.check("p", &format!("late-{index}"), None).await;
+        assert_eq!(reply.header("slidegate-fallback"), Some("open"));
+    }
+    // Checks sent after them reach Redis after them, whatever the replica
+    // would have resent in between; wait until one is decided by Redis again.
+    proxy.set_delay(Duration::ZERO);
+    let mut later = 0;
+    eventually(Duration::from_secs(5), "Redis decides again", || {
+        later += 1;
+        let key = format!("later-{later}");
+        let app = &app;
+        async move {
+            app.check("p", &key, None).await.body["fallback"]
+                .is_null()
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(redis.calls_of("evalsha").await, before + 5 + later);
+    let mut connection = redis.connection().await;
+    for index in 0..5 {
+        let units: u64 = redis::cmd("ZCARD")
+            .arg(format!("{prefix}{{p:late-{index}}}:log"))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(units, 1, "late-{index} was counted {units} times");
+    }
 }

@@ -270,3 +270,53 @@ fn the_binary_with_no_configuration_serves_the_demo_policy_on_the_embedded_store
         std::panic::resume_unwind(panic);
     }
 }
+
+#[test]
+fn debug_output_of_the_settings_and_the_store_options_never_shows_a_url_or_a_secret() {
+    let redis_password = "redis-hunter2";
+    let postgres_password = "pg-hunter2";
+    let token = "admin-token-hunter2-0123456789";
+    let text = format!(
+        "[redis]\nurl = \"rediss://:{redis_password}@redis.internal:6380\"\n\
+         [postgres]\nurl = \"postgres://slidegate:{postgres_password}@db.internal/slidegate\"\n\
+         [admin]\ntoken = \"{token}\"\n"
+    );
+    let settings = load_toml(&text).unwrap();
+    let redis = slidegate::store::RedisOptions {
+        url: settings.redis.url().unwrap().to_owned(),
+        tls: None,
+        key_prefix: settings.limiter.key_prefix.clone(),
+        pool_size: settings.redis.pool_size,
+        connect_timeout: settings.redis.connect_timeout,
+        command_timeout: settings.redis.command_timeout,
+    };
+    let catalog = slidegate::catalog::CatalogOptions {
+        url: settings.postgres.url().unwrap().to_owned(),
+        pool_size: settings.postgres.pool_size,
+        connect_timeout: settings.postgres.connect_timeout,
+        statement_timeout: settings.postgres.statement_timeout,
+        resync_interval: settings.postgres.resync_interval,
+    };
+    for debug in [
+        format!("{settings:?}"),
+        format!("{settings:#?}"),
+        format!("{:?}", settings.redis),
+        format!("{:?}", settings.postgres),
+        format!("{:?}", settings.admin),
+        format!("{redis:?}"),
+        format!("{catalog:?}"),
+    ] {
+        for secret in [
+            redis_password,
+            postgres_password,
+            token,
+            "redis.internal",
+            "db.internal",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+    }
+    // Still useful for debugging: everything else is shown.
+    assert!(format!("{catalog:?}").contains("pool_size: 4"));
+    assert!(format!("{redis:?}").contains("command_timeout: 50ms"));
+}

@@ -93,3 +93,50 @@ async fn with_the_deny_cache_off_every_check_of_a_denied_key_asks_redis() {
     assert_eq!(limiter["deny_cache"]["enabled"], false);
     assert_eq!(limiter["counters"]["deny_cache_hits"], 0);
 }
+
+#[tokio::test]
+async fn denials_cached_before_an_outage_are_answered_during_it_and_forgotten_when_redis_is_back() {
+    let mut redis = PrivateRedis::start();
+    let mut open = policy("p", "sliding_log", 1, "1h");
+    open.failure_mode = Some("open".into());
+    let mut options = TestOptions::redis(vec![open]).with_production_timeouts();
+    options.redis_url = Some(redis.url());
+    let app = spawn_app(options).await;
+    assert_eq!(app.check("p", "hot", None).await.status, 200);
+    assert_eq!(app.check("p", "hot", None).await.status, 429);
+    let breaker = || async { app.limiter_health().await["breaker"]["state"].clone() };
+
+    redis.kill();
+    let mut other = 0;
+    eventually(Duration::from_secs(10), "the breaker to open", || {
+        other += 1;
+        let key = format!("other-{other}");
+        let (app, breaker) = (&app, &breaker);
+        async move {
+            app.check("p", &key, None).await;
+            (breaker().await == "open").then_some(())
+        }
+    })
+    .await;
+    // During the outage the cached denial still answers, before the failure mode.
+    let cached = app.check("p", "hot", None).await;
+    assert_eq!(cached.status, 429, "{:?}", cached.body);
+    assert!(cached.header("slidegate-fallback").is_none());
+
+    // A fresh server: it lost the key, so it would admit it; once the breaker
+    // has closed, the replica must ask it rather than its cache.
+    redis.restart();
+    eventually(Duration::from_secs(10), "the breaker to close", || {
+        other += 1;
+        let key = format!("other-{other}");
+        let (app, breaker) = (&app, &breaker);
+        async move {
+            app.check("p", &key, None).await;
+            (breaker().await == "closed").then_some(())
+        }
+    })
+    .await;
+    let after = app.check("p", "hot", None).await;
+    assert_eq!(after.status, 200, "{:?}", after.body);
+    assert!(after.header("slidegate-fallback").is_none());
+}

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use slidegate::limiter::{Clock, Micros, SystemClock};
 use tokio::sync::Barrier;
 
 use crate::helpers::{
@@ -87,4 +88,61 @@ async fn sliding_window_admits_exactly_the_limit_across_three_replicas() {
     // A fresh key has no previous window, so the estimate is the exact count
     // (crossing a 24 h boundary mid-test would weigh the count at ~100%).
     assert_exactly_limit_admitted("sliding_window", 100, "24h").await;
+}
+
+/// This machine's wall clock, shifted: a replica whose host clock is off.
+struct ShiftedClock {
+    ahead: bool,
+    by: std::time::Duration,
+}
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> Micros {
+        let now = SystemClock.now();
+        let by = self.by.as_micros() as u64;
+        if self.ahead { now + by } else { now - by }
+    }
+}
+
+#[tokio::test]
+async fn replicas_whose_clocks_are_hours_apart_enforce_one_limit_timed_by_redis() {
+    let prefix = unique_prefix();
+    let mut replicas = Vec::new();
+    for ahead in [true, false] {
+        let mut options = TestOptions::redis(vec![policy("shared", "sliding_log", 3, "2s")]);
+        options.key_prefix = prefix.clone();
+        options.clock = Arc::new(ShiftedClock {
+            ahead,
+            by: std::time::Duration::from_secs(3 * 3600),
+        });
+        replicas.push(spawn_app(options).await);
+    }
+    let (ahead, behind) = (&replicas[0], &replicas[1]);
+    let mut statuses = Vec::new();
+    for app in [ahead, behind, ahead, behind] {
+        statuses.push(app.check("shared", "k", None).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429], "one limit for both");
+    // Both are told the same wait, by Redis's clock: six hours of skew
+    // between them changes it by nothing (a few milliseconds of test time).
+    let wait = |reply: crate::helpers::CheckReply| reply.body["retry_after_ms"].as_u64().unwrap();
+    let from_ahead = wait(ahead.check("shared", "k", None).await);
+    let from_behind = wait(behind.check("shared", "k", None).await);
+    assert!(
+        from_ahead <= 2_000 && from_behind <= 2_000,
+        "{from_ahead} {from_behind}"
+    );
+    assert!(
+        from_ahead.abs_diff(from_behind) < 200,
+        "{from_ahead} {from_behind}"
+    );
+    // And the window ends when Redis says, for both.
+    for app in [ahead, behind] {
+        crate::helpers::eventually(
+            std::time::Duration::from_secs(5),
+            "the window to end by Redis's clock",
+            || async { (app.check("shared", "k", Some(0)).await.status == 200).then_some(()) },
+        )
+        .await;
+    }
 }

@@ -187,6 +187,7 @@ async fn old_replica_check(tag: &str, limit: u64, cost: u64) -> (u8, i64) {
 pub fn store_with_prefix(prefix: &str) -> RedisStore {
     RedisStore::new(RedisOptions {
         url: redis_url(),
+        tls: None,
         key_prefix: prefix.to_owned(),
         pool_size: 1,
         connect_timeout: Duration::from_secs(2),

@@ -1,10 +1,12 @@
-//! Fault injection on real Redis: a private `redis-server` a test can kill, restart, pause and inspect, and a proxy that delays its replies.
+//! Real Redis set-ups a test owns: a private `redis-server` a test can kill, restart, pause and inspect (plain, TLS with a test CA, or a cluster node), a Redis Cluster, and a proxy that delays replies.
 //!
-//! Everything listens on 127.0.0.1 only, and every process or task a test
-//! starts here stops when its guard is dropped, also when the test fails.
+//! Everything listens on 127.0.0.1 only, and every process, task or
+//! directory a test starts here is stopped or removed when its guard is
+//! dropped, also when the test fails.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +15,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
+
+use crate::helpers::eventually;
 
 /// A free port on 127.0.0.1: bind one, note it, close it.
 pub fn free_port() -> u16 {
@@ -23,16 +27,95 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port whose cluster bus port (port + 10000) is free too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port < 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A `redis-server` owned by one test, stopped when dropped (also when the test fails).
 pub struct PrivateRedis {
     port: u16,
+    /// Everything but `--bind` and the persistence switches.
+    args: Vec<String>,
+    scheme: &'static str,
     process: Option<Child>,
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
+        let port = free_port();
+        Self::start_with(port, "redis", vec!["--port".into(), port.to_string()])
+    }
+
+    /// A server that speaks only TLS, with `pki`'s server certificate. With
+    /// `clients_need_certificates` it refuses clients without a certificate
+    /// signed by the test CA (`--tls-auth-clients yes`).
+    pub fn start_tls(pki: &TestPki, clients_need_certificates: bool) -> Self {
+        Self::start_tls_with(pki, &pki.server, clients_need_certificates)
+    }
+
+    /// As [`PrivateRedis::start_tls`], presenting `certificate` (one of `pki`'s).
+    pub fn start_tls_with(
+        pki: &TestPki,
+        certificate: &Certificate,
+        clients_need_certificates: bool,
+    ) -> Self {
+        let port = free_port();
+        let path = |path: &Path| path.display().to_string();
+        let args = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&certificate.cert),
+            "--tls-key-file".into(),
+            path(&certificate.key),
+            "--tls-ca-cert-file".into(),
+            path(&pki.ca.cert),
+            "--tls-auth-clients".into(),
+            if clients_need_certificates {
+                "yes"
+            } else {
+                "no"
+            }
+            .into(),
+        ];
+        Self::start_with(port, "rediss", args)
+    }
+
+    /// A cluster-enabled server on `port` (its bus on port + 10000), keeping its
+    /// cluster state in `dir`; not part of a cluster until one is created.
+    pub fn start_cluster_node(port: u16, dir: &Path) -> Self {
+        let args = vec![
+            "--port".into(),
+            port.to_string(),
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            dir.join("nodes.conf").display().to_string(),
+            "--cluster-node-timeout".into(),
+            "2000".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+        ];
+        Self::start_with(port, "redis", args)
+    }
+
+    fn start_with(port: u16, scheme: &'static str, args: Vec<String>) -> Self {
         let mut redis = Self {
-            port: free_port(),
+            port,
+            args,
+            scheme,
             process: None,
         };
         redis.restart();
@@ -43,8 +126,9 @@ impl PrivateRedis {
         self.port
     }
 
+    /// `redis://127.0.0.1:<port>`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// Starts a fresh server (no data, no scripts) on the same port and
@@ -52,7 +136,8 @@ impl PrivateRedis {
     pub fn restart(&mut self) {
         self.kill();
         let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(&self.args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -102,6 +187,7 @@ impl PrivateRedis {
         assert!(status.success(), "kill {signal} {pid}");
     }
 
+    /// A plain connection (not for a TLS server).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .unwrap()
@@ -130,6 +216,218 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         // SIGKILL ends a stopped (paused) process too.
         self.kill();
+    }
+}
+
+/// A certificate and its key (PEM files, the key in PKCS#8).
+pub struct Certificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A throw-away certificate authority made with `openssl` in a directory of
+/// its own (removed when dropped): the CA, a server certificate for
+/// 127.0.0.1 and localhost, and a client certificate. EC P-256 keys, so
+/// making them takes milliseconds.
+pub struct TestPki {
+    pub ca: Certificate,
+    pub server: Certificate,
+    pub client: Certificate,
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Certificate {
+            cert: dir.path().join("ca.crt"),
+            key: dir.path().join("ca.key"),
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=slidegate test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &ca.key.display().to_string(),
+            "-out",
+            &ca.cert.display().to_string(),
+        ]);
+        let mut pki = Self {
+            server: Certificate {
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+            },
+            client: Certificate {
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+            },
+            ca,
+            dir,
+        };
+        pki.server = pki.issue(
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        );
+        pki.client = pki.issue("client", "extendedKeyUsage=clientAuth\n");
+        pki
+    }
+
+    /// A certificate named `name`, signed by the CA, with `extensions` (an
+    /// openssl extension file's lines).
+    pub fn issue(&self, name: &str, extensions: &str) -> Certificate {
+        let file = |suffix: &str| self.dir.path().join(format!("{name}.{suffix}"));
+        let certificate = Certificate {
+            cert: file("crt"),
+            key: file("key"),
+        };
+        let request = file("csr");
+        let extension_file = file("ext");
+        std::fs::write(&extension_file, extensions).unwrap();
+        let subject = format!("/CN={name}");
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &subject,
+            "-keyout",
+            &certificate.key.display().to_string(),
+            "-out",
+            &request.display().to_string(),
+        ]);
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &request.display().to_string(),
+            "-CA",
+            &self.ca.cert.display().to_string(),
+            "-CAkey",
+            &self.ca.key.display().to_string(),
+            "-set_serial",
+            &SERIAL.fetch_add(1, Ordering::Relaxed).to_string(),
+            "-days",
+            "2",
+            "-extfile",
+            &extension_file.display().to_string(),
+            "-out",
+            &certificate.cert.display().to_string(),
+        ]);
+        certificate
+    }
+
+    /// A path in the PKI's directory for a test's own file.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn openssl(args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        output.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A Redis Cluster of real `redis-server` processes on 127.0.0.1, each in a
+/// directory of its own; every process is killed and every directory removed
+/// when dropped, also when the test (or the start) fails.
+pub struct PrivateCluster {
+    /// In the order given to `redis-cli --cluster create`, which picks the masters.
+    nodes: Vec<PrivateRedis>,
+    _dirs: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    /// `masters` masters (at least 3, as `redis-cli --cluster create` wants)
+    /// with `replicas_per_master` replicas each; returns once every node
+    /// reports `cluster_state:ok` and every replica is attached.
+    pub async fn start(masters: usize, replicas_per_master: usize) -> Self {
+        let dirs = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for index in 0..masters * (1 + replicas_per_master) {
+            let dir = dirs.path().join(format!("node-{index}"));
+            std::fs::create_dir(&dir).unwrap();
+            nodes.push(PrivateRedis::start_cluster_node(free_cluster_port(), &dir));
+        }
+        let cluster = Self { nodes, _dirs: dirs };
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port()))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", &replicas_per_master.to_string()])
+            .arg("--cluster-yes")
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli is installed");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let expected_replicas = masters * replicas_per_master;
+        for node in &cluster.nodes {
+            eventually(
+                Duration::from_secs(30),
+                "every node to report cluster_state:ok and see its replicas",
+                || async {
+                    let mut connection = node.connection().await;
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut connection)
+                        .await
+                        .ok()?;
+                    let nodes: String = redis::cmd("CLUSTER")
+                        .arg("NODES")
+                        .query_async(&mut connection)
+                        .await
+                        .ok()?;
+                    let replicas = nodes.lines().filter(|line| line.contains("slave")).count();
+                    (info.contains("cluster_state:ok") && replicas == expected_replicas)
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+        cluster
+    }
+
+    /// Every node, in the order given to `redis-cli --cluster create`; with
+    /// no replicas, all of them masters.
+    pub fn nodes(&self) -> &[PrivateRedis] {
+        &self.nodes
+    }
+
+    /// The `redis://` URL of node `index`.
+    pub fn url(&self, index: usize) -> String {
+        self.nodes[index].url()
     }
 }
 

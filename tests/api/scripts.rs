@@ -99,6 +99,26 @@ async fn every_key_the_scripts_write_expires_close_to_its_window() {
         "keys carry the {{policy:key}} hash tag, and the replicas key its own"
     );
     let mut redis = redis_connection().await;
+    // What each algorithm keeps per key (the memory column of the README's
+    // table): a sorted-set entry per admission instant, or a small fixed hash.
+    let entries: u64 = redis
+        .zcard(format!("{prefix}{{log:user-1}}:wlog"))
+        .await
+        .unwrap();
+    assert_eq!(
+        entries, 1,
+        "one entry for the cost-2 check, not one per unit"
+    );
+    let window_fields: u64 = redis
+        .hlen(format!("{prefix}{{window:user-1}}:sw"))
+        .await
+        .unwrap();
+    assert_eq!(window_fields, 3);
+    let bucket_fields: u64 = redis
+        .hlen(format!("{prefix}{{bucket:user-1}}:gcra"))
+        .await
+        .unwrap();
+    assert_eq!(bucket_fields, 4, "level, time, and the rate it drains at");
     for key in keys {
         let ttl_ms: i64 = redis.pttl(&key).await.unwrap();
         // The two-counter window keeps its count through the next window; a

@@ -18,6 +18,7 @@ use crate::helpers::{redis_url, unique_prefix};
 fn redis_store() -> RedisStore {
     RedisStore::new(RedisOptions {
         url: redis_url(),
+        tls: None,
         key_prefix: unique_prefix(),
         pool_size: 2,
         connect_timeout: Duration::from_secs(2),

@@ -205,6 +205,19 @@ async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_caller
     env.push(("SLIDEGATE__LIMITER__KEY_PREFIX", unique_prefix()));
     let replica = Replica::spawn(POLICY, &env).await;
 
+    // Probes and scrapes first, sampled by their caller: none is traced.
+    let (probe_trace, probe_span) = caller_ids();
+    for path in ["/health/ready", "/health/live", "/metrics"] {
+        let response = replica
+            .client
+            .get(format!("{}{path}", replica.address))
+            .header("traceparent", format!("00-{probe_trace}-{probe_span}-01"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+
     let (trace_id, caller_span) = caller_ids();
     let response = replica
         .client
@@ -231,6 +244,21 @@ async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_caller
     let matching = span(&spans, "policy.match");
     let deciding = span(&spans, "limiter.decide");
     let redis = span(&spans, "EVALSHA");
+    // Spans are exported in the order they end: the probes' would have come first.
+    let untraced: Vec<String> = receiver
+        .received
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|span| {
+            span.trace_id == probe_trace
+                || span.name.contains("health")
+                || span.name.contains("metrics")
+        })
+        .map(|span| span.name.clone())
+        .collect();
+    assert!(untraced.is_empty(), "probes were traced: {untraced:?}");
 
     // One tree, hanging from the caller's span.
     assert_eq!(root.parent_span_id, caller_span);
