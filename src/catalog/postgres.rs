@@ -357,14 +357,17 @@ impl Catalog {
         })
     }
 
-    /// Postgres's health for readiness: a round-trip through the pool, its latency and the pool's state.
+    /// Postgres's health for readiness: a round-trip through the pool, its
+    /// latency and the pool's state, waiting at most `within` (and never
+    /// longer than a connection and a statement may take). Run by the
+    /// background probe (see [`crate::probe`]), one at a time.
     #[tracing::instrument(
         level = "debug",
         name = "SELECT 1",
         skip_all,
         fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "SELECT")
     )]
-    pub async fn health(&self) -> DependencyHealth {
+    pub async fn health(&self, within: Duration) -> DependencyHealth {
         let started = Instant::now();
         let probe = async {
             let connection = self.connection().await?;
@@ -374,7 +377,7 @@ impl Catalog {
                 .map_err(db_error)
                 .map(drop)
         };
-        let limit = self.options.connect_timeout + self.options.statement_timeout;
+        let limit = within.min(self.options.connect_timeout + self.options.statement_timeout);
         let result = self.counted(match tokio::time::timeout(limit, probe).await {
             Ok(result) => result,
             Err(_) => Err(CatalogError::Unavailable(format!(
