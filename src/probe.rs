@@ -211,7 +211,10 @@ mod tests {
 
         clock.advance(Duration::from_millis(1));
         let stale = probe.read();
-        assert!(!stale.answer.ok, "the last good answer must not be reported");
+        assert!(
+            !stale.answer.ok,
+            "the last good answer must not be reported"
+        );
         let error = stale.answer.error.unwrap();
         assert!(error.contains("3501 ms ago"), "{error}");
         assert!(error.contains("stuck"), "{error}");
@@ -232,7 +235,10 @@ mod tests {
             reading.answer.error.as_deref(),
             Some("no answer to the health probe within 10ms")
         );
-        assert_eq!(reading.answer.name, "postgres", "the rest of the answer stays");
+        assert_eq!(
+            reading.answer.name, "postgres",
+            "the rest of the answer stays"
+        );
     }
 
     #[tokio::test]

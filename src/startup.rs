@@ -341,10 +341,10 @@ impl Application {
     }
 }
 
-fn flatten(
-    finished: Result<std::io::Result<()>, tokio::task::JoinError>,
-) -> std::io::Result<()> {
-    finished.map_err(std::io::Error::other).and_then(|result| result)
+fn flatten(finished: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
+    finished
+        .map_err(std::io::Error::other)
+        .and_then(|result| result)
 }
 
 fn bind(address: &str) -> Result<(TcpListener, SocketAddr), StartupError> {
@@ -396,11 +396,7 @@ impl Serving<'_> {
         .keep_alive(self.settings.keep_alive)
         .shutdown_timeout(
             // actix counts whole seconds: round up so "2500ms" is not cut to 2 s.
-            self.settings
-                .shutdown_timeout
-                .as_secs_f64()
-                .ceil()
-                .max(1.0) as u64,
+            self.settings.shutdown_timeout.as_secs_f64().ceil().max(1.0) as u64,
         );
         if let Some(workers) = workers {
             server = server.workers(workers);

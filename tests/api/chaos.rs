@@ -13,10 +13,11 @@ use slidegate::configuration::{PolicySettings, Settings};
 use slidegate::limiter::FailureMode;
 use tokio::task::JoinHandle;
 
+use crate::fault_proxy::FaultProxy;
 use crate::helpers::{
     TestApp, TestOptions, eventually, one_load_test_at_a_time, policy, spawn_app,
 };
-use crate::private_redis::{DelayingProxy, PrivateRedis};
+use crate::private_redis::PrivateRedis;
 
 /// What one request got. Transport errors (a reset, a dropped connection)
 /// are kept apart from statuses: slidegate must never cause one.
@@ -403,13 +404,13 @@ async fn a_redis_hiccup_times_out_the_checks_in_flight_together_without_opening_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_still_gets_every_decision_back_within_the_timeout() {
     let redis = PrivateRedis::start();
-    let proxy = DelayingProxy::start(redis.port()).await;
+    let proxy = FaultProxy::start(redis.port()).await;
     let mut options = TestOptions::redis(vec![with_mode(
         policy("p", "gcra", 1_000_000, "1h"),
         FailureMode::Open,
     )])
     .with_production_timeouts();
-    options.redis_url = Some(proxy.url());
+    options.redis_url = Some(proxy.redis_url());
     let command_timeout = Settings::default().redis.command_timeout;
     let app = spawn_app(options).await;
     // The first check connects through the proxy and loads the script (three
@@ -468,9 +469,9 @@ async fn a_slow_redis_still_gets_every_decision_back_within_the_timeout() {
 #[tokio::test]
 async fn a_command_timeout_longer_than_half_a_second_is_honoured() {
     let redis = PrivateRedis::start();
-    let proxy = DelayingProxy::start(redis.port()).await;
+    let proxy = FaultProxy::start(redis.port()).await;
     let mut options = TestOptions::redis(vec![policy("p", "sliding_log", 100_000, "1h")]);
-    options.redis_url = Some(proxy.url());
+    options.redis_url = Some(proxy.redis_url());
     options.settings.redis.command_timeout = Duration::from_secs(2);
     let app = spawn_app(options).await;
     assert_eq!(app.check("p", "k", None).await.status, 200, "warm-up");

@@ -11,6 +11,7 @@ mod deny_cache;
 mod deploy;
 mod exactness;
 mod failure_modes;
+mod fault_proxy;
 mod fleet;
 mod health;
 mod helpers;
