@@ -1,6 +1,7 @@
 //! Integration tests, compiled as one binary: the real server, real Redis, no mocks.
 
 mod admin;
+mod admin_listener;
 mod bad_input;
 mod boundaries;
 mod catalog_sync;
