@@ -127,9 +127,15 @@ impl<T: ProbeAnswer> Probe<T> {
     }
 
     /// Waits for `probe` at most `timeout` and keeps its answer, or the last
-    /// answer failed with "no answer within …".
-    pub async fn refresh(&self, probe: impl Future<Output = T>) {
-        let answer = match tokio::time::timeout(self.settings.timeout, probe).await {
+    /// answer failed with "no answer within …". `probe` is told the deadline,
+    /// so that it can give up (and say why, and count it) at that instant
+    /// itself: the deadline's timer is polled after the probe.
+    pub async fn refresh<Fut: Future<Output = T>>(
+        &self,
+        probe: impl FnOnce(tokio::time::Instant) -> Fut,
+    ) {
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        let answer = match tokio::time::timeout_at(deadline, probe(deadline)).await {
             Ok(answer) => answer,
             Err(_) => self.last.load().answer.clone().failed(&format!(
                 "no answer to the health probe within {:?}",
@@ -144,12 +150,12 @@ impl<T: ProbeAnswer> Probe<T> {
     /// task is aborted: one probe at a time, never piling up.
     pub async fn run<F, Fut>(self: Arc<Self>, mut probe: F)
     where
-        F: FnMut() -> Fut,
+        F: FnMut(tokio::time::Instant) -> Fut,
         Fut: Future<Output = T>,
     {
         loop {
             tokio::time::sleep(self.settings.interval).await;
-            self.refresh(probe()).await;
+            self.refresh(&mut probe).await;
         }
     }
 
@@ -203,7 +209,7 @@ mod tests {
             healthy().failed("not probed yet"),
             Arc::new(clock.clone()),
         );
-        probe.refresh(async { healthy() }).await;
+        probe.refresh(|_| async { healthy() }).await;
         clock.advance(Duration::from_millis(3500));
         let fresh = probe.read();
         assert!(fresh.answer.ok, "{:?}", fresh.answer);
@@ -221,14 +227,14 @@ mod tests {
         assert_eq!(stale.answer.latency_ms, None);
 
         // The next answer is fresh again.
-        probe.refresh(async { healthy() }).await;
+        probe.refresh(|_| async { healthy() }).await;
         assert!(probe.read().answer.ok);
     }
 
     #[tokio::test]
     async fn a_probe_without_an_answer_in_time_is_kept_as_a_failure_saying_so() {
         let probe = Probe::new(settings(1000, 10), healthy());
-        probe.refresh(std::future::pending()).await;
+        probe.refresh(|_| std::future::pending()).await;
         let reading = probe.read();
         assert!(!reading.answer.ok);
         assert_eq!(
@@ -267,7 +273,7 @@ mod tests {
         static MOST: AtomicUsize = AtomicUsize::new(0);
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let probe = Arc::new(Probe::new(settings(1, 5), healthy()));
-        let task = tokio::spawn(Arc::clone(&probe).run(|| async {
+        let task = tokio::spawn(Arc::clone(&probe).run(|_| async {
             let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
             MOST.fetch_max(now, Ordering::SeqCst);
             STARTED.fetch_add(1, Ordering::SeqCst);

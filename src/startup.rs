@@ -123,9 +123,9 @@ impl Application {
         };
         // The first answers before the first request, so that readiness is
         // right from the start; at most one probe timeout.
-        tokio::join!(probes.store.refresh(limiter.store().health()), async {
+        tokio::join!(probes.store.refresh(|_| limiter.store().health()), async {
             if let (Some(probe), Some(catalog)) = (&probes.postgres, &catalog) {
-                probe.refresh(catalog.health(probe_settings.timeout)).await;
+                probe.refresh(|deadline| catalog.health(deadline)).await;
             }
         });
         let state = web::Data::new(HttpState {
@@ -197,15 +197,16 @@ impl Application {
         })];
         tasks.extend(syncer);
         let store_state = state.clone();
-        tasks.push(tokio::spawn(Arc::clone(&probes.store).run(move || {
+        // The Redis probe ends by its own timeouts (connect + command) or at the deadline.
+        tasks.push(tokio::spawn(Arc::clone(&probes.store).run(move |_| {
             let state = store_state.clone();
             async move { state.limiter.store().health().await }
         })));
         if let (Some(probe), Some(catalog)) = (&probes.postgres, &catalog) {
             let catalog = Arc::clone(catalog);
-            tasks.push(tokio::spawn(Arc::clone(probe).run(move || {
+            tasks.push(tokio::spawn(Arc::clone(probe).run(move |deadline| {
                 let catalog = Arc::clone(&catalog);
-                async move { catalog.health(probe_settings.timeout).await }
+                async move { catalog.health(deadline).await }
             })));
         }
         if state.limiter.failover().is_some() {

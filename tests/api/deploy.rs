@@ -342,7 +342,7 @@ fn the_kubernetes_manifests_set_real_settings_and_probe_the_apps_paths_with_deli
         assert_eq!(probe["port"], "8080", "{what} probes the public port");
         let timeout = seconds(probe, what, "timeoutSeconds");
         let period = seconds(probe, what, "periodSeconds");
-        // Readiness answers in milliseconds (it reads background probes):
+        // Readiness waits on no dependency (it reads background probes):
         // a second is ample, and a probe never outlasts its period.
         assert!(
             (1..period).contains(&timeout),

@@ -126,6 +126,24 @@ async fn readiness_until(
     .await
 }
 
+/// `slidegate_postgres_errors_total{kind="unavailable"}` from `/metrics`.
+async fn postgres_unavailable(app: &TestApp) -> f64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix("slidegate_postgres_errors_total{kind=\"unavailable\"} ")
+        })
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
 fn policy_body(name: &str, limit: u64) -> serde_json::Value {
     serde_json::json!({ "name": name, "algorithm": "sliding_log", "limit": limit, "window": "1m" })
 }
@@ -155,6 +173,7 @@ async fn with_postgres_black_holed_readiness_stays_200_and_fast_checks_are_decid
     assert_eq!(ready.status, 200, "{:?}", ready.body);
     assert_eq!(ready.body["checks"]["postgres"]["ok"], true);
 
+    let unavailable_before = postgres_unavailable(&app).await;
     proxy.black_hole();
     let ready = readiness_until(&app, "readiness to report Postgres failing", |reply| {
         reply.body["checks"]["postgres"]["ok"] == false
@@ -167,6 +186,11 @@ async fn with_postgres_black_holed_readiness_stays_200_and_fast_checks_are_decid
     );
     let postgres = &ready.body["checks"]["postgres"];
     assert!(postgres["error"].is_string(), "{postgres}");
+    // The probe that gave up counted it, as every Postgres failure is.
+    assert!(
+        postgres_unavailable(&app).await > unavailable_before,
+        "{postgres}"
+    );
     // Probes keep answering (as failures): the answer is never stale.
     for _ in 0..3 {
         let ready = readiness_at_once(&app).await;
