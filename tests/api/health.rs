@@ -258,3 +258,55 @@ async fn with_redis_black_holed_readiness_answers_at_once_that_redis_is_down_and
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_readiness_requests_takes_no_pooled_connection_from_admin_writes() {
+    let database = TestDatabase::create().await;
+    // Every Postgres reply 50 ms late, and one pooled connection: a probe per
+    // readiness request would hold it 100 ms each (a validity check and
+    // SELECT 1), and 20 of them in a row would keep an admin write waiting
+    // past its 1 s for a connection.
+    let proxy = FaultProxy::start(5432).await;
+    let mut options = TestOptions::catalog(&database, &unique_prefix());
+    options.postgres_url = Some(format!(
+        "postgres://postgres@{}/{}",
+        proxy.address(),
+        database.name
+    ));
+    options.settings.postgres.pool_size = 1;
+    let app = spawn_app(options).await;
+    proxy.set_delay(Duration::from_millis(50));
+
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), format!("{}/health/ready", app.address));
+            let flooding = std::sync::Arc::clone(&flooding);
+            tokio::spawn(async move {
+                let mut answered = 0u64;
+                while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                    let response = client.get(&url).send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    for n in 0..2 {
+        let created = app
+            .admin(
+                Method::POST,
+                "/policies",
+                Some(policy_body(&format!("during-flood-{n}"), 5)),
+            )
+            .await;
+        assert_eq!(created.status, 201, "write {n}: {:?}", created.body);
+    }
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut answered = 0;
+    for task in flood {
+        answered += task.await.unwrap();
+    }
+    assert!(answered >= 20, "the flood sent only {answered} requests");
+}
