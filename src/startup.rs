@@ -379,6 +379,17 @@ impl Serving<'_> {
         let draining = Arc::clone(self.draining);
         let traced = self.traced;
         let mut server = HttpServer::new(move || {
+            // Runs once on each worker thread as it starts. A PING through this
+            // worker's own Redis pool opens its connections now, so the first
+            // checks it serves find one instead of opening it within
+            // redis.connect_timeout (readiness, which used to do this on the
+            // worker it ran on, now reads background probes).
+            if routes != Listener::Admin {
+                let state = state.clone();
+                actix_web::rt::spawn(async move {
+                    let _ = state.limiter.store().health().await;
+                });
+            }
             let draining = Arc::clone(&draining);
             App::new()
                 .wrap_fn(move |request, service| {

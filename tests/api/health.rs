@@ -54,6 +54,29 @@ async fn readiness_reports_redis_the_pool_and_the_scripts() {
 }
 
 #[tokio::test]
+async fn every_worker_holds_a_redis_connection_before_its_first_check() {
+    let app = spawn_app(TestOptions::redis(vec![policy("p", "gcra", 1, "1s")])).await;
+    let pool_size = u64::from(
+        slidegate::configuration::Settings::default()
+            .redis
+            .pool_size,
+    );
+    // spawn_app runs 2 workers; the background probe has a pool of its own.
+    let pools = 3;
+    eventually(
+        Duration::from_secs(5),
+        "a live pool on each worker",
+        || async {
+            let pool = &app.readiness().await["checks"]["redis"]["pool"];
+            let opened = pool["max_size"].as_u64().unwrap() >= pools * pool_size
+                && pool["connections"].as_u64().unwrap() >= pools;
+            opened.then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn readiness_on_the_embedded_store_needs_no_dependency() {
     let app = spawn_app(TestOptions::memory(vec![policy("p", "gcra", 1, "1s")])).await;
     let reply = app.get("/health/ready").await;
