@@ -394,6 +394,13 @@ impl Fleet {
         );
         set("SLIDEGATE__SERVER__DRAIN_DELAY", "300ms".into());
         set("SLIDEGATE__LIMITER__KEY_PREFIX", unique_prefix());
+        // As every replica in these tests (see TestOptions::redis): on a
+        // busy 2-core CI a scheduling stall outlasts the built-in 50 ms, and
+        // every check in flight on the stalled replica would answer 503 for
+        // the wrong reason (the rolling restart failed 6 or so checks in most
+        // runs with the machine loaded by other builds). No fleet test is about timeouts.
+        env.push(("SLIDEGATE__REDIS__CONNECT_TIMEOUT", "1s".into()));
+        env.push(("SLIDEGATE__REDIS__COMMAND_TIMEOUT", "1s".into()));
         // Settings compose does not use (a Postgres catalog): added on purpose,
         // so they skip the drift check above.
         for (name, value) in extra {
