@@ -49,6 +49,7 @@ impl ConfigurationError {
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub health: HealthSettings,
     pub redis: RedisSettings,
     pub limiter: LimiterSettings,
     pub log: LogSettings,
@@ -65,6 +66,10 @@ pub struct Settings {
 pub struct ServerSettings {
     /// Address to listen on. Port 0 picks a free port (tests use it).
     pub bind: String,
+    /// Set: a second listener for operators, the only one serving the admin
+    /// API and `/metrics` (the public one answers them 404). Health endpoints
+    /// are on both. Unset: everything on `bind`.
+    pub admin_bind: Option<String>,
     /// HTTP worker threads; default: one per CPU core.
     pub workers: Option<usize>,
     /// After SIGTERM/SIGINT, how long readiness answers 503 while requests are
@@ -86,12 +91,54 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:8080".into(),
+            admin_bind: None,
             workers: None,
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             max_body_bytes: 4096,
             keep_alive: Duration::from_secs(75),
         }
+    }
+}
+
+/// Readiness's background probes of Redis and Postgres (`[health]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// How often each dependency is probed, one probe at a time per
+    /// dependency; readiness reads the last answer and never waits for one.
+    #[serde(deserialize_with = "duration")]
+    pub probe_interval: Duration,
+    /// Longest a probe may take; one without an answer by then has failed.
+    #[serde(deserialize_with = "duration")]
+    pub probe_timeout: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl HealthSettings {
+    pub fn probes(&self) -> crate::probe::ProbeSettings {
+        crate::probe::ProbeSettings {
+            interval: self.probe_interval,
+            timeout: self.probe_timeout,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The admin listener's address if one is configured (an empty string counts as none).
+    pub fn admin_bind(&self) -> Option<&str> {
+        self.admin_bind
+            .as_deref()
+            .map(str::trim)
+            .filter(|address| !address.is_empty())
     }
 }
 
@@ -754,9 +801,21 @@ impl Settings {
     /// # Errors
     /// The first invalid setting, naming its field.
     pub fn validate(&self) -> Result<PolicySet, ConfigurationError> {
-        self.server.bind.parse::<SocketAddr>().map_err(|e| {
+        let bind = self.server.bind.parse::<SocketAddr>().map_err(|e| {
             ConfigurationError::invalid("server.bind", format!("{:?}: {e}", self.server.bind))
         })?;
+        if let Some(admin_bind) = self.server.admin_bind() {
+            let admin = admin_bind.parse::<SocketAddr>().map_err(|e| {
+                ConfigurationError::invalid("server.admin_bind", format!("{admin_bind:?}: {e}"))
+            })?;
+            // Port 0 twice is two free ports; any other equal pair cannot both bind.
+            if admin == bind && admin.port() != 0 {
+                return Err(ConfigurationError::invalid(
+                    "server.admin_bind",
+                    format!("must differ from server.bind ({bind})"),
+                ));
+            }
+        }
         if self.server.workers == Some(0) {
             return Err(ConfigurationError::invalid(
                 "server.workers",
@@ -788,6 +847,8 @@ impl Settings {
                 "limiter.heartbeat_interval",
                 self.limiter.heartbeat_interval,
             ),
+            ("health.probe_interval", self.health.probe_interval),
+            ("health.probe_timeout", self.health.probe_timeout),
         ] {
             // The upper bound keeps deadline arithmetic (now + cool-down,
             // 3 × heartbeat interval) far from overflow; nothing sensible is longer.

@@ -21,12 +21,16 @@
 //! - [`catalog`] keeps policies and API keys in Postgres when one is
 //!   configured (the admin API in [`http::admin`] writes them), and every
 //!   replica's in-memory copy current through LISTEN/NOTIFY.
+//! - [`probe`] checks Redis and Postgres in the background, so
+//!   `GET /health/ready` ([`http::health`]) reads their last answers and
+//!   never waits on a dependency.
 
 pub mod catalog;
 pub mod configuration;
 pub mod http;
 pub mod limiter;
 pub mod metrics;
+pub mod probe;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -5,18 +5,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::Condition;
 use actix_web::{App, HttpServer, web};
 use tokio::task::JoinHandle;
 use tracing_actix_web::TracingLogger;
 
 use crate::catalog::{Catalog, CatalogError, CatalogOptions};
-use crate::configuration::{ConfigurationError, Settings};
+use crate::configuration::{ConfigurationError, ServerSettings, Settings};
 use crate::http::admin::AdminToken;
-use crate::http::{self, ForwardAuth, HttpState, RootSpan};
-use crate::limiter::{Clock, Failover, Limiter, MonotonicClock, Store, StoreError};
+use crate::http::{self, ForwardAuth, HttpState, Listener, RootSpan};
+use crate::limiter::{
+    Clock, DependencyHealth, Failover, Limiter, MonotonicClock, Store, StoreError, StoreHealth,
+};
 use crate::metrics::Metrics;
+use crate::probe::{Probe, Probes};
 use crate::store::{AnyStore, MemoryStore, RedisOptions, RedisStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +37,14 @@ pub enum StartupError {
     },
 }
 
-/// A replica, bound to its port and ready to run.
+/// A replica, bound to its port (and its admin port) and ready to run.
 pub struct Application {
     address: SocketAddr,
+    admin_address: Option<SocketAddr>,
     store_kind: &'static str,
     example_policy: Option<String>,
-    server: Server,
+    /// The public server, then the admin one if `server.admin_bind` is set.
+    servers: Vec<Server>,
     /// Background work (sweeping, heartbeats, catalog sync), stopped when the server stops.
     tasks: Vec<JoinHandle<()>>,
     signals: StopSignals,
@@ -110,6 +115,20 @@ impl Application {
             .iter_sorted()
             .first()
             .map(|policy| policy.name().to_string());
+        let probe_settings = settings.health.probes();
+        let probes = Probes {
+            store: Arc::new(Probe::new(probe_settings, unprobed_store(limiter.store()))),
+            postgres: catalog
+                .as_ref()
+                .map(|_| Arc::new(Probe::new(probe_settings, unprobed("postgres")))),
+        };
+        // The first answers before the first request, so that readiness is
+        // right from the start; at most one probe timeout.
+        tokio::join!(probes.store.refresh(|_| limiter.store().health()), async {
+            if let (Some(probe), Some(catalog)) = (&probes.postgres, &catalog) {
+                probe.refresh(|deadline| catalog.health(deadline)).await;
+            }
+        });
         let state = web::Data::new(HttpState {
             limiter,
             metrics,
@@ -118,9 +137,10 @@ impl Application {
             draining: Arc::clone(&draining),
             catalog: catalog.clone(),
             admin_token: settings.admin.token().map(AdminToken::new),
+            probes: probes.clone(),
         });
         // Keeps this replica's copy of the catalog current for as long as it runs.
-        let syncer = catalog.map(|catalog| {
+        let syncer = catalog.clone().map(|catalog| {
             let state = state.clone();
             tokio::spawn(catalog.run_sync(move |update| state.limiter.replace(update)))
         });
@@ -128,54 +148,39 @@ impl Application {
         // request pays for no root span, request id or header parsing.
         let traced = settings.tracing.endpoint().is_some();
 
-        let listener =
-            TcpListener::bind(&settings.server.bind).map_err(|source| StartupError::Bind {
-                address: settings.server.bind.clone(),
-                source,
-            })?;
-        let address = listener.local_addr().map_err(|source| StartupError::Bind {
-            address: settings.server.bind.clone(),
-            source,
-        })?;
-
-        let server_state = state.clone();
-        let server_draining = Arc::clone(&draining);
-        let mut server = HttpServer::new(move || {
-            let draining = Arc::clone(&server_draining);
-            App::new()
-                .wrap_fn(move |request, service| {
-                    http::close_connections_while_draining(&draining, request, service)
-                })
-                .wrap(Condition::new(traced, TracingLogger::<RootSpan>::new()))
-                .app_data(server_state.clone())
-                .configure(http::routes::<AnyStore>)
-        })
-        // Signals are ours (see `run_until`): actix would stop accepting at
-        // once, before load balancers have noticed the replica is leaving.
-        .disable_signals()
-        // Longer than any proxy keeps an idle connection to us (the shipped
-        // nginx: 30 s), so the proxy closes idle connections, never we: a
-        // check the proxy writes as we close would fail, not be retried.
-        .keep_alive(settings.server.keep_alive)
-        .shutdown_timeout(
-            // actix counts whole seconds: round up so "2500ms" is not cut to 2 s.
-            settings
-                .server
-                .shutdown_timeout
-                .as_secs_f64()
-                .ceil()
-                .max(1.0) as u64,
-        );
-        if let Some(workers) = settings.server.workers {
-            server = server.workers(workers);
-        }
-        let server = server
-            .listen(listener)
-            .map_err(|source| StartupError::Bind {
-                address: settings.server.bind.clone(),
-                source,
-            })?
-            .run();
+        let (listener, address) = bind(&settings.server.bind)?;
+        let admin = settings.server.admin_bind().map(bind).transpose()?;
+        let public_routes = if admin.is_some() {
+            Listener::Public
+        } else {
+            Listener::All
+        };
+        let serving = Serving {
+            state: &state,
+            draining: &draining,
+            traced,
+            settings: &settings.server,
+        };
+        let mut servers = vec![serving.serve(
+            listener,
+            &settings.server.bind,
+            public_routes,
+            settings.server.workers,
+        )?];
+        let admin_address = match admin {
+            Some((listener, admin_address)) => {
+                // Operators' requests are few: one worker, so the admin side
+                // costs the checks no threads (nor Redis pools).
+                servers.push(serving.serve(
+                    listener,
+                    &admin_address.to_string(),
+                    Listener::Admin,
+                    Some(1),
+                )?);
+                Some(admin_address)
+            }
+            None => None,
+        };
 
         let sweep_interval = settings.limiter.sweep_interval;
         let sweep_state = state.clone();
@@ -192,6 +197,19 @@ impl Application {
             }
         })];
         tasks.extend(syncer);
+        let store_state = state.clone();
+        // The Redis probe ends by its own timeouts (connect + command) or at the deadline.
+        tasks.push(tokio::spawn(Arc::clone(&probes.store).run(move |_| {
+            let state = store_state.clone();
+            async move { state.limiter.store().health().await }
+        })));
+        if let (Some(probe), Some(catalog)) = (&probes.postgres, &catalog) {
+            let catalog = Arc::clone(catalog);
+            tasks.push(tokio::spawn(Arc::clone(probe).run(move |deadline| {
+                let catalog = Arc::clone(&catalog);
+                async move { catalog.health(deadline).await }
+            })));
+        }
         if state.limiter.failover().is_some() {
             let heartbeat_state = state.clone();
             tasks.push(every(settings.limiter.heartbeat_interval, move || {
@@ -202,9 +220,10 @@ impl Application {
 
         Ok(Self {
             address,
+            admin_address,
             store_kind,
             example_policy,
-            server,
+            servers,
             tasks,
             signals: StopSignals::install(),
             draining,
@@ -257,6 +276,11 @@ impl Application {
         self.address.port()
     }
 
+    /// The admin listener's address, with `server.admin_bind` set.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin_address
+    }
+
     /// A policy name to show in the start-up hint.
     pub fn example_policy(&self) -> Option<&str> {
         self.example_policy.as_deref()
@@ -269,21 +293,27 @@ impl Application {
 
     /// Serves until SIGINT or SIGTERM, then shuts down in the order load
     /// balancers need: readiness answers 503 at once while requests are
-    /// still served for `server.drain_delay`; then the listener closes and
-    /// in-flight requests get `server.shutdown_timeout` to finish; then
-    /// background tasks stop. A second signal during the drain cuts it short.
+    /// still served for `server.drain_delay`; then the listeners (public and
+    /// admin together) close and in-flight requests get
+    /// `server.shutdown_timeout` to finish; then background tasks stop. A
+    /// second signal during the drain cuts it short.
     ///
     /// # Errors
-    /// When the server fails while running.
+    /// When a server fails while running.
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
-        let handle = self.server.handle();
-        let mut server = tokio::spawn(self.server);
-        let result = tokio::select! {
-            finished = &mut server => Some(finished),
+        let handles: Vec<ServerHandle> = self.servers.iter().map(Server::handle).collect();
+        let mut servers = tokio::task::JoinSet::new();
+        for server in self.servers {
+            servers.spawn(server);
+        }
+        let ended_by_itself = tokio::select! {
+            finished = servers.join_next() => finished,
             () = self.signals.next() => None,
         };
-        let result = match result {
-            Some(finished) => finished.map_err(std::io::Error::other).and_then(|r| r),
+        let mut result = Ok(());
+        match ended_by_itself {
+            // One server failed: the replica stops, without a drain.
+            Some(finished) => result = flatten(finished),
             None => {
                 self.draining.store(true, Ordering::SeqCst);
                 tracing::info!(
@@ -295,15 +325,131 @@ impl Application {
                     () = self.signals.next() => tracing::info!("second stop signal; ending the drain early"),
                 }
                 tracing::info!("no longer accepting connections; finishing in-flight requests");
-                handle.stop(true).await;
-                server.await.map_err(std::io::Error::other).and_then(|r| r)
             }
-        };
+        }
+        // Every listener closes at once and shares the one shutdown_timeout.
+        futures_util::future::join_all(handles.iter().map(|handle| handle.stop(true))).await;
+        while let Some(finished) = servers.join_next().await {
+            let finished = flatten(finished);
+            if result.is_ok() {
+                result = finished;
+            }
+        }
         for task in self.tasks {
             task.abort();
         }
         tracing::info!("stopped");
         result
+    }
+}
+
+fn flatten(finished: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
+    finished
+        .map_err(std::io::Error::other)
+        .and_then(|result| result)
+}
+
+fn bind(address: &str) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let failed = |source| StartupError::Bind {
+        address: address.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(address).map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
+}
+
+/// What every listener's server shares.
+struct Serving<'a> {
+    state: &'a web::Data<HttpState<AnyStore>>,
+    draining: &'a Arc<AtomicBool>,
+    traced: bool,
+    settings: &'a ServerSettings,
+}
+
+impl Serving<'_> {
+    /// An HTTP server on `listener` serving the routes of `routes`.
+    fn serve(
+        &self,
+        listener: TcpListener,
+        address: &str,
+        routes: Listener,
+        workers: Option<usize>,
+    ) -> Result<Server, StartupError> {
+        let state = self.state.clone();
+        let draining = Arc::clone(self.draining);
+        let traced = self.traced;
+        let mut server = HttpServer::new(move || {
+            // Runs once on each worker thread as it starts. A PING through this
+            // worker's own Redis pool opens its connections now, so the first
+            // checks it serves find one instead of opening it within
+            // redis.connect_timeout (readiness, which used to do this on the
+            // worker it ran on, now reads background probes).
+            if routes != Listener::Admin {
+                let state = state.clone();
+                actix_web::rt::spawn(async move {
+                    let _ = state.limiter.store().health().await;
+                });
+            }
+            let draining = Arc::clone(&draining);
+            App::new()
+                .wrap_fn(move |request, service| {
+                    http::close_connections_while_draining(&draining, request, service)
+                })
+                .wrap(Condition::new(traced, TracingLogger::<RootSpan>::new()))
+                .app_data(state.clone())
+                .configure(|config| http::routes::<AnyStore>(routes, config))
+        })
+        // Signals are ours (see `run_until`): actix would stop accepting at
+        // once, before load balancers have noticed the replica is leaving.
+        .disable_signals()
+        // Longer than any proxy keeps an idle connection to us (the shipped
+        // nginx: 30 s), so the proxy closes idle connections, never we: a
+        // check the proxy writes as we close would fail, not be retried.
+        .keep_alive(self.settings.keep_alive)
+        .shutdown_timeout(
+            // actix counts whole seconds: round up so "2500ms" is not cut to 2 s.
+            self.settings.shutdown_timeout.as_secs_f64().ceil().max(1.0) as u64,
+        );
+        if let Some(workers) = workers {
+            server = server.workers(workers);
+        }
+        Ok(server
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                address: address.to_owned(),
+                source,
+            })?
+            .run())
+    }
+}
+
+/// The store's readiness until its first probe answers: the embedded store
+/// is always ready; Redis is not until a probe says so.
+fn unprobed_store(store: &AnyStore) -> StoreHealth {
+    match store {
+        AnyStore::Memory(_) => StoreHealth {
+            store: store.kind(),
+            ok: true,
+            dependencies: Vec::new(),
+            scripts: Vec::new(),
+        },
+        AnyStore::Redis(redis) => StoreHealth {
+            store: store.kind(),
+            ok: false,
+            dependencies: vec![unprobed("redis")],
+            scripts: redis.script_hashes(),
+        },
+    }
+}
+
+fn unprobed(name: &'static str) -> DependencyHealth {
+    DependencyHealth {
+        name,
+        ok: false,
+        latency_ms: None,
+        error: Some("not probed yet".to_owned()),
+        pool: None,
     }
 }
 

@@ -51,6 +51,10 @@ const TRACES_PATH: &str = "/v1/traces";
 #[must_use = "dropping it loses the spans still queued; call shutdown()"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// How long [`Telemetry::shutdown`] waits for the last spans: one
+    /// export's `tracing.export_timeout`, a bound the shutdown budget of the
+    /// deploy files counts (the SDK's own default is a hidden 5 s).
+    export_timeout: std::time::Duration,
 }
 
 impl Telemetry {
@@ -64,7 +68,7 @@ impl Telemetry {
     /// worker, where the export would stall and the last batch be lost.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider
-            && let Err(error) = provider.shutdown()
+            && let Err(error) = provider.shutdown_with_timeout(self.export_timeout)
         {
             tracing::warn!(%error, "the last spans could not be exported");
         }
@@ -137,13 +141,20 @@ pub fn init(log: &LogSettings, tracing: &TracingSettings) -> Telemetry {
             );
             Telemetry {
                 provider: Some(provider),
+                export_timeout: tracing.export_timeout,
             }
         }
         Some(provider) => {
             let _ = provider.shutdown();
-            Telemetry { provider: None }
+            Telemetry {
+                provider: None,
+                export_timeout: tracing.export_timeout,
+            }
         }
-        None => Telemetry { provider: None },
+        None => Telemetry {
+            provider: None,
+            export_timeout: tracing.export_timeout,
+        },
     }
 }
 

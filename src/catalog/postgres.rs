@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bb8::{Pool, PooledConnection, RunError};
 use bb8_postgres::PostgresConnectionManager;
@@ -378,15 +378,19 @@ impl Catalog {
         })
     }
 
-    /// Postgres's health for readiness: a round-trip through the pool, its latency and the pool's state.
+    /// Postgres's health for readiness: a round-trip through the pool, its
+    /// latency and the pool's state, waiting until `deadline` at most (and
+    /// never longer than a connection and a statement may take). Run by the
+    /// background probe (see [`crate::probe`]), one at a time; giving up at
+    /// the probe's own deadline, it is the one that counts the failure.
     #[tracing::instrument(
         level = "debug",
         name = "SELECT 1",
         skip_all,
         fields(otel.kind = "client", db.system = "postgresql", db.system.name = "postgresql", db.operation.name = "SELECT")
     )]
-    pub async fn health(&self) -> DependencyHealth {
-        let started = Instant::now();
+    pub async fn health(&self, deadline: tokio::time::Instant) -> DependencyHealth {
+        let started = tokio::time::Instant::now();
         let probe = async {
             let connection = self.connection().await?;
             connection
@@ -395,11 +399,13 @@ impl Catalog {
                 .map_err(db_error)
                 .map(drop)
         };
-        let limit = self.options.connect_timeout + self.options.statement_timeout;
-        let result = self.counted(match tokio::time::timeout(limit, probe).await {
+        let deadline =
+            deadline.min(started + self.options.connect_timeout + self.options.statement_timeout);
+        let result = self.counted(match tokio::time::timeout_at(deadline, probe).await {
             Ok(result) => result,
             Err(_) => Err(CatalogError::Unavailable(format!(
-                "no answer within {limit:?}"
+                "no answer within {} ms",
+                deadline.saturating_duration_since(started).as_millis()
             ))),
         });
         let state = self.pool.state();

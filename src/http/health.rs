@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
 use super::HttpState;
-use crate::limiter::{DependencyHealth, FailoverHealth, PolicySource, Store};
+use crate::limiter::{DependencyHealth, FailoverHealth, PolicySource, PoolHealth, Store};
 
 /// 200 while the process can answer at all; a load balancer should restart it otherwise.
 pub async fn live() -> HttpResponse {
@@ -25,8 +25,16 @@ struct Readiness<'a> {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum Check<'a> {
-    Dependency(&'a DependencyHealth),
+    Dependency(DependencyCheck<'a>),
     Limiter(LimiterCheck<'a>),
+}
+
+#[derive(Serialize)]
+struct DependencyCheck<'a> {
+    #[serde(flatten)]
+    health: &'a DependencyHealth,
+    /// How long ago the background probe answered (or gave up waiting).
+    checked_ms_ago: u64,
 }
 
 #[derive(Serialize)]
@@ -56,13 +64,35 @@ struct LimiterCheck<'a> {
 /// configuration says (see [`crate::limiter::Limiter::health`] for exactly
 /// when) and is not draining; 503 with `"ready": false` otherwise, naming what
 /// is wrong in `checks` (or `"draining": true`).
+///
+/// It waits on nothing: Redis and Postgres are judged by the last answers of
+/// their background probes ([`crate::probe`]), each with its age; the
+/// limiter's own state (policies, breaker, draining) is read now.
 pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
-    let health = state.limiter.health().await;
+    let store = state.probes.store.read();
+    let postgres = state.probes.postgres.as_ref().map(|probe| probe.read());
+    let mut health = state.limiter.health_given(store.answer);
     let sync = state.limiter.sync_state();
-    let postgres = match &state.catalog {
-        Some(catalog) => Some(catalog.health().await),
-        None => None,
+    // Pools are read now, not when the probe ran: during an outage they show
+    // the connections being lost and reopened.
+    let mut pools = state.limiter.store().pools();
+    if let Some(catalog) = &state.catalog {
+        pools.push(catalog.pool_stats());
+    }
+    let current_pool = |dependency: &mut DependencyHealth| {
+        if let Some(pool) = pools.iter().find(|pool| pool.name == dependency.name) {
+            dependency.pool = Some(PoolHealth {
+                max_size: pool.max_size,
+                connections: pool.connections,
+                idle: pool.idle,
+            });
+        }
     };
+    health.store.dependencies.iter_mut().for_each(current_pool);
+    let postgres = postgres.map(|mut reading| {
+        current_pool(&mut reading.answer);
+        reading
+    });
     let mut algorithms: BTreeMap<&'static str, Option<String>> = crate::limiter::Algorithm::ALL
         .into_iter()
         .map(|algorithm| (algorithm.as_str(), None))
@@ -74,10 +104,20 @@ pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
         .store
         .dependencies
         .iter()
-        .map(|dependency| (dependency.name, Check::Dependency(dependency)))
+        .map(|dependency| {
+            let check = DependencyCheck {
+                health: dependency,
+                checked_ms_ago: millis(store.age),
+            };
+            (dependency.name, Check::Dependency(check))
+        })
         .collect();
     if let Some(postgres) = &postgres {
-        checks.insert(postgres.name, Check::Dependency(postgres));
+        let check = DependencyCheck {
+            health: &postgres.answer,
+            checked_ms_ago: millis(postgres.age),
+        };
+        checks.insert(postgres.answer.name, Check::Dependency(check));
     }
     checks.insert(
         "limiter",
@@ -111,4 +151,8 @@ pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+fn millis(age: std::time::Duration) -> u64 {
+    u64::try_from(age.as_millis()).unwrap_or(u64::MAX)
 }

@@ -18,6 +18,7 @@ use actix_web::{HttpResponse, web};
 use crate::catalog::Catalog;
 use crate::limiter::{Limiter, Store};
 use crate::metrics::{self, Metrics};
+use crate::probe::Probes;
 
 pub use error::ApiError;
 pub use forward_auth::ForwardAuth;
@@ -36,6 +37,31 @@ pub struct HttpState<S> {
     pub catalog: Option<Arc<Catalog>>,
     /// `None`: the admin API is off.
     pub admin_token: Option<admin::AdminToken>,
+    /// The dependencies' last probe answers, which readiness reports.
+    pub probes: Probes,
+}
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The only listener (no `server.admin_bind`): every route.
+    All,
+    /// The public side next to an admin listener: checks, forward-auth and
+    /// health; the admin API and `/metrics` answer 404 here.
+    Public,
+    /// The operators' side (`server.admin_bind`): the admin API, `/metrics`
+    /// and health; checks answer 404 here.
+    Admin,
+}
+
+impl Listener {
+    fn serves_checks(self) -> bool {
+        self != Listener::Admin
+    }
+
+    fn serves_operators(self) -> bool {
+        self != Listener::Public
+    }
 }
 
 /// Middleware (`App::wrap_fn`): while the replica drains, every response
@@ -73,21 +99,25 @@ where
     }
 }
 
-/// Registers every route; the store type is fixed by the caller (see `startup`).
-pub fn routes<S: Store>(config: &mut web::ServiceConfig) {
+/// Registers the routes `listener` serves (anything else is 404
+/// `not_found`); the store type is fixed by the caller (see `startup`).
+pub fn routes<S: Store>(listener: Listener, config: &mut web::ServiceConfig) {
+    if listener.serves_checks() {
+        config
+            .service(
+                web::resource("/v1/check")
+                    .route(web::post().to(check::check::<S>))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource([
+                    forward_auth::PATH.to_owned(),
+                    format!("{}/{{tail:.*}}", forward_auth::PATH),
+                ])
+                .route(web::route().to(forward_auth::forward_auth::<S>)),
+            );
+    }
     config
-        .service(
-            web::resource("/v1/check")
-                .route(web::post().to(check::check::<S>))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource([
-                forward_auth::PATH.to_owned(),
-                format!("{}/{{tail:.*}}", forward_auth::PATH),
-            ])
-            .route(web::route().to(forward_auth::forward_auth::<S>)),
-        )
         .service(
             web::resource("/health/live")
                 .route(web::get().to(health::live))
@@ -97,14 +127,15 @@ pub fn routes<S: Store>(config: &mut web::ServiceConfig) {
             web::resource("/health/ready")
                 .route(web::get().to(health::ready::<S>))
                 .default_service(web::to(method_not_allowed)),
-        )
-        .configure(admin::routes::<S>)
-        .service(
+        );
+    if listener.serves_operators() {
+        config.configure(admin::routes::<S>).service(
             web::resource("/metrics")
                 .route(web::get().to(scrape::<S>))
                 .default_service(web::to(method_not_allowed)),
-        )
-        .default_service(web::to(not_found));
+        );
+    }
+    config.default_service(web::to(not_found));
 }
 
 /// `GET /metrics`: every metric in the Prometheus text format.

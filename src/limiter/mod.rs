@@ -611,7 +611,13 @@ impl<S: Store> Limiter<S> {
     /// its configuration asks for (`open` admits, `local` decides locally).
     /// A replica whose `closed` policies would answer 503 is not ready.
     pub async fn health(&self) -> LimiterHealth {
-        let store = self.store.health().await;
+        self.health_given(self.store.health().await)
+    }
+
+    /// As [`Limiter::health`], with the store's health as a probe made
+    /// elsewhere found it (readiness reads background probes, see
+    /// [`crate::probe`]); the rest (policies, breaker) is read now.
+    pub fn health_given(&self, store: StoreHealth) -> LimiterHealth {
         let snapshot = self.snapshot.load();
         let policies = snapshot.policies.len();
         let failover = self

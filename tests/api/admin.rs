@@ -475,6 +475,7 @@ async fn neither_an_api_key_nor_the_admin_token_ever_reaches_the_logs() {
     .await;
     let app = crate::helpers::TestApp {
         address: replica.address.clone(),
+        admin_address: replica.admin_address.clone(),
         client: replica.client.clone(),
     };
     app.admin(Method::POST, "/policies", Some(policy_body("api", 5)))

@@ -1,15 +1,12 @@
 //! Live catalog updates across replicas on a real Postgres: propagation, overrides and revocation, an outage, concurrent start.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
+use crate::fault_proxy::FaultProxy;
 use crate::helpers::{
     CheckReply, TestApp, TestDatabase, TestOptions, eventually, spawn_app, unique_prefix,
 };
@@ -240,65 +237,17 @@ async fn an_override_changes_the_admitted_count_and_a_revoked_key_is_refused_on_
     }
 }
 
-/// A TCP proxy the test can cut: while cut, it closes every open connection
-/// and every new one at once, as a network partition with resets would.
-struct CuttableProxy {
-    address: SocketAddr,
-    cut: Arc<AtomicBool>,
-    cuts: watch::Sender<u64>,
-}
-
-impl CuttableProxy {
-    async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let (cuts, _) = watch::channel(0u64);
-        let (accepting_cut, accepting_cuts) = (Arc::clone(&cut), cuts.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if accepting_cut.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut cut_signal = accepting_cuts.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_signal.changed() => {}
-                    }
-                });
-            }
-        });
-        Self { address, cut, cuts }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        self.cuts.send_modify(|n| *n += 1);
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_postgres_keeps_deciding_and_catches_up_after_reconnecting() {
     let database = TestDatabase::create().await;
-    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = FaultProxy::start(5432).await;
     let prefix = unique_prefix();
     let direct = spawn_app(TestOptions::catalog(&database, &prefix)).await;
     let mut through_proxy = TestOptions::catalog(&database, &prefix);
     through_proxy.postgres_url = Some(format!(
         "postgres://postgres@{}/{}",
-        proxy.address, database.name
+        proxy.address(),
+        database.name
     ));
     let cut_off = spawn_app(through_proxy).await;
 
@@ -384,12 +333,13 @@ async fn a_replica_cut_off_from_postgres_keeps_deciding_and_catches_up_after_rec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_never_loaded_policies_is_not_ready() {
     let database = TestDatabase::create().await;
-    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = FaultProxy::start(5432).await;
     proxy.cut();
     let mut options = TestOptions::catalog(&database, &unique_prefix());
     options.postgres_url = Some(format!(
         "postgres://postgres@{}/{}",
-        proxy.address, database.name
+        proxy.address(),
+        database.name
     ));
     let app = spawn_app(options).await;
     let ready = app.get("/health/ready").await;
@@ -493,6 +443,7 @@ async fn each_catalog_version_applied_is_logged_once_with_its_policy_count() {
 
     let app = TestApp {
         address: replica.address.clone(),
+        admin_address: replica.admin_address.clone(),
         client: replica.client.clone(),
     };
     assert_eq!(

@@ -13,10 +13,11 @@ use slidegate::configuration::{PolicySettings, Settings};
 use slidegate::limiter::FailureMode;
 use tokio::task::JoinHandle;
 
+use crate::fault_proxy::FaultProxy;
 use crate::helpers::{
-    TestApp, TestOptions, eventually, one_load_test_at_a_time, policy, spawn_app,
+    TestApp, TestOptions, eventually, one_load_test_at_a_time, policy, sliding_log_units, spawn_app,
 };
-use crate::private_redis::{DelayingProxy, PrivateRedis};
+use crate::private_redis::PrivateRedis;
 
 /// What one request got. Transport errors (a reset, a dropped connection)
 /// are kept apart from statuses: slidegate must never cause one.
@@ -406,13 +407,13 @@ async fn a_redis_hiccup_times_out_the_checks_in_flight_together_without_opening_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_still_gets_every_decision_back_within_the_timeout() {
     let redis = PrivateRedis::start();
-    let proxy = DelayingProxy::start(redis.port()).await;
+    let proxy = FaultProxy::start(redis.port()).await;
     let mut options = TestOptions::redis(vec![with_mode(
         policy("p", "gcra", 1_000_000, "1h"),
         FailureMode::Open,
     )])
     .with_production_timeouts();
-    options.redis_url = Some(proxy.url());
+    options.redis_url = Some(proxy.redis_url());
     let command_timeout = Settings::default().redis.command_timeout;
     let app = spawn_app(options).await;
     // The first check connects through the proxy and loads the script (three
@@ -471,9 +472,9 @@ async fn a_slow_redis_still_gets_every_decision_back_within_the_timeout() {
 #[tokio::test]
 async fn a_command_timeout_longer_than_half_a_second_is_honoured() {
     let redis = PrivateRedis::start();
-    let proxy = DelayingProxy::start(redis.port()).await;
+    let proxy = FaultProxy::start(redis.port()).await;
     let mut options = TestOptions::redis(vec![policy("p", "sliding_log", 100_000, "1h")]);
-    options.redis_url = Some(proxy.url());
+    options.redis_url = Some(proxy.redis_url());
     options.settings.redis.command_timeout = Duration::from_secs(2);
     let app = spawn_app(options).await;
     assert_eq!(app.check("p", "k", None).await.status, 200, "warm-up");
@@ -489,13 +490,13 @@ async fn a_command_timeout_longer_than_half_a_second_is_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_that_timed_out_was_sent_once_and_is_never_sent_again() {
     let redis = PrivateRedis::start();
-    let proxy = DelayingProxy::start(redis.port()).await;
+    let proxy = FaultProxy::start(redis.port()).await;
     let mut options = TestOptions::redis(vec![with_mode(
         policy("p", "sliding_log", 100, "1h"),
         FailureMode::Open,
     )])
     .with_production_timeouts();
-    options.redis_url = Some(proxy.url());
+    options.redis_url = Some(proxy.redis_url());
     let prefix = options.key_prefix.clone();
     // Every check goes to Redis (no breaker in the way), and no heartbeat
     // adds a script call mid-test.
@@ -536,11 +537,8 @@ async fn a_check_that_timed_out_was_sent_once_and_is_never_sent_again() {
     assert_eq!(redis.calls_of("evalsha").await, before + 5 + later);
     let mut connection = redis.connection().await;
     for index in 0..5 {
-        let units: u64 = redis::cmd("ZCARD")
-            .arg(format!("{prefix}{{p:late-{index}}}:log"))
-            .query_async(&mut connection)
-            .await
-            .unwrap();
+        let key = format!("{prefix}{{p:late-{index}}}:wlog");
+        let units = sliding_log_units(&mut connection, &key).await;
         assert_eq!(units, 1, "late-{index} was counted {units} times");
     }
 }

@@ -58,6 +58,13 @@ fn invalid_settings_name_the_field_and_the_problem() {
         ),
         ("[server]\nbind = \"localhost\"", "server.bind"),
         ("[server]\nport = 8080", "port"),
+        ("[server]\nadmin_bind = \"localhost\"", "server.admin_bind"),
+        (
+            "[server]\nbind = \"127.0.0.1:8080\"\nadmin_bind = \"127.0.0.1:8080\"",
+            "server.admin_bind: must differ from server.bind",
+        ),
+        ("[health]\nprobe_interval = \"0s\"", "health.probe_interval"),
+        ("[health]\nprobe_timeout = \"0s\"", "health.probe_timeout"),
         ("[limiter]\nkey_prefix = \"a{b}\"", "limiter.key_prefix"),
         (
             "[limiter]\nfailure_mode = \"sideways\"",

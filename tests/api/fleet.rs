@@ -1,4 +1,4 @@
-//! The fleet through real nginx: three `slidegate` processes, the shipped nginx files, a demo upstream — exact limits, forward-auth, a killed replica, a rolling restart, a forged `X-Forwarded-For`.
+//! The fleet through real nginx: three `slidegate` processes, the shipped nginx files, a demo upstream — exact limits, forward-auth, a killed replica, a rolling restart, a forged `X-Forwarded-For`, the admin side out of reach.
 //!
 //! Everything runs on 127.0.0.1 with free ports. nginx runs the files of
 //! `deploy/nginx/conf.d` with only the upstream addresses and listen ports
@@ -19,7 +19,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use tokio::sync::Mutex;
 
 use crate::deploy::{compose_slidegate_env, repo_file};
-use crate::helpers::{Replica, eventually, redis_url, unique_prefix};
+use crate::helpers::{Replica, eventually, redis_url, sliding_log_units, unique_prefix};
 
 /// Fleet tests each start four processes and load them: they take turns.
 static ONE_FLEET_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -394,6 +394,13 @@ impl Fleet {
         );
         set("SLIDEGATE__SERVER__DRAIN_DELAY", "300ms".into());
         set("SLIDEGATE__LIMITER__KEY_PREFIX", unique_prefix());
+        // As every replica in these tests (see TestOptions::redis): on a
+        // busy 2-core CI a scheduling stall outlasts the built-in 50 ms, and
+        // every check in flight on the stalled replica would answer 503 for
+        // the wrong reason (the rolling restart failed 6 or so checks in most
+        // runs with the machine loaded by other builds). No fleet test is about timeouts.
+        env.push(("SLIDEGATE__REDIS__CONNECT_TIMEOUT", "1s".into()));
+        env.push(("SLIDEGATE__REDIS__COMMAND_TIMEOUT", "1s".into()));
         // Settings compose does not use (a Postgres catalog): added on purpose,
         // so they skip the drift check above.
         for (name, value) in extra {
@@ -437,7 +444,20 @@ async fn spawn_replica(config: &str, env: &[(&'static str, String)], port: u16) 
     let mut env = env.to_vec();
     env.retain(|(name, _)| *name != "SLIDEGATE__SERVER__BIND");
     env.push(("SLIDEGATE__SERVER__BIND", format!("127.0.0.1:{port}")));
+    // Compose's admin port, on a free port of this host (nginx never sees it).
+    if let Some(admin) = env
+        .iter_mut()
+        .find(|(name, _)| *name == "SLIDEGATE__SERVER__ADMIN_BIND")
+    {
+        admin.1 = "127.0.0.1:0".into();
+    }
     Replica::spawn(config, &env).await
+}
+
+/// Where a replica serves `/metrics` and the admin API: its admin listener
+/// (compose sets one), else its only one.
+fn operators_side(replica: &Replica) -> &str {
+    replica.admin_address.as_deref().unwrap_or(&replica.address)
 }
 
 /// A check through nginx: the status of a decision (200, 429); any other
@@ -549,7 +569,7 @@ async fn finish_load(load: Vec<tokio::task::JoinHandle<Vec<Sent>>>) -> Vec<Sent>
 async fn decisions(replica: &Replica) -> f64 {
     let Ok(response) = replica
         .client
-        .get(format!("{}/metrics", replica.address))
+        .get(format!("{}/metrics", operators_side(replica)))
         .send()
         .await
     else {
@@ -673,9 +693,20 @@ async fn with_policies_in_postgres_a_policy_created_through_nginx_guards_the_gat
         ),
     ])
     .await;
+    // Through nginx the admin API is not there; an operator uses a replica's admin listener.
     let admin = client_from("127.0.0.24");
+    let through_nginx = admin
+        .get(format!("{}/v1/admin/policies", fleet.nginx.lb))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(through_nginx.status(), 404);
     let created = admin
-        .post(format!("{}/v1/admin/policies", fleet.nginx.lb))
+        .post(format!(
+            "{}/v1/admin/policies",
+            operators_side(&fleet.replicas[0])
+        ))
         .bearer_auth(crate::helpers::ADMIN_TOKEN)
         .json(&serde_json::json!({
             "name": "pg-demo",
@@ -884,7 +915,7 @@ async fn store_trouble(replicas: &[Replica]) -> String {
     for (index, replica) in replicas.iter().enumerate() {
         let Ok(response) = replica
             .client
-            .get(format!("{}/metrics", replica.address))
+            .get(format!("{}/metrics", operators_side(replica)))
             .send()
             .await
         else {
@@ -1003,4 +1034,239 @@ async fn a_rolling_restart_with_sigterm_during_load_fails_no_client_request() {
         "rolling restart: {} checks answered, {resent} sent again after nginx closed a kept-alive connection on reload",
         sent.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_api_and_metrics_answer_404_through_nginx_and_only_each_replicas_admin_listener_serves_them()
+ {
+    let fleet = Fleet::start().await;
+    let client = client_from("127.0.0.27");
+    for base in [&fleet.nginx.lb, &fleet.nginx.gateway] {
+        for path in ["/metrics", "/v1/admin/policies", "/v1/admin/keys"] {
+            let response = client.get(format!("{base}{path}")).send().await.unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            // The gateway runs forward-auth first; whatever it lets through,
+            // the demo upstream answers, never a replica's admin side.
+            assert!(
+                !body.contains("slidegate_") && !body.contains("\"policies\""),
+                "{base}{path}: {status} {body}"
+            );
+            if base == &fleet.nginx.lb {
+                assert_eq!(status, 404, "{path}: {body}");
+            }
+        }
+    }
+    for replica in &fleet.replicas {
+        let admin = replica
+            .admin_address
+            .as_deref()
+            .expect("compose sets server.admin_bind");
+        let scrape = replica
+            .client
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(scrape.status(), 200);
+        let public = replica
+            .client
+            .get(format!("{}/metrics", replica.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            public.status(),
+            404,
+            "the public listener does not serve metrics"
+        );
+    }
+}
+
+/// Units admitted, summed over the `sliding_log` logs of `policy` under `prefix` in this Redis.
+async fn admitted(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    policy: &str,
+) -> u64 {
+    let pattern = format!("{prefix}{{{policy}:*}}:wlog");
+    let mut cursor = 0u64;
+    let mut total = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(redis)
+            .await
+            .unwrap();
+        for key in keys {
+            total += sliding_log_units(redis, &key).await;
+        }
+        if next == 0 {
+            return total;
+        }
+        cursor = next;
+    }
+}
+
+/// Replica 0 of `fleet` replaced by one on a private Redis whose replies are
+/// held `reply_delay`: what it counts is apart from the others' count, and it
+/// can be killed after counting a check and before answering it.
+async fn with_a_slow_replica(
+    fleet: &mut Fleet,
+    reply_delay: Duration,
+) -> (
+    crate::private_redis::PrivateRedis,
+    crate::fault_proxy::FaultProxy,
+) {
+    let redis = crate::private_redis::PrivateRedis::start();
+    let proxy = crate::fault_proxy::FaultProxy::start(redis.port()).await;
+    fleet.replicas[0].signal("KILL");
+    fleet.replicas[0]
+        .wait_for_exit(Duration::from_secs(5))
+        .await;
+    let mut env = fleet.env.clone();
+    env.retain(|(name, _)| {
+        !matches!(
+            *name,
+            "SLIDEGATE__REDIS__URL" | "SLIDEGATE__REDIS__COMMAND_TIMEOUT"
+        )
+    });
+    env.push(("SLIDEGATE__REDIS__URL", proxy.redis_url()));
+    // It waits for the held reply instead of answering 503 after 50 ms.
+    env.push(("SLIDEGATE__REDIS__COMMAND_TIMEOUT", "20s".into()));
+    fleet.replicas[0] = spawn_replica(&fleet.config, &env, fleet.ports[0]).await;
+    // Its script is loaded before replies are held.
+    let warm = fleet.replicas[0]
+        .client
+        .post(format!("{}/v1/check", fleet.replicas[0].address))
+        .json(&serde_json::json!({"policy": "api", "key": "warm-up"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), 200);
+    proxy.set_delay(reply_delay);
+    (redis, proxy)
+}
+
+/// Which shipped nginx entry sends the forward-auth request.
+#[derive(Clone, Copy)]
+enum Via {
+    /// The gateway's `auth_request` subrequest (a protected page).
+    Gateway,
+    /// `/v1/forward-auth` on the load balancer, as a gateway elsewhere would call it.
+    LoadBalancer,
+}
+
+/// Sends forward-auth requests through nginx one at a time until one is
+/// counted by the slow replica 0, kills that replica while the answer is
+/// held, and checks that nginx did not send the request to another replica:
+/// it failed, closed, and the others counted nothing for it.
+async fn a_forward_auth_request_is_counted_once_when_its_replica_dies_mid_request(
+    via: Via,
+    failed_status: u16,
+) {
+    let mut fleet = Fleet::start().await;
+    let (slow_redis, _proxy) = with_a_slow_replica(&mut fleet, Duration::from_secs(3)).await;
+    let prefix = fleet
+        .env
+        .iter()
+        .find(|(name, _)| *name == "SLIDEGATE__LIMITER__KEY_PREFIX")
+        .unwrap()
+        .1
+        .clone();
+    let mut shared = crate::helpers::redis_connection().await;
+    let mut slow = slow_redis.connection().await;
+    let client = client_from("127.0.0.26");
+    let request = match via {
+        Via::Gateway => client.get(format!("{}/page", fleet.nginx.gateway)),
+        Via::LoadBalancer => client
+            .get(format!("{}/v1/forward-auth", fleet.nginx.lb))
+            .header("X-Forwarded-Uri", "/page"),
+    };
+    let policy = "demo-per-client";
+    for attempt in 0..DEMO_LIMIT {
+        let shared_before = admitted(&mut shared, &prefix, policy).await;
+        let slow_before = admitted(&mut slow, &prefix, policy).await;
+        let sent = tokio::spawn(request.try_clone().unwrap().send());
+        // Answered (by replica 1 or 2), or counted by replica 0 and held there.
+        let held = eventually(Duration::from_secs(10), "the request to be decided", || {
+            let (mut slow, sent, prefix) = (slow.clone(), &sent, &prefix);
+            async move {
+                if sent.is_finished() {
+                    Some(false)
+                } else if admitted(&mut slow, prefix, policy).await > slow_before {
+                    Some(true)
+                } else {
+                    None
+                }
+            }
+        })
+        .await;
+        if !held {
+            let response = sent.await.unwrap().unwrap();
+            assert_eq!(response.status(), 200, "request {attempt}");
+            continue;
+        }
+        fleet.replicas[0].signal("KILL");
+        let response = sent.await.unwrap().unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(
+            admitted(&mut shared, &prefix, policy).await,
+            shared_before,
+            "nginx sent the request the killed replica had counted to another replica, \
+             which counted it again ({status} {body})\n{}",
+            fleet.nginx.error_log()
+        );
+        assert_eq!(status, failed_status, "{body}");
+        assert_eq!(admitted(&mut slow, &prefix, policy).await, slow_before + 1);
+        if matches!(via, Via::Gateway) {
+            assert_eq!(
+                fleet.demo.hits.load(Ordering::SeqCst),
+                attempt as u64,
+                "the failed request did not reach the upstream"
+            );
+        }
+        // Without retries a dead replica fails the requests that meet its
+        // refused connection: one per fail_timeout (2 s) and nginx worker
+        // (the test runs one), since max_fails=1 takes it out of rotation.
+        let started = Instant::now();
+        let mut refused = 0;
+        for _ in 0..6 {
+            let status = request.try_clone().unwrap().send().await.unwrap().status();
+            if status != 200 {
+                assert_eq!(status.as_u16(), failed_status);
+                refused += 1;
+            }
+        }
+        let windows = 1 + started.elapsed().as_secs() / 2;
+        assert!(
+            refused <= windows,
+            "{refused} requests failed on the dead replica within {:?}",
+            started.elapsed()
+        );
+        return;
+    }
+    panic!("nginx never sent a request to replica 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_request_whose_replica_dies_after_counting_it_fails_closed_and_is_not_counted_again()
+ {
+    a_forward_auth_request_is_counted_once_when_its_replica_dies_mid_request(Via::Gateway, 503)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forward_auth_request_on_the_load_balancer_whose_replica_dies_after_counting_it_is_not_counted_again()
+ {
+    a_forward_auth_request_is_counted_once_when_its_replica_dies_mid_request(
+        Via::LoadBalancer,
+        502,
+    )
+    .await;
 }

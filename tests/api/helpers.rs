@@ -113,6 +113,8 @@ impl TestOptions {
 
 pub struct TestApp {
     pub address: String,
+    /// The admin listener, when the test set `server.admin_bind` (its address becomes port 0).
+    pub admin_address: Option<String>,
     pub client: reqwest::Client,
 }
 
@@ -210,6 +212,9 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
     init_test_logging();
     let mut settings = options.settings;
     settings.server.bind = "127.0.0.1:0".into();
+    if settings.server.admin_bind.is_some() {
+        settings.server.admin_bind = Some("127.0.0.1:0".into());
+    }
     settings.server.workers = Some(2);
     settings.redis.url = options.redis_url.map(Into::into);
     settings.limiter.key_prefix = options.key_prefix;
@@ -220,9 +225,13 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
         .await
         .expect("the test app builds");
     let address = format!("http://{}", application.address());
+    let admin_address = application
+        .admin_address()
+        .map(|admin| format!("http://{admin}"));
     tokio::spawn(application.run_until_stopped());
     TestApp {
         address,
+        admin_address,
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(200)
             .build()
@@ -292,7 +301,8 @@ impl TestApp {
         self.admin_as(Some(ADMIN_TOKEN), method, path, body).await
     }
 
-    /// An admin request with `token` (none: no `Authorization` header).
+    /// An admin request with `token` (none: no `Authorization` header), on
+    /// the admin listener if the replica has one.
     pub async fn admin_as(
         &self,
         token: Option<&str>,
@@ -300,9 +310,11 @@ impl TestApp {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> CheckReply {
+        // On the admin listener when there is one, as an operator would.
+        let base = self.admin_address.as_deref().unwrap_or(&self.address);
         let mut request = self
             .client
-            .request(method, format!("{}/v1/admin{path}", self.address));
+            .request(method, format!("{base}/v1/admin{path}"));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -417,6 +429,13 @@ impl TestApp {
             .expect("the request reaches the app");
         read_reply(response).await
     }
+
+    /// The admin listener's address; the test must have set `server.admin_bind`.
+    pub fn admin_listener(&self) -> &str {
+        self.admin_address
+            .as_deref()
+            .expect("the test set server.admin_bind")
+    }
 }
 
 pub async fn read_reply(response: reqwest::Response) -> CheckReply {
@@ -439,6 +458,28 @@ pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("the machine's Redis answers (bash .ci/run starts it)")
+}
+
+/// Units a `sliding_log` key holds in Redis: the sum over the `<time>:<units>`
+/// entries of its log, `<tagged key>:wlog` (see `lua/sliding_log.lua`).
+pub async fn sliding_log_units(
+    redis: &mut redis::aio::MultiplexedConnection,
+    log_key: &str,
+) -> u64 {
+    let entries: Vec<String> = redis::cmd("ZRANGE")
+        .arg(log_key)
+        .arg(0)
+        .arg(-1)
+        .query_async(redis)
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .map(|entry| {
+            let (_, units) = entry.rsplit_once(':').expect("a <time>:<units> entry");
+            units.parse::<u64>().expect("whole units")
+        })
+        .sum()
 }
 
 /// Waits until `condition` holds, re-checking whenever `changed` is notified,
@@ -471,6 +512,8 @@ pub async fn wait_until<T>(
 /// lines are collected; it is killed when dropped (also when a test fails).
 pub struct Replica {
     pub address: String,
+    /// The admin listener's, when `SLIDEGATE__SERVER__ADMIN_BIND` was given.
+    pub admin_address: Option<String>,
     pub client: reqwest::Client,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
     logged: Arc<Notify>,
@@ -517,23 +560,27 @@ impl Replica {
         }
         let mut replica = Replica {
             address: String::new(),
+            admin_address: None,
             client: reqwest::Client::new(),
             logs,
             logged,
             child: Some(child),
             _config: file,
         };
-        let address = replica
+        let listening = replica
             .wait_for_log("the replica to listen", |line| {
                 line["message"]
                     .as_str()
                     .is_some_and(|message| message.contains("listening"))
             })
-            .await["address"]
+            .await;
+        let address = listening["address"]
             .as_str()
-            .expect("the listening line names the address")
-            .to_owned();
+            .expect("the listening line names the address");
         replica.address = format!("http://{address}");
+        replica.admin_address = listening["admin_address"]
+            .as_str()
+            .map(|admin| format!("http://{admin}"));
         replica
     }
 

@@ -1,6 +1,7 @@
 //! Integration tests, compiled as one binary: the real server, real Redis, no mocks.
 
 mod admin;
+mod admin_listener;
 mod bad_input;
 mod boundaries;
 mod catalog_sync;
@@ -12,6 +13,7 @@ mod deny_cache;
 mod deploy;
 mod exactness;
 mod failure_modes;
+mod fault_proxy;
 mod fleet;
 mod forward_auth;
 mod health;

@@ -1,4 +1,4 @@
-//! Real Redis set-ups a test owns: a private `redis-server` a test can kill, restart, pause and inspect (plain, TLS with a test CA, or a cluster node), a Redis Cluster, and a proxy that delays replies.
+//! Real Redis set-ups a test owns: a private `redis-server` a test can kill, restart, pause and inspect (plain, TLS with a test CA, or a cluster node), and a Redis Cluster (`fault_proxy` slows, black-holes or cuts the way to one).
 //!
 //! Everything listens on 127.0.0.1 only, and every process, task or
 //! directory a test starts here is stopped or removed when its guard is
@@ -8,13 +8,9 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::task::JoinHandle;
 
 use crate::helpers::eventually;
 
@@ -428,87 +424,5 @@ impl PrivateCluster {
     /// The `redis://` URL of node `index`.
     pub fn url(&self, index: usize) -> String {
         self.nodes[index].url()
-    }
-}
-
-/// A TCP proxy on 127.0.0.1 that delays every reply from its target by a
-/// settable time: a slow Redis, seen from the app. Requests pass at once;
-/// replies keep their order. Stops (with all its connections) when dropped.
-pub struct DelayingProxy {
-    port: u16,
-    delay_ms: Arc<AtomicU64>,
-    task: JoinHandle<()>,
-}
-
-impl DelayingProxy {
-    pub async fn start(target_port: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let delay_ms = Arc::new(AtomicU64::new(0));
-        let delay = Arc::clone(&delay_ms);
-        let task = tokio::spawn(async move {
-            // Dropping the set (when this task is aborted) aborts every connection.
-            let mut connections = tokio::task::JoinSet::new();
-            while let Ok((inbound, _)) = listener.accept().await {
-                let delay = Arc::clone(&delay);
-                connections.spawn(async move {
-                    let Ok(outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
-                    else {
-                        return;
-                    };
-                    let (mut from_app, mut to_app) = inbound.into_split();
-                    let (mut from_redis, mut to_redis) = outbound.into_split();
-                    let requests = tokio::io::copy(&mut from_app, &mut to_redis);
-                    let replies = async {
-                        let (chunks, mut due_chunks) = tokio::sync::mpsc::unbounded_channel();
-                        let read = async move {
-                            let mut buffer = vec![0; 16 * 1024];
-                            while let Ok(read @ 1..) = from_redis.read(&mut buffer).await {
-                                let due = tokio::time::Instant::now()
-                                    + Duration::from_millis(delay.load(Ordering::Relaxed));
-                                if chunks.send((due, buffer[..read].to_vec())).is_err() {
-                                    break;
-                                }
-                            }
-                        };
-                        let write = async {
-                            while let Some((due, chunk)) = due_chunks.recv().await {
-                                // The delay is the fault under test, not a wait for a condition.
-                                tokio::time::sleep_until(due).await;
-                                if to_app.write_all(&chunk).await.is_err() {
-                                    break;
-                                }
-                            }
-                        };
-                        tokio::join!(read, write);
-                    };
-                    tokio::select! {
-                        _ = requests => {}
-                        _ = replies => {}
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            delay_ms,
-            task,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn set_delay(&self, delay: Duration) {
-        self.delay_ms
-            .store(delay.as_millis() as u64, Ordering::Relaxed);
-    }
-}
-
-impl Drop for DelayingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }

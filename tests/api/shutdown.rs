@@ -207,3 +207,113 @@ async fn an_idle_client_connection_is_closed_after_server_keep_alive() {
         "closed after {idle:?}, before keep_alive (300 ms)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_drains_and_closes_with_the_public_one_and_finishes_its_in_flight_request()
+ {
+    let database = crate::helpers::TestDatabase::create().await;
+    let mut replica = Replica::spawn(
+        CONFIG,
+        &[
+            ("SLIDEGATE__SERVER__DRAIN_DELAY", "1s".into()),
+            ("SLIDEGATE__SERVER__SHUTDOWN_TIMEOUT", "5s".into()),
+            ("SLIDEGATE__SERVER__ADMIN_BIND", "127.0.0.1:0".into()),
+            ("SLIDEGATE__POSTGRES__URL", database.url.clone()),
+            (
+                "SLIDEGATE__ADMIN__TOKEN",
+                crate::helpers::ADMIN_TOKEN.to_owned(),
+            ),
+        ],
+    )
+    .await;
+    let admin = replica
+        .admin_address
+        .clone()
+        .expect("the listening line names the admin address");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for base in [&replica.address, &admin] {
+        assert_eq!(
+            status_of(client.get(format!("{base}/health/ready"))).await,
+            Some(200)
+        );
+    }
+    // An admin write in flight across the shutdown: headers and half its
+    // body now, the rest once both listeners have closed.
+    let policy = r#"{"name": "in-flight", "algorithm": "gcra", "limit": 5, "window": "1m"}"#;
+    let (first, rest) = policy.split_at(20);
+    let mut in_flight = TcpStream::connect(host_port(&admin)).unwrap();
+    in_flight
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        in_flight,
+        "POST /v1/admin/policies HTTP/1.1\r\nHost: slidegate\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        crate::helpers::ADMIN_TOKEN,
+        policy.len()
+    )
+    .unwrap();
+    in_flight.flush().unwrap();
+
+    let signalled = Instant::now();
+    replica.signal("TERM");
+    for base in [&replica.address, &admin] {
+        eventually(
+            Duration::from_millis(500),
+            "readiness to answer 503 on both listeners",
+            || async {
+                (status_of(client.get(format!("{base}/health/ready"))).await == Some(503))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    // Operators are still served during the drain, on connections that close.
+    let scrape = client
+        .get(format!("{admin}/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        signalled.elapsed() < Duration::from_secs(1),
+        "the scrape came too late to prove anything"
+    );
+    assert_eq!(scrape.status(), 200);
+    assert_eq!(
+        scrape.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+
+    // Both listeners close after the drain...
+    for base in [&replica.address, &admin] {
+        eventually(Duration::from_secs(5), "the listener to close", || async {
+            TcpStream::connect(host_port(base)).is_err().then_some(())
+        })
+        .await;
+    }
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(900),
+        "closed before the drain ended"
+    );
+    // ...and the admin write in flight still gets its answer.
+    in_flight.write_all(rest.as_bytes()).unwrap();
+    let mut response = String::new();
+    let mut buffer = [0; 4096];
+    while !response.contains("\r\n\r\n{") || !response.ends_with('}') {
+        let read = in_flight
+            .read(&mut buffer)
+            .expect("the in-flight write is answered");
+        assert!(
+            read > 0,
+            "connection closed before the answer: {response:?}"
+        );
+        response.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+
+    let status = replica.wait_for_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
