@@ -97,7 +97,9 @@ impl Failover {
     }
 
     /// Decides one validated check: from the deny cache, the store, or the
-    /// policy's failure mode, in that order.
+    /// policy's failure mode, in that order. `generation` is that of the
+    /// limiter snapshot the check started on: the deny cache answers only
+    /// denials judged under the same one.
     ///
     /// # Errors
     /// The store's error (or [`StoreError::CircuitOpen`]) when the store could
@@ -108,9 +110,10 @@ impl Failover {
         policy: &Policy,
         key: LimiterKey<'_>,
         cost: u64,
+        generation: u64,
     ) -> Result<Decision, StoreError> {
         if let Some(cache) = &self.deny_cache
-            && let Some(outcome) = cache.lookup(policy, key, cost, self.clock.now())
+            && let Some(outcome) = cache.lookup(policy, key, cost, self.clock.now(), generation)
         {
             bump(&self.counters.deny_cache_hits);
             return Ok(Decision::from_outcome(outcome, policy.limit()));
@@ -128,7 +131,7 @@ impl Failover {
                         cache.clear();
                     }
                     if !outcome.allowed
-                        && cache.remember(policy, key, cost, &outcome, self.clock.now())
+                        && cache.remember(policy, key, cost, &outcome, self.clock.now(), generation)
                             == Remembered::Full
                     {
                         bump(&self.counters.deny_cache_full);

@@ -154,7 +154,15 @@ mod tests {
                 );
             }
         }
-        for key in ["user@example.com", "ü", "日本", "🦀", "a b", "~!\\\"{}", "\u{80}"] {
+        for key in [
+            "user@example.com",
+            "ü",
+            "日本",
+            "🦀",
+            "a b",
+            "~!\\\"{}",
+            "\u{80}",
+        ] {
             assert!(LimiterKey::parse(key).is_ok(), "{key:?}");
         }
         let message = LimiterKey::parse("a\0b").unwrap_err().to_string();

@@ -289,6 +289,10 @@ struct Snapshot {
     /// forward-auth holds itself.
     rules: Option<Arc<rules::Rules>>,
     sync: SyncState,
+    /// One more than the snapshot it replaced (0 for the first). Not the
+    /// catalog version, which config policies lack: what the deny cache
+    /// needs is "judged under these very limits".
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -304,6 +308,7 @@ impl Snapshot {
         stored_rules: &[rules::StoredRule],
         sync: SyncState,
         metrics: &PolicyMetricsSource,
+        generation: u64,
     ) -> Self {
         let entries = policies
             .iter_sorted()
@@ -329,6 +334,7 @@ impl Snapshot {
             tenants,
             rules,
             sync,
+            generation,
         }
     }
 }
@@ -363,7 +369,7 @@ impl<S: Store> Limiter<S> {
     fn with_snapshot(policies: PolicySet, sync: SyncState, store: S, metrics: &Metrics) -> Self {
         let policy_metrics = metrics.policy_source();
         policy_metrics.set_loaded(policies.len());
-        let snapshot = Snapshot::build(policies, &[], &[], sync, &policy_metrics);
+        let snapshot = Snapshot::build(policies, &[], &[], sync, &policy_metrics, 0);
         let store_errors = metrics.store_errors(store.kind());
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -429,6 +435,7 @@ impl<S: Store> Limiter<S> {
             &update.rules,
             sync,
             &self.policy_metrics,
+            previous.generation.wrapping_add(1),
         );
         for name in previous.entries.keys() {
             if !next.entries.contains_key(name) {
@@ -449,7 +456,9 @@ impl<S: Store> Limiter<S> {
         }
         self.snapshot.store(Arc::new(next));
         // A remembered denial was judged under the old limits: a raised limit
-        // must admit at once, not after the old retry time.
+        // must admit at once, not after the old retry time. Clearing frees
+        // the memory; what keeps a check still in flight on the old snapshot
+        // from putting its denial back is the generation each entry carries.
         if let Some(cache) = self.failover.as_ref().and_then(Failover::deny_cache) {
             cache.clear();
         }
@@ -535,7 +544,11 @@ impl<S: Store> Limiter<S> {
         let started = Instant::now();
         let decided = async {
             match &self.failover {
-                Some(failover) => failover.decide(&self.store, &policy, key, cost).await,
+                Some(failover) => {
+                    failover
+                        .decide(&self.store, &policy, key, cost, snapshot.generation)
+                        .await
+                }
                 None => self
                     .store
                     .check(&policy, key, cost)
@@ -761,5 +774,165 @@ mod tests {
         assert_eq!(counters.deny_cache_hits(), 1);
         clock.advance(Duration::from_millis(1));
         assert!(check_now(&limiter, "k", None).allowed);
+    }
+}
+
+/// A store double for the limiter's own tests: decides in memory, and for
+/// keys a test names either answers a reply the store cannot read or holds
+/// the answer until the test releases it.
+#[cfg(test)]
+mod scripted {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use tokio::sync::{Notify, Semaphore};
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    pub struct ScriptedStore {
+        pub memory: MemoryStore,
+        /// Keys whose every check gets [`StoreError::InvalidReply`].
+        pub invalid: Mutex<HashSet<String>>,
+        /// A key whose next check is decided, then held until the gate has a permit.
+        held: Mutex<Option<(String, Arc<Semaphore>)>>,
+        /// Notified each time a held check has been decided and waits at the gate.
+        pub reached_gate: Notify,
+    }
+
+    impl ScriptedStore {
+        pub fn new(clock: &FakeClock) -> Self {
+            Self {
+                memory: MemoryStore::new(Arc::new(clock.clone())),
+                invalid: Mutex::default(),
+                held: Mutex::default(),
+                reached_gate: Notify::new(),
+            }
+        }
+
+        /// The next check of `key` waits after being decided until the returned gate gets a permit.
+        pub fn hold(&self, key: &str) -> Arc<Semaphore> {
+            let gate = Arc::new(Semaphore::new(0));
+            *self.held.lock().unwrap() = Some((key.to_owned(), Arc::clone(&gate)));
+            gate
+        }
+    }
+
+    impl Store for ScriptedStore {
+        async fn check(
+            &self,
+            policy: &Policy,
+            key: LimiterKey<'_>,
+            cost: u64,
+        ) -> Result<Outcome, StoreError> {
+            if self.invalid.lock().unwrap().contains(key.as_str()) {
+                return Err(StoreError::InvalidReply("negative value -1".into()));
+            }
+            let outcome = self.memory.decide(policy, key, cost);
+            let gate = {
+                let mut held = self.held.lock().unwrap();
+                match held.take() {
+                    Some((held_key, gate)) if held_key == key.as_str() => Some(gate),
+                    other => {
+                        *held = other;
+                        None
+                    }
+                }
+            };
+            if let Some(gate) = gate {
+                self.reached_gate.notify_one();
+                gate.acquire().await.unwrap().forget();
+            }
+            Ok(outcome)
+        }
+
+        async fn health(&self) -> StoreHealth {
+            self.memory.health().await
+        }
+
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+
+        async fn heartbeat(&self, _: &str, _: Duration) -> Result<u64, StoreError> {
+            Ok(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::scripted::ScriptedStore;
+    use super::*;
+
+    fn policy(limit: u64, mode: FailureMode) -> Policy {
+        Policy::new(
+            PolicyName::parse("p").unwrap(),
+            Algorithm::SlidingLog,
+            limit,
+            Window::parse("10s").unwrap(),
+            1,
+        )
+        .unwrap()
+        .with_failure_mode(mode)
+    }
+
+    fn settings() -> FailoverSettings {
+        FailoverSettings {
+            default_mode: FailureMode::Closed,
+            breaker: BreakerSettings::default(),
+            deny_cache_max_keys: Some(100),
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn catalog(version: i64, limit: u64) -> CatalogUpdate {
+        CatalogUpdate {
+            policies: PolicySet::new([policy(limit, FailureMode::Closed)]).unwrap(),
+            keys: Vec::new(),
+            rules: Vec::new(),
+            version,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_denial_from_a_check_begun_before_a_limit_was_raised_is_not_answered_after_it() {
+        let clock = FakeClock::default();
+        let metrics = Metrics::new("scripted", 0);
+        let limiter = Arc::new(
+            Limiter::awaiting_catalog(ScriptedStore::new(&clock), &metrics)
+                .with_failover(Failover::new(settings(), Arc::new(clock.clone()))),
+        );
+        limiter.replace(catalog(1, 1));
+        assert!(
+            limiter
+                .check("p", "k", None)
+                .await
+                .unwrap()
+                .decision
+                .allowed
+        );
+
+        // The store denies the next check under limit 1, but its answer is
+        // still on the way when the catalog raises the limit to 5.
+        let gate = limiter.store().hold("k");
+        let in_flight = tokio::spawn({
+            let limiter = Arc::clone(&limiter);
+            async move { limiter.check("p", "k", None).await }
+        });
+        limiter.store().reached_gate.notified().await;
+        limiter.replace(catalog(2, 5));
+        gate.add_permits(1);
+        let stale = in_flight.await.unwrap().unwrap();
+        assert!(!stale.decision.allowed, "judged under the old limit");
+        assert_eq!(stale.decision.limit, 1);
+
+        // The next check is judged under the raised limit: admitted, by the store.
+        let next = limiter.check("p", "k", None).await.unwrap();
+        assert!(next.decision.allowed, "{:?}", next.decision);
+        assert_eq!(next.decision.limit, 5);
+        let counters = limiter.failover().unwrap().counters();
+        assert_eq!(counters.deny_cache_hits(), 0);
+        assert_eq!(counters.store_calls(), 3);
     }
 }

@@ -193,7 +193,12 @@ async fn forward_auth_turns_header_values_with_control_characters_into_decisions
         let reply = crate::helpers::read_reply(reply).await;
         assert_eq!(reply.status, 200, "{value:?}: {:?}", reply.body);
         assert_eq!(reply.body["allowed"], true, "{value:?}");
-        assert_eq!(!reply.body["policy"].is_null(), applies, "{value:?}: {:?}", reply.body);
+        assert_eq!(
+            !reply.body["policy"].is_null(),
+            applies,
+            "{value:?}: {:?}",
+            reply.body
+        );
     }
 }
 
@@ -204,7 +209,8 @@ async fn a_header_with_a_nul_byte_is_refused_by_the_http_parser_before_forward_a
     let address = app.address.trim_start_matches("http://");
     for value in [&b"a\x00b"[..], b"a\x01b", b"a\x7fb", b"a\x1bb"] {
         let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        let mut request = b"GET /v1/forward-auth HTTP/1.1\r\nHost: t\r\nX-Forwarded-Uri: /\r\nX-User: ".to_vec();
+        let mut request =
+            b"GET /v1/forward-auth HTTP/1.1\r\nHost: t\r\nX-Forwarded-Uri: /\r\nX-User: ".to_vec();
         request.extend_from_slice(value);
         request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
         stream.write_all(&request).await.unwrap();
