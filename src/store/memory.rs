@@ -219,9 +219,13 @@ mod tests {
         let scoped = LimiterKey::parse("bob").unwrap().scoped("acme");
         assert!(store.decide(&policy, scoped, 1).allowed);
         assert!(!store.decide(&policy, scoped, 1).allowed);
-        for unscoped in ["bob", "acme/bob", "@acme\0bob", "acme\0bob"] {
+        for unscoped in ["bob", "acme/bob", "@acme:bob", "acme@bob"] {
             let key = LimiterKey::parse(unscoped).unwrap();
             assert!(store.decide(&policy, key, 1).allowed, "{unscoped:?}");
+        }
+        // The composite map key joins its parts with NUL, which no key can hold.
+        for forged in ["@acme\0bob", "acme\0bob"] {
+            assert!(LimiterKey::parse(forged).is_err(), "{forged:?}");
         }
         let other_tenant = LimiterKey::parse("bob").unwrap().scoped("acme2");
         assert!(store.decide(&policy, other_tenant, 1).allowed);
