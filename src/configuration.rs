@@ -139,7 +139,7 @@ pub struct BreakerConfig {
     pub failure_ratio: f64,
     /// ...once at least this many checks went to Redis...
     pub min_calls: u64,
-    /// ...within this window, which starts at a failure.
+    /// ...over the last this long (rolling; every failed check counts).
     #[serde(deserialize_with = "duration")]
     pub ratio_window: Duration,
     /// How long an open breaker answers every check by its failure mode without asking Redis.
@@ -172,6 +172,7 @@ impl BreakerConfig {
             ratio_window: self.ratio_window,
             cool_down: self.cool_down,
             probes: self.probes,
+            probe_timeout: BreakerSettings::default().probe_timeout,
         }
     }
 }
@@ -843,7 +844,12 @@ impl Settings {
     pub fn failover(&self) -> FailoverSettings {
         FailoverSettings {
             default_mode: self.limiter.failure_mode,
-            breaker: self.redis.breaker.to_settings(),
+            breaker: BreakerSettings {
+                // A probe is one check: the store's timeouts end it. Twice
+                // them is "lost", not "slow", even on a loaded machine.
+                probe_timeout: 2 * (self.redis.connect_timeout + self.redis.command_timeout),
+                ..self.redis.breaker.to_settings()
+            },
             deny_cache_max_keys: self
                 .limiter
                 .deny_cache
