@@ -348,6 +348,11 @@ fn register_failover(registry: &mut Registry, failover: &Failover) {
         "Checks not sent to Redis because the breaker was open",
         counter(counters.short_circuited),
     );
+    registry.register(
+        "store_invalid_replies",
+        "Checks whose Redis reply could not be read (a bug, not an outage): answered by the policy's failure mode, and not counted against Redis by the breaker",
+        counter(counters.invalid_replies),
+    );
     let heartbeats = Family::<ResultLabels, Counter>::default();
     for (result, value) in [
         ("ok", counters.heartbeats),

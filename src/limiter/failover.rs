@@ -30,9 +30,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
+use super::breaker::{BreakerSettings, BreakerState, CircuitBreaker, Permit};
 use super::clock::Clock;
-use super::counters::{CountersSnapshot, FailureCounters, bump};
+use super::counters::{CountersSnapshot, FailureCounters, LogThrottle, bump};
 use super::decision::{Decision, Outcome};
 use super::deny_cache::{DenyCache, Remembered};
 use super::key::LimiterKey;
@@ -56,6 +56,9 @@ pub struct FailoverSettings {
 /// Heartbeat periods after which a silent replica stops counting as live.
 pub const STALE_AFTER_HEARTBEATS: u32 = 3;
 
+/// Invalid store replies are logged at most this often (each is counted).
+pub const INVALID_REPLY_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// The per-replica share of `limit` in the `local` failure mode:
 /// `floor(limit / live_replicas)`, at least 1 (see the module documentation).
 pub fn local_share(limit: u64, live_replicas: u64) -> u64 {
@@ -74,6 +77,7 @@ pub struct Failover {
     /// Last live replica count the shared store reported (1 until it reports one).
     live_replicas: AtomicU64,
     replica_id: String,
+    invalid_reply_log: LogThrottle,
 }
 
 impl Failover {
@@ -85,6 +89,7 @@ impl Failover {
             local: MemoryStore::new(Arc::clone(&clock)),
             live_replicas: AtomicU64::new(1),
             replica_id: new_replica_id(),
+            invalid_reply_log: LogThrottle::new(INVALID_REPLY_LOG_EVERY),
             settings,
             clock,
             counters,
@@ -123,21 +128,24 @@ impl Failover {
         };
         match store.check(policy, key, cost).await {
             Ok(outcome) => {
-                let closed_again = permit.succeeded() == Some(BreakerState::Closed);
-                if let Some(cache) = &self.deny_cache {
-                    if closed_again {
-                        // The store may have lost its state in the outage (a
-                        // restart): denials remembered before it may not hold.
-                        cache.clear();
-                    }
-                    if !outcome.allowed
-                        && cache.remember(policy, key, cost, &outcome, self.clock.now(), generation)
-                            == Remembered::Full
-                    {
-                        bump(&self.counters.deny_cache_full);
-                    }
+                self.succeeded(permit);
+                if let Some(cache) = &self.deny_cache
+                    && !outcome.allowed
+                    && cache.remember(policy, key, cost, &outcome, self.clock.now(), generation)
+                        == Remembered::Full
+                {
+                    bump(&self.counters.deny_cache_full);
                 }
                 Ok(Decision::from_outcome(outcome, policy.limit()))
+            }
+            Err(error @ StoreError::InvalidReply(_)) => {
+                // The store answered, so it is up: this is a bug (in a
+                // script, or in how its reply is read), and it belongs to
+                // this key. Counted as a failure it could open the breaker
+                // for every key of the replica.
+                self.succeeded(permit);
+                self.invalid_reply(policy, &error);
+                self.fall_back(policy, key, cost, error)
             }
             Err(error) => {
                 if matches!(error, StoreError::Timeout { .. }) {
@@ -146,6 +154,52 @@ impl Failover {
                 let _ = permit.failed();
                 self.fall_back(policy, key, cost, error)
             }
+        }
+    }
+
+    /// Reports a call the store answered; when that closes the breaker,
+    /// forgets the denials remembered before the outage (the store may have
+    /// lost its state in it, a restart).
+    fn succeeded(&self, permit: Permit<'_>) {
+        if permit.succeeded() == Some(BreakerState::Closed)
+            && let Some(cache) = &self.deny_cache
+        {
+            cache.clear();
+        }
+    }
+
+    /// Counts a reply the store gave that cannot be read, and logs it at
+    /// error, at most once per [`INVALID_REPLY_LOG_EVERY`] with the number
+    /// left unlogged: a bug on a hot key would otherwise log thousands of
+    /// lines a second. The metric counts every one.
+    fn invalid_reply(&self, policy: &Policy, error: &StoreError) {
+        bump(&self.counters.invalid_replies);
+        if let Some(unlogged) = self.invalid_reply_log.allow(self.clock.now()) {
+            tracing::error!(
+                policy = policy.name().as_str(),
+                algorithm = policy.algorithm().as_str(),
+                %error,
+                unlogged_since_last = unlogged,
+                "the store's reply to a check cannot be read; answered by the policy's failure mode (a bug, not an outage: the breaker ignores it)"
+            );
+        }
+    }
+
+    /// With the breaker probing (open past its cool-down, or half-open), a
+    /// probe for readiness's own round-trip to the store; report its result
+    /// with [`Failover::readiness_probed`]. A replica a load balancer took
+    /// out of rotation gets no checks to probe with: without this, its
+    /// breaker, and so its readiness, would wait for traffic that is not sent.
+    pub fn readiness_probe(&self) -> Option<Permit<'_>> {
+        self.breaker.try_probe_for_readiness()
+    }
+
+    /// The result of a readiness probe: whether the store answered it.
+    pub fn readiness_probed(&self, permit: Permit<'_>, answered: bool) {
+        if answered {
+            self.succeeded(permit);
+        } else {
+            let _ = permit.failed();
         }
     }
 

@@ -270,8 +270,8 @@ pub struct Limiter<S> {
 pub struct LimiterHealth {
     /// The replica answers every check as its configuration says it should.
     pub ready: bool,
-    /// The shared store cannot decide now (its breaker is open, or it did not
-    /// answer readiness's probe): checks go to their failure modes.
+    /// The shared store cannot decide now (its breaker is open or half-open,
+    /// or it did not answer readiness's probe): checks go to their failure modes.
     pub degraded: bool,
     pub policies: usize,
     pub store: StoreHealth,
@@ -613,22 +613,31 @@ impl<S: Store> Limiter<S> {
 
     /// Readiness. `ready` means: the policies are loaded (from the file: at
     /// least one; from the catalog: loaded once, even empty), and either the
-    /// shared store can decide (it answered a probe and its breaker is not
-    /// open), or no policy fails closed, so every check still gets the answer
-    /// its configuration asks for (`open` admits, `local` decides locally).
+    /// shared store can decide (it answered a probe and its breaker is
+    /// closed: open and half-open both send checks to their failure modes),
+    /// or no policy fails closed, so every check still gets the answer its
+    /// configuration asks for (`open` admits, `local` decides locally).
     /// A replica whose `closed` policies would answer 503 is not ready.
+    ///
+    /// While the breaker is probing, the store's health round-trip is one of
+    /// its probes (see [`Failover::readiness_probe`]): a replica taken out of
+    /// rotation still finds out that the store is back.
     pub async fn health(&self) -> LimiterHealth {
+        let probe = self.failover.as_ref().and_then(Failover::readiness_probe);
         let store = self.store.health().await;
+        if let (Some(failover), Some(probe)) = (&self.failover, probe) {
+            failover.readiness_probed(probe, store.ok);
+        }
         let snapshot = self.snapshot.load();
         let policies = snapshot.policies.len();
         let failover = self
             .failover
             .as_ref()
             .map(|failover| failover.health(&snapshot.policies));
-        let breaker_open = failover
+        let breaker_not_closed = failover
             .as_ref()
-            .is_some_and(|failover| failover.breaker.state == BreakerState::Open);
-        let degraded = !store.ok || breaker_open;
+            .is_some_and(|failover| failover.breaker.state != BreakerState::Closed);
+        let degraded = !store.ok || breaker_not_closed;
         let no_policy_fails_closed = snapshot
             .policies
             .iter_sorted()
@@ -792,6 +801,8 @@ mod scripted {
 
     pub struct ScriptedStore {
         pub memory: MemoryStore,
+        /// While set, every check fails as an unreachable store would, and health says so.
+        pub down: std::sync::atomic::AtomicBool,
         /// Keys whose every check gets [`StoreError::InvalidReply`].
         pub invalid: Mutex<HashSet<String>>,
         /// A key whose next check is decided, then held until the gate has a permit.
@@ -804,6 +815,7 @@ mod scripted {
         pub fn new(clock: &FakeClock) -> Self {
             Self {
                 memory: MemoryStore::new(Arc::new(clock.clone())),
+                down: std::sync::atomic::AtomicBool::new(false),
                 invalid: Mutex::default(),
                 held: Mutex::default(),
                 reached_gate: Notify::new(),
@@ -825,6 +837,9 @@ mod scripted {
             key: LimiterKey<'_>,
             cost: u64,
         ) -> Result<Outcome, StoreError> {
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
             if self.invalid.lock().unwrap().contains(key.as_str()) {
                 return Err(StoreError::InvalidReply("negative value -1".into()));
             }
@@ -847,7 +862,10 @@ mod scripted {
         }
 
         async fn health(&self) -> StoreHealth {
-            self.memory.health().await
+            StoreHealth {
+                ok: !self.down.load(std::sync::atomic::Ordering::Relaxed),
+                ..self.memory.health().await
+            }
         }
 
         fn kind(&self) -> &'static str {
@@ -884,6 +902,176 @@ mod failover_tests {
             deny_cache_max_keys: Some(100),
             heartbeat_interval: Duration::from_secs(1),
         }
+    }
+
+    /// A limiter on the scripted store with config policies `p` (fails
+    /// closed) and `lenient` (fails open), both sliding_log 3 per 10 s.
+    fn scripted_limiter() -> (Limiter<ScriptedStore>, FakeClock) {
+        let clock = FakeClock::default();
+        let lenient = Policy::new(
+            PolicyName::parse("lenient").unwrap(),
+            Algorithm::Gcra,
+            3,
+            Window::parse("10s").unwrap(),
+            1,
+        )
+        .unwrap()
+        .with_failure_mode(FailureMode::Open);
+        let metrics = Metrics::new("scripted", 2);
+        let limiter = Limiter::new(
+            PolicySet::new([policy(3, FailureMode::Closed), lenient]).unwrap(),
+            ScriptedStore::new(&clock),
+            &metrics,
+        )
+        .with_failover(Failover::new(settings(), Arc::new(clock.clone())));
+        (limiter, clock)
+    }
+
+    fn check_now(
+        limiter: &Limiter<ScriptedStore>,
+        policy: &str,
+        key: &str,
+    ) -> Result<Checked, CheckError> {
+        use futures_util::FutureExt;
+        limiter
+            .check(policy, key, None)
+            .now_or_never()
+            .expect("the scripted store answers at once")
+    }
+
+    /// Every event logged while `f` runs on this thread: level and fields.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, Vec<(tracing::Level, String)>) {
+        use std::fmt::Write;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Clone, Default)]
+        struct Capture(Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>);
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                let _ = write!(self.0, "{}={:?} ", field.name(), value);
+            }
+        }
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let mut fields = Fields(String::new());
+                event.record(&mut fields);
+                let level = *event.metadata().level();
+                self.0.lock().unwrap().push((level, fields.0));
+            }
+        }
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(capture.clone());
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let events = capture.0.lock().unwrap().clone();
+        (result, events)
+    }
+
+    #[test]
+    fn an_unreadable_reply_is_answered_by_the_failure_mode_logged_counted_and_never_opens_the_breaker()
+     {
+        let (limiter, _clock) = scripted_limiter();
+        limiter.store().invalid.lock().unwrap().insert("bad".into());
+        let (results, events) = logged(|| {
+            (0..100)
+                .map(|_| {
+                    (
+                        check_now(&limiter, "p", "bad"),
+                        check_now(&limiter, "lenient", "bad"),
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        for (closed, open) in results {
+            // `closed`: 503, with the error kind the metric counts.
+            let error = closed.unwrap_err();
+            assert_eq!(error.kind(), "invalid_reply", "{error}");
+            // `open`: admitted, marked as not decided by the store.
+            let open = open.unwrap().decision;
+            assert!(open.allowed);
+            assert_eq!(open.fallback, Some(FailureMode::Open));
+        }
+        let failover = limiter.failover().unwrap();
+        let counters = failover.counters();
+        assert_eq!(
+            failover.breaker_state(),
+            BreakerState::Closed,
+            "200 in a row"
+        );
+        assert_eq!(counters.invalid_replies(), 200);
+        assert_eq!(counters.store_failures(), 0);
+        assert_eq!(counters.breaker_opened(), 0);
+        assert_eq!((counters.fail_closed(), counters.fail_open()), (100, 100));
+        // Other keys are decided by the store as ever.
+        for _ in 0..3 {
+            assert!(check_now(&limiter, "p", "good").unwrap().decision.allowed);
+        }
+        assert!(!check_now(&limiter, "p", "good").unwrap().decision.allowed);
+        // One error line (the rest held back), naming policy and algorithm.
+        let errors: Vec<_> = events
+            .iter()
+            .filter(|(level, _)| *level == tracing::Level::ERROR)
+            .collect();
+        assert_eq!(errors.len(), 1, "{events:?}");
+        let line = &errors[0].1;
+        for field in [
+            "policy=\"p\"",
+            "algorithm=\"sliding_log\"",
+            "negative value -1",
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+        assert!(
+            !line.contains("bad"),
+            "the key stays out of the log: {line}"
+        );
+    }
+
+    #[test]
+    fn half_open_is_degraded_and_readiness_probes_close_the_breaker_without_any_check() {
+        let (limiter, clock) = scripted_limiter();
+        let store = limiter.store();
+        store.down.store(true, std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..5 {
+            assert!(check_now(&limiter, "p", "k").is_err());
+        }
+        let health = || {
+            use futures_util::FutureExt;
+            limiter.health().now_or_never().unwrap()
+        };
+        let breaker = |health: &LimiterHealth| health.failover.as_ref().unwrap().breaker.state;
+        let open = health();
+        assert_eq!(breaker(&open), BreakerState::Open);
+        assert!(
+            open.degraded && !open.ready,
+            "a closed policy would answer 503"
+        );
+
+        // The store is back and the cool-down over, but no check arrives (a
+        // load balancer stopped routing here): readiness itself probes.
+        store
+            .down
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        clock.advance(Duration::from_secs(1));
+        for probe in 1..3 {
+            let probing = health();
+            assert_eq!(breaker(&probing), BreakerState::HalfOpen, "probe {probe}");
+            assert!(
+                probing.degraded,
+                "half-open still answers most checks by failure mode"
+            );
+            assert!(!probing.ready);
+        }
+        let closed = health();
+        assert_eq!(breaker(&closed), BreakerState::Closed);
+        assert!(closed.ready && !closed.degraded);
+        assert!(check_now(&limiter, "p", "k").unwrap().decision.allowed);
+        let counters = limiter.failover().unwrap().counters();
+        assert_eq!(counters.store_calls(), 6, "readiness probes are not checks");
     }
 
     fn catalog(version: i64, limit: u64) -> CatalogUpdate {

@@ -353,6 +353,11 @@ async fn checks_decided_by_the_open_and_local_failure_modes_are_counted_as_degra
         value(&samples, "slidegate_store_short_circuited_total", &[]),
         1.0
     );
+    assert_eq!(
+        value(&samples, "slidegate_store_invalid_replies_total", &[]),
+        0.0,
+        "an unreachable Redis sends no reply at all"
+    );
     let errors: f64 = ["timeout", "unavailable", "invalid_reply", "circuit_open"]
         .into_iter()
         .map(|kind| {
