@@ -272,6 +272,10 @@ pub struct LimiterSettings {
     pub heartbeat_interval: Duration,
     /// Answering keys Redis denied without asking it again (`[limiter.deny_cache]`).
     pub deny_cache: DenyCacheSettings,
+    /// Most keys an in-process limiter holds: the embedded store (no Redis
+    /// URL) and, with Redis, the `local` failure mode's limiter, each. When
+    /// full, idle keys and then those closest to replenished are forgotten.
+    pub max_keys: usize,
 }
 
 impl Default for LimiterSettings {
@@ -282,6 +286,7 @@ impl Default for LimiterSettings {
             failure_mode: FailureMode::Closed,
             heartbeat_interval: Duration::from_secs(1),
             deny_cache: DenyCacheSettings::default(),
+            max_keys: crate::store::memory::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -713,6 +718,12 @@ impl Settings {
                 format!("must be between 1 and {MAX_PROBES}"),
             ));
         }
+        if self.limiter.max_keys == 0 {
+            return Err(ConfigurationError::invalid(
+                "limiter.max_keys",
+                "must be at least 1",
+            ));
+        }
         if self.limiter.deny_cache.max_keys == 0 {
             return Err(ConfigurationError::invalid(
                 "limiter.deny_cache.max_keys",
@@ -855,6 +866,7 @@ impl Settings {
                 .deny_cache
                 .enabled
                 .then_some(self.limiter.deny_cache.max_keys),
+            local_max_keys: self.limiter.max_keys,
             heartbeat_interval: self.limiter.heartbeat_interval,
         }
     }

@@ -26,7 +26,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::catalog::CatalogStats;
-use crate::limiter::{BreakerState, Decision, Failover, PoolStats, SyncState};
+use crate::limiter::{BreakerState, Decision, Failover, MemoryStats, PoolStats, SyncState};
 use crate::telemetry::{self, SpanExportStats};
 
 /// `Content-Type` of [`Metrics::render`]'s output: the Prometheus text format 0.0.4.
@@ -168,7 +168,8 @@ impl Metrics {
     }
 
     /// Everything in the Prometheus text format: the registry, then the
-    /// values read at scrape time from `pools`, the failure handling (when
+    /// values read at scrape time from `pools`, the in-process stores
+    /// (`memory`), the failure handling (when
     /// the store is shared), the catalog (when policies come from Postgres:
     /// what is loaded and the catalog's counters) and the span exporter.
     pub fn render(
@@ -176,9 +177,11 @@ impl Metrics {
         pools: &[PoolStats],
         failover: Option<&Failover>,
         catalog: Option<(SyncState, CatalogStats)>,
+        memory: &[MemoryStats],
     ) -> String {
         let mut scraped = Registry::with_prefix(PREFIX);
         register_pools(&mut scraped, pools);
+        register_memory(&mut scraped, memory);
         if let Some(failover) = failover {
             register_failover(&mut scraped, failover);
         }
@@ -242,6 +245,61 @@ fn register_pools(registry: &mut Registry, pools: &[PoolStats]) {
         "pool_connections_broken",
         "Connections dropped after a connection-level error",
         broken,
+    );
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemoryStoreLabels {
+    store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvictedLabels {
+    store: &'static str,
+    state: &'static str,
+}
+
+/// The in-process stores: the embedded one, and the `local` failure mode's.
+fn register_memory(registry: &mut Registry, stores: &[MemoryStats]) {
+    if stores.is_empty() {
+        return;
+    }
+    let keys = Family::<MemoryStoreLabels, Gauge>::default();
+    let max_keys = Family::<MemoryStoreLabels, Gauge>::default();
+    let evicted = Family::<EvictedLabels, Counter>::default();
+    for stats in stores {
+        let store = MemoryStoreLabels { store: stats.name };
+        keys.get_or_create(&store)
+            .set(i64::try_from(stats.keys).unwrap_or(i64::MAX));
+        max_keys
+            .get_or_create(&store)
+            .set(i64::try_from(stats.max_keys).unwrap_or(i64::MAX));
+        for (state, value) in [
+            ("idle", stats.evicted_idle),
+            ("active", stats.evicted_active),
+        ] {
+            evicted
+                .get_or_create(&EvictedLabels {
+                    store: stats.name,
+                    state,
+                })
+                .inc_by(value);
+        }
+    }
+    registry.register(
+        "memory_store_keys",
+        "Keys an in-process limiter holds now, by store (embedded: the store without Redis; local: the local failure mode's)",
+        keys,
+    );
+    registry.register(
+        "memory_store_max_keys",
+        "Most keys an in-process limiter holds (limiter.max_keys), by store",
+        max_keys,
+    );
+    registry.register(
+        "memory_store_evicted",
+        "Keys an in-process limiter forgot to stay within limiter.max_keys, by store and state (idle: fully replenished, lossless; active: still counting, so it may be admitted early)",
+        evicted,
     );
 }
 
@@ -632,7 +690,7 @@ mod tests {
         // A failure mode decided: degraded, shadow or not, admitted or not.
         policy.record(&decision(true, Some(FailureMode::Open)), false, elapsed);
         policy.record(&decision(false, Some(FailureMode::Local)), true, elapsed);
-        let out = metrics.render(&[], None, None);
+        let out = metrics.render(&[], None, None, &[]);
         for (outcome, count) in [
             ("allowed", 2),
             ("denied", 1),

@@ -83,7 +83,14 @@ impl Application {
                 })?)),
                 Some(Failover::new(settings.failover(), Arc::clone(&clock))),
             ),
-            None => (AnyStore::Memory(MemoryStore::new(clock)), None),
+            None => (
+                AnyStore::Memory(MemoryStore::bounded(
+                    clock,
+                    settings.limiter.max_keys,
+                    "embedded",
+                )),
+                None,
+            ),
         };
         let store_kind = store.kind();
         let catalog = Self::open_catalog(settings).await?;

@@ -37,7 +37,7 @@ use super::decision::{Decision, Outcome};
 use super::deny_cache::{DenyCache, Remembered};
 use super::key::LimiterKey;
 use super::policy::{FailureMode, Policy, PolicySet};
-use super::{Store, StoreError};
+use super::{MemoryStats, Store, StoreError};
 use crate::store::MemoryStore;
 
 /// How a replica handles a shared store that fails.
@@ -48,6 +48,8 @@ pub struct FailoverSettings {
     pub breaker: BreakerSettings,
     /// Largest number of keys in the deny cache; `None` turns the cache off.
     pub deny_cache_max_keys: Option<usize>,
+    /// Largest number of keys the `local` mode's in-process limiter holds.
+    pub local_max_keys: usize,
     /// How often this replica announces itself in the shared store. A replica
     /// not heard from for [`STALE_AFTER_HEARTBEATS`] periods is no longer counted.
     pub heartbeat_interval: Duration,
@@ -86,7 +88,7 @@ impl Failover {
         Self {
             breaker: CircuitBreaker::new(settings.breaker, Arc::clone(&clock), counters.clone()),
             deny_cache: settings.deny_cache_max_keys.map(DenyCache::new),
-            local: MemoryStore::new(Arc::clone(&clock)),
+            local: MemoryStore::bounded(Arc::clone(&clock), settings.local_max_keys, "local"),
             live_replicas: AtomicU64::new(1),
             replica_id: new_replica_id(),
             invalid_reply_log: LogThrottle::new(INVALID_REPLY_LOG_EVERY),
@@ -287,6 +289,11 @@ impl Failover {
             cache.sweep(self.clock.now());
         }
         self.local.evict_idle();
+    }
+
+    /// The `local` mode's in-process limiter: size, bound, evictions.
+    pub fn local_stats(&self) -> MemoryStats {
+        self.local.stats()
     }
 
     /// The circuit breaker's state now.

@@ -73,6 +73,12 @@ pub trait Store: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// For a store that keeps its state in this process: its size, bound and
+    /// evictions, read when metrics are scraped.
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        None
+    }
+
     /// Records that `replica` is alive and returns how many replicas share
     /// this store: those that recorded themselves within `stale_after`,
     /// judged by the store's clock. A store private to one process answers 1.
@@ -162,6 +168,20 @@ pub struct PoolStats {
     pub opened_total: u64,
     /// Connections dropped because a command failed at the connection level.
     pub closed_broken_total: u64,
+}
+
+/// An in-process store (the embedded one, or the `local` failure mode's) as
+/// metrics see it: its size now, its bound, and what it forgot to stay within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// `embedded` or `local`.
+    pub name: &'static str,
+    pub keys: u64,
+    pub max_keys: u64,
+    /// Idle keys removed to make room (lossless), since start.
+    pub evicted_idle: u64,
+    /// Keys still counting removed to make room (each may be admitted early), since start.
+    pub evicted_active: u64,
 }
 
 /// Why a check could not be decided.
@@ -604,6 +624,16 @@ impl<S: Store> Limiter<S> {
         self.failover.as_ref()
     }
 
+    /// The in-process stores' sizes and evictions: the embedded store's, and
+    /// the `local` failure mode's when there is a shared store.
+    pub fn memory_stats(&self) -> Vec<MemoryStats> {
+        self.store
+            .memory_stats()
+            .into_iter()
+            .chain(self.failover.as_ref().map(Failover::local_stats))
+            .collect()
+    }
+
     /// One heartbeat to the shared store (nothing without one).
     pub async fn heartbeat(&self) {
         if let Some(failover) = &self.failover {
@@ -721,6 +751,7 @@ mod tests {
             default_mode: FailureMode::Closed,
             breaker: BreakerSettings::default(),
             deny_cache_max_keys: Some(100),
+            local_max_keys: 1000,
             heartbeat_interval: Duration::from_secs(1),
         };
         let metrics = Metrics::new("memory", 1);
@@ -900,6 +931,7 @@ mod failover_tests {
             default_mode: FailureMode::Closed,
             breaker: BreakerSettings::default(),
             deny_cache_max_keys: Some(100),
+            local_max_keys: 1000,
             heartbeat_interval: Duration::from_secs(1),
         }
     }
