@@ -208,7 +208,8 @@ pub struct CircuitBreaker {
 
 /// Leave to make one call to the store. Report its result with
 /// [`Permit::succeeded`] or [`Permit::failed`]; a permit dropped without a
-/// result (the request was cancelled) frees its probe slot and counts as neither.
+/// result (the request was cancelled) frees its probe slot and counts as a
+/// call, but neither as a success nor as a failure.
 #[must_use = "report the call's result on the permit"]
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,

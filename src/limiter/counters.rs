@@ -37,7 +37,8 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Checks sent to the shared store (including breaker probes).
+    /// Checks sent to the shared store (including breaker probes), counted
+    /// when they end: answered, failed, or cancelled.
     store_calls,
     /// Checks the shared store failed to decide, timeouts included (not invalid replies).
     store_failures,
