@@ -28,6 +28,12 @@
 //! - `single/<algorithm>/100k_keys`: one thread, keys drawn uniformly at random
 //!   from 100,000 distinct keys (precomputed strings and a precomputed draw
 //!   sequence, so the timed loop allocates nothing beyond what `decide` does).
+//! - `single/gcra/new_key_full_store`: one thread, every decision a key the
+//!   store has never seen, into a store already holding its bound of 100,000
+//!   keys, none of them idle: the insert path with its share of the evictions
+//!   that keep the store within `limiter.max_keys` (one pass over the map per
+//!   10,000 new keys). The key is formatted into a reused buffer inside the
+//!   timed loop, so that cost (tens of nanoseconds) is included.
 //! - `contended/<algorithm>/{hot_key,100k_keys}`: two threads (the machine has
 //!   two cores) deciding on the same store at once. Reported time is wall time
 //!   per decision *across both threads* (wall time of the sample divided by the
@@ -99,14 +105,36 @@ impl KeySet {
     }
 }
 
-/// A fresh store where every key of the case already has state.
+/// A fresh store where every key of the case already has state, with room
+/// for all of them (no case but `new_key_full_store` evicts).
 fn store_with(policy: &Policy, keys: &KeySet) -> MemoryStore {
-    let store = MemoryStore::new(Arc::new(SystemClock));
+    let store = MemoryStore::bounded(Arc::new(SystemClock), 2 * KEY_SPACE, "embedded");
     store.decide(policy, LimiterKey::parse(HOT_KEY).expect("a valid key"), 1);
     for key in &keys.keys {
         store.decide(policy, LimiterKey::parse(key).expect("a valid key"), 1);
     }
     store
+}
+
+/// New keys into a store at its bound: inserts and the evictions they cause.
+fn full_store(group: &mut BenchmarkGroup<'_, WallTime>, keys: &KeySet) {
+    let policy = policy(Algorithm::Gcra);
+    let store = MemoryStore::bounded(Arc::new(SystemClock), KEY_SPACE, "embedded");
+    for key in &keys.keys {
+        store.decide(&policy, LimiterKey::parse(key).expect("a valid key"), 1);
+    }
+    group.bench_function("single/gcra/new_key_full_store", |b| {
+        let mut buffer = String::with_capacity(32);
+        let mut n = 0u64;
+        b.iter(|| {
+            n += 1;
+            buffer.clear();
+            std::fmt::Write::write_fmt(&mut buffer, format_args!("new-{n}")).expect("a String");
+            let key = LimiterKey::parse(&buffer).expect("a valid key");
+            black_box(store.decide(&policy, key, 1))
+        });
+    });
+    assert!(store.len() <= KEY_SPACE, "the bound held");
 }
 
 fn single(group: &mut BenchmarkGroup<'_, WallTime>, keys: &KeySet) {
@@ -195,13 +223,14 @@ fn decisions(c: &mut Criterion) {
     let mut group = c.benchmark_group("decide");
     group.throughput(Throughput::Elements(1));
     single(&mut group, &keys);
+    full_store(&mut group, &keys);
     contended(&mut group, &keys);
     group.finish();
 }
 
 criterion_group! {
     name = benches;
-    // Quick on purpose: ~4 s per case, 12 cases.
+    // Quick on purpose: ~4 s per case, 13 cases.
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))

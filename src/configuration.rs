@@ -198,7 +198,7 @@ pub struct BreakerConfig {
     pub failure_ratio: f64,
     /// ...once at least this many checks went to Redis...
     pub min_calls: u64,
-    /// ...within this window, which starts at a failure.
+    /// ...over the last this long (rolling; every failed check counts).
     #[serde(deserialize_with = "duration")]
     pub ratio_window: Duration,
     /// How long an open breaker answers every check by its failure mode without asking Redis.
@@ -231,6 +231,7 @@ impl BreakerConfig {
             ratio_window: self.ratio_window,
             cool_down: self.cool_down,
             probes: self.probes,
+            probe_timeout: BreakerSettings::default().probe_timeout,
         }
     }
 }
@@ -432,6 +433,10 @@ pub struct LimiterSettings {
     pub heartbeat_interval: Duration,
     /// Answering keys Redis denied without asking it again (`[limiter.deny_cache]`).
     pub deny_cache: DenyCacheSettings,
+    /// Most keys an in-process limiter holds: the embedded store (no Redis
+    /// URL) and, with Redis, the `local` failure mode's limiter, each. When
+    /// full, idle keys and then those closest to replenished are forgotten.
+    pub max_keys: usize,
 }
 
 impl Default for LimiterSettings {
@@ -442,6 +447,7 @@ impl Default for LimiterSettings {
             failure_mode: FailureMode::Closed,
             heartbeat_interval: Duration::from_secs(1),
             deny_cache: DenyCacheSettings::default(),
+            max_keys: crate::store::memory::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -887,6 +893,12 @@ impl Settings {
                 format!("must be between 1 and {MAX_PROBES}"),
             ));
         }
+        if self.limiter.max_keys == 0 {
+            return Err(ConfigurationError::invalid(
+                "limiter.max_keys",
+                "must be at least 1",
+            ));
+        }
         if self.limiter.deny_cache.max_keys == 0 {
             return Err(ConfigurationError::invalid(
                 "limiter.deny_cache.max_keys",
@@ -1007,12 +1019,18 @@ impl Settings {
     pub fn failover(&self) -> FailoverSettings {
         FailoverSettings {
             default_mode: self.limiter.failure_mode,
-            breaker: self.redis.breaker.to_settings(),
+            breaker: BreakerSettings {
+                // A probe is one check: the store's timeouts end it. Twice
+                // them is "lost", not "slow", even on a loaded machine.
+                probe_timeout: 2 * (self.redis.connect_timeout + self.redis.command_timeout),
+                ..self.redis.breaker.to_settings()
+            },
             deny_cache_max_keys: self
                 .limiter
                 .deny_cache
                 .enabled
                 .then_some(self.limiter.deny_cache.max_keys),
+            local_max_keys: self.limiter.max_keys,
             heartbeat_interval: self.limiter.heartbeat_interval,
         }
     }

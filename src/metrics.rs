@@ -26,7 +26,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::catalog::CatalogStats;
-use crate::limiter::{BreakerState, Decision, Failover, PoolStats, SyncState};
+use crate::limiter::{BreakerState, Decision, Failover, MemoryStats, PoolStats, SyncState};
 use crate::telemetry::{self, SpanExportStats};
 
 /// `Content-Type` of [`Metrics::render`]'s output: the Prometheus text format 0.0.4.
@@ -169,7 +169,8 @@ impl Metrics {
     }
 
     /// Everything in the Prometheus text format: the registry, then the
-    /// values read at scrape time from `pools`, the failure handling (when
+    /// values read at scrape time from `pools`, the in-process stores
+    /// (`memory`), the failure handling (when
     /// the store is shared), the catalog (when policies come from Postgres:
     /// what is loaded and the catalog's counters) and the span exporter.
     pub fn render(
@@ -177,9 +178,11 @@ impl Metrics {
         pools: &[PoolStats],
         failover: Option<&Failover>,
         catalog: Option<(SyncState, CatalogStats)>,
+        memory: &[MemoryStats],
     ) -> String {
         let mut scraped = Registry::with_prefix(PREFIX);
         register_pools(&mut scraped, pools);
+        register_memory(&mut scraped, memory);
         if let Some(failover) = failover {
             register_failover(&mut scraped, failover);
         }
@@ -243,6 +246,61 @@ fn register_pools(registry: &mut Registry, pools: &[PoolStats]) {
         "pool_connections_broken",
         "Connections dropped after a connection-level error",
         broken,
+    );
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemoryStoreLabels {
+    store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvictedLabels {
+    store: &'static str,
+    state: &'static str,
+}
+
+/// The in-process stores: the embedded one, and the `local` failure mode's.
+fn register_memory(registry: &mut Registry, stores: &[MemoryStats]) {
+    if stores.is_empty() {
+        return;
+    }
+    let keys = Family::<MemoryStoreLabels, Gauge>::default();
+    let max_keys = Family::<MemoryStoreLabels, Gauge>::default();
+    let evicted = Family::<EvictedLabels, Counter>::default();
+    for stats in stores {
+        let store = MemoryStoreLabels { store: stats.name };
+        keys.get_or_create(&store)
+            .set(i64::try_from(stats.keys).unwrap_or(i64::MAX));
+        max_keys
+            .get_or_create(&store)
+            .set(i64::try_from(stats.max_keys).unwrap_or(i64::MAX));
+        for (state, value) in [
+            ("idle", stats.evicted_idle),
+            ("active", stats.evicted_active),
+        ] {
+            evicted
+                .get_or_create(&EvictedLabels {
+                    store: stats.name,
+                    state,
+                })
+                .inc_by(value);
+        }
+    }
+    registry.register(
+        "memory_store_keys",
+        "Keys an in-process limiter holds now, by store (embedded: the store without Redis; local: the local failure mode's)",
+        keys,
+    );
+    registry.register(
+        "memory_store_max_keys",
+        "Most keys an in-process limiter holds (limiter.max_keys), by store",
+        max_keys,
+    );
+    registry.register(
+        "memory_store_evicted",
+        "Keys an in-process limiter forgot to stay within limiter.max_keys, by store and state (idle: fully replenished, lossless; active: still counting, so it may be admitted early)",
+        evicted,
     );
 }
 
@@ -348,6 +406,11 @@ fn register_failover(registry: &mut Registry, failover: &Failover) {
         "store_short_circuited",
         "Checks not sent to Redis because the breaker was open",
         counter(counters.short_circuited),
+    );
+    registry.register(
+        "store_invalid_replies",
+        "Checks whose Redis reply could not be read (a bug, not an outage): answered by the policy's failure mode, and not counted against Redis by the breaker",
+        counter(counters.invalid_replies),
     );
     let heartbeats = Family::<ResultLabels, Counter>::default();
     for (result, value) in [
@@ -634,7 +697,7 @@ mod tests {
         // A failure mode decided: degraded, shadow or not, admitted or not.
         policy.record(&decision(true, Some(FailureMode::Open)), false, elapsed);
         policy.record(&decision(false, Some(FailureMode::Local)), true, elapsed);
-        let out = metrics.render(&[], None, None);
+        let out = metrics.render(&[], None, None, &[]);
         for (outcome, count) in [
             ("allowed", 2),
             ("denied", 1),

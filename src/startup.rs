@@ -89,7 +89,14 @@ impl Application {
                 })?)),
                 Some(Failover::new(settings.failover(), Arc::clone(&clock))),
             ),
-            None => (AnyStore::Memory(MemoryStore::new(clock)), None),
+            None => (
+                AnyStore::Memory(MemoryStore::bounded(
+                    clock,
+                    settings.limiter.max_keys,
+                    "embedded",
+                )),
+                None,
+            ),
         };
         let store_kind = store.kind();
         let catalog = Self::open_catalog(settings).await?;
@@ -124,7 +131,7 @@ impl Application {
         };
         // The first answers before the first request, so that readiness is
         // right from the start; at most one probe timeout.
-        tokio::join!(probes.store.refresh(|_| limiter.store().health()), async {
+        tokio::join!(probes.store.refresh(|_| limiter.probe_store()), async {
             if let (Some(probe), Some(catalog)) = (&probes.postgres, &catalog) {
                 probe.refresh(|deadline| catalog.health(deadline)).await;
             }
@@ -201,7 +208,7 @@ impl Application {
         // The Redis probe ends by its own timeouts (connect + command) or at the deadline.
         tasks.push(tokio::spawn(Arc::clone(&probes.store).run(move |_| {
             let state = store_state.clone();
-            async move { state.limiter.store().health().await }
+            async move { state.limiter.probe_store().await }
         })));
         if let (Some(probe), Some(catalog)) = (&probes.postgres, &catalog) {
             let catalog = Arc::clone(catalog);

@@ -148,9 +148,12 @@ async fn scrape<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
         .catalog
         .as_ref()
         .map(|catalog| (state.limiter.sync_state(), catalog.stats()));
-    let body = state
-        .metrics
-        .render(&pools, state.limiter.failover(), catalog);
+    let body = state.metrics.render(
+        &pools,
+        state.limiter.failover(),
+        catalog,
+        &state.limiter.memory_stats(),
+    );
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
         .body(body)

@@ -37,10 +37,14 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Checks sent to the shared store (including breaker probes).
+    /// Checks sent to the shared store (including breaker probes), counted
+    /// when they end: answered, failed, or cancelled.
     store_calls,
-    /// Checks the shared store failed to decide, timeouts included.
+    /// Checks the shared store failed to decide, timeouts included (not invalid replies).
     store_failures,
+    /// Checks whose reply from the shared store could not be read: a bug,
+    /// answered by the failure mode, and not a failure for the breaker.
+    invalid_replies,
     /// Of `store_failures`, those that ran out of time (pool checkout or command).
     store_timeouts,
     /// Checks not sent to the shared store because the breaker was open.
@@ -72,6 +76,45 @@ pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Lets a repeated log line through at most once per `every`, without a lock:
+/// for conditions that can recur on every request (a bug on a hot key, a
+/// full store) and would otherwise flood the log.
+#[derive(Debug)]
+pub(crate) struct LogThrottle {
+    every: u64,
+    /// When a line last went through (clock micros; 0: never).
+    last: AtomicU64,
+    /// Occurrences held back since then.
+    held_back: AtomicU64,
+}
+
+impl LogThrottle {
+    pub(crate) fn new(every: std::time::Duration) -> Self {
+        Self {
+            every: every.as_micros() as u64,
+            last: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held back since the last line)` when this occurrence may be
+    /// logged at `now`; `None` (and counted as held back) otherwise.
+    pub(crate) fn allow(&self, now: super::clock::Micros) -> Option<u64> {
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= self.every;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held_back.swap(0, Ordering::Relaxed));
+        }
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +130,17 @@ mod tests {
         assert_eq!(snapshot.heartbeat_failures, 1);
         assert_eq!(counters.fail_open(), 2);
         assert_eq!(snapshot.store_calls, 0);
+    }
+
+    #[test]
+    fn a_throttled_line_goes_through_once_per_period_and_says_how_many_it_held_back() {
+        let throttle = LogThrottle::new(std::time::Duration::from_secs(60));
+        let t0 = 1_767_225_600_000_000;
+        assert_eq!(throttle.allow(t0), Some(0), "the first one");
+        for second in 1..60 {
+            assert_eq!(throttle.allow(t0 + second * 1_000_000), None);
+        }
+        assert_eq!(throttle.allow(t0 + 60_000_000), Some(59));
+        assert_eq!(throttle.allow(t0 + 60_000_001), None);
     }
 }

@@ -19,6 +19,13 @@
 //!   The limiter clears the cache whenever its circuit breaker closes after
 //!   an outage, which covers restarts it noticed.
 //!
+//! A third: limits change. Each entry remembers the *generation* of the
+//! limiter's snapshot (its policies, bumped on every catalog swap) that the
+//! check it came from started on, and is only answered to checks on that
+//! same generation. Clearing the cache on a swap is not enough by itself: a
+//! check that began on the old snapshot and is still waiting for the store
+//! would put its stale denial back right after the clear.
+//!
 //! Checks of larger costs are neither cached nor answered from the cache: a
 //! denial of cost 5 says nothing exact about when cost 5 fits relative to
 //! other replicas' traffic, and a denial of cost 1 says nothing about cost 5's
@@ -40,6 +47,8 @@ use super::policy::Policy;
 struct Denial {
     retry_at: Micros,
     reset_at: Micros,
+    /// The snapshot generation the denial was judged under.
+    generation: u64,
 }
 
 /// What [`DenyCache::remember`] did with an outcome.
@@ -65,13 +74,16 @@ impl DenyCache {
         }
     }
 
-    /// The store's answer to this check, if the cache knows it exactly. A hit allocates nothing.
+    /// The store's answer to this check, if the cache knows it exactly: a
+    /// denial judged under the same snapshot `generation` whose retry time
+    /// has not come. A hit allocates nothing.
     pub fn lookup(
         &self,
         policy: &Policy,
         key: LimiterKey<'_>,
         cost: u64,
         now: Micros,
+        generation: u64,
     ) -> Option<Outcome> {
         if judged_cost(cost) != 1 {
             return None;
@@ -84,7 +96,7 @@ impl DenyCache {
             ],
             |composite| self.entries.get(composite).map(|entry| *entry),
         )?;
-        (now < denial.retry_at).then(|| Outcome {
+        (now < denial.retry_at && denial.generation == generation).then(|| Outcome {
             allowed: false,
             remaining: 0,
             reset_after_us: denial.reset_at.saturating_sub(now),
@@ -92,8 +104,8 @@ impl DenyCache {
         })
     }
 
-    /// Remembers `outcome`, the store's answer at `now`, when it is a denial
-    /// of judged cost 1.
+    /// Remembers `outcome`, the store's answer at `now` to a check that
+    /// started on snapshot `generation`, when it is a denial of judged cost 1.
     pub fn remember(
         &self,
         policy: &Policy,
@@ -101,6 +113,7 @@ impl DenyCache {
         cost: u64,
         outcome: &Outcome,
         now: Micros,
+        generation: u64,
     ) -> Remembered {
         if outcome.allowed || judged_cost(cost) != 1 || outcome.retry_after_us == 0 {
             return Remembered::NotCacheable;
@@ -111,6 +124,7 @@ impl DenyCache {
         let denial = Denial {
             retry_at: now + outcome.retry_after_us,
             reset_at: now + outcome.reset_after_us,
+            generation,
         };
         with_composite_key(
             &[
@@ -185,19 +199,35 @@ mod tests {
         let cache = DenyCache::new(10);
         let (policy, key) = (policy(3), LimiterKey::parse("k").unwrap());
         assert_eq!(
-            cache.remember(&policy, key, 1, &denied(SECOND, 5 * SECOND), T0),
+            cache.remember(&policy, key, 1, &denied(SECOND, 5 * SECOND), T0, 0),
             Remembered::Cached
         );
         let later = T0 + SECOND / 4;
         assert_eq!(
-            cache.lookup(&policy, key, 1, later),
+            cache.lookup(&policy, key, 1, later, 0),
             Some(denied(3 * SECOND / 4, 5 * SECOND - SECOND / 4))
         );
-        assert!(cache.lookup(&policy, key, 0, later).is_some(), "a peek");
-        assert!(cache.lookup(&policy, key, 2, later).is_none(), "cost 2");
-        assert!(cache.lookup(&policy, key, 1, T0 + SECOND).is_none());
+        assert!(cache.lookup(&policy, key, 0, later, 0).is_some(), "a peek");
+        assert!(cache.lookup(&policy, key, 2, later, 0).is_none(), "cost 2");
+        assert!(cache.lookup(&policy, key, 1, T0 + SECOND, 0).is_none());
         let other = LimiterKey::parse("other").unwrap();
-        assert!(cache.lookup(&policy, other, 1, later).is_none());
+        assert!(cache.lookup(&policy, other, 1, later, 0).is_none());
+    }
+
+    #[test]
+    fn a_denial_is_answered_only_to_checks_on_the_snapshot_generation_it_was_judged_under() {
+        let cache = DenyCache::new(10);
+        let (policy, key) = (policy(3), LimiterKey::parse("k").unwrap());
+        // A check that began on generation 1 comes back after the swap to 2.
+        cache.remember(&policy, key, 1, &denied(SECOND, SECOND), T0, 1);
+        assert!(
+            cache.lookup(&policy, key, 1, T0, 2).is_none(),
+            "a newer snapshot"
+        );
+        assert!(cache.lookup(&policy, key, 1, T0, 1).is_some(), "its own");
+        // The store's answer under generation 2 replaces it.
+        cache.remember(&policy, key, 1, &denied(SECOND, SECOND), T0, 2);
+        assert!(cache.lookup(&policy, key, 1, T0, 2).is_some());
     }
 
     #[test]
@@ -209,15 +239,15 @@ mod tests {
             ..denied(0, SECOND)
         };
         assert_eq!(
-            cache.remember(&policy, key, 1, &allowed, T0),
+            cache.remember(&policy, key, 1, &allowed, T0, 0),
             Remembered::NotCacheable
         );
         assert_eq!(
-            cache.remember(&policy, key, 2, &denied(SECOND, SECOND), T0),
+            cache.remember(&policy, key, 2, &denied(SECOND, SECOND), T0, 0),
             Remembered::NotCacheable
         );
         assert_eq!(
-            cache.remember(&policy, key, 0, &denied(SECOND, SECOND), T0),
+            cache.remember(&policy, key, 0, &denied(SECOND, SECOND), T0, 0),
             Remembered::Cached
         );
     }
@@ -228,8 +258,14 @@ mod tests {
         let policy = policy(3);
         for (name, retry) in [("a", SECOND), ("b", 3 * SECOND), ("c", SECOND)] {
             let outcome = denied(retry, retry);
-            let remembered =
-                cache.remember(&policy, LimiterKey::parse(name).unwrap(), 1, &outcome, T0);
+            let remembered = cache.remember(
+                &policy,
+                LimiterKey::parse(name).unwrap(),
+                1,
+                &outcome,
+                T0,
+                0,
+            );
             let expected = if name == "c" {
                 Remembered::Full
             } else {
@@ -291,11 +327,11 @@ mod tests {
                 now += gap;
                 let cost = cost.min(limit);
                 let expected = direct.decide(now, window, limit, cost);
-                let answered = match cache.lookup(&policy, key, cost, now) {
+                let answered = match cache.lookup(&policy, key, cost, now, 0) {
                     Some(cached) => cached,
                     None => {
                         let outcome = behind.decide(now, window, limit, cost);
-                        cache.remember(&policy, key, cost, &outcome, now);
+                        cache.remember(&policy, key, cost, &outcome, now, 0);
                         outcome
                     }
                 };
@@ -316,14 +352,14 @@ mod tests {
     fn a_hit_allocates_nothing() {
         let cache = DenyCache::new(10);
         let (policy, key) = (policy(3), LimiterKey::parse("hot").unwrap());
-        cache.remember(&policy, key, 1, &denied(SECOND, SECOND), T0);
+        cache.remember(&policy, key, 1, &denied(SECOND, SECOND), T0, 0);
         assert!(
-            cache.lookup(&policy, key, 1, T0).is_some(),
+            cache.lookup(&policy, key, 1, T0, 0).is_some(),
             "warm the buffer"
         );
         let before = crate::limiter::allocations::on_this_thread();
         for step in 0..1000 {
-            assert!(cache.lookup(&policy, key, 1, T0 + step).is_some());
+            assert!(cache.lookup(&policy, key, 1, T0 + step, 0).is_some());
         }
         assert_eq!(crate::limiter::allocations::on_this_thread(), before);
     }

@@ -30,14 +30,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
+use super::breaker::{BreakerSettings, BreakerState, CircuitBreaker, Permit};
 use super::clock::Clock;
-use super::counters::{CountersSnapshot, FailureCounters, bump};
+use super::counters::{CountersSnapshot, FailureCounters, LogThrottle, bump};
 use super::decision::{Decision, Outcome};
 use super::deny_cache::{DenyCache, Remembered};
 use super::key::LimiterKey;
 use super::policy::{FailureMode, Policy, PolicySet};
-use super::{Store, StoreError};
+use super::{MemoryStats, Store, StoreError};
 use crate::store::MemoryStore;
 
 /// How a replica handles a shared store that fails.
@@ -48,6 +48,8 @@ pub struct FailoverSettings {
     pub breaker: BreakerSettings,
     /// Largest number of keys in the deny cache; `None` turns the cache off.
     pub deny_cache_max_keys: Option<usize>,
+    /// Largest number of keys the `local` mode's in-process limiter holds.
+    pub local_max_keys: usize,
     /// How often this replica announces itself in the shared store. A replica
     /// not heard from for [`STALE_AFTER_HEARTBEATS`] periods is no longer counted.
     pub heartbeat_interval: Duration,
@@ -55,6 +57,9 @@ pub struct FailoverSettings {
 
 /// Heartbeat periods after which a silent replica stops counting as live.
 pub const STALE_AFTER_HEARTBEATS: u32 = 3;
+
+/// Invalid store replies are logged at most this often (each is counted).
+pub const INVALID_REPLY_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The per-replica share of `limit` in the `local` failure mode:
 /// `floor(limit / live_replicas)`, at least 1 (see the module documentation).
@@ -74,6 +79,7 @@ pub struct Failover {
     /// Last live replica count the shared store reported (1 until it reports one).
     live_replicas: AtomicU64,
     replica_id: String,
+    invalid_reply_log: LogThrottle,
 }
 
 impl Failover {
@@ -82,9 +88,10 @@ impl Failover {
         Self {
             breaker: CircuitBreaker::new(settings.breaker, Arc::clone(&clock), counters.clone()),
             deny_cache: settings.deny_cache_max_keys.map(DenyCache::new),
-            local: MemoryStore::new(Arc::clone(&clock)),
+            local: MemoryStore::bounded(Arc::clone(&clock), settings.local_max_keys, "local"),
             live_replicas: AtomicU64::new(1),
             replica_id: new_replica_id(),
+            invalid_reply_log: LogThrottle::new(INVALID_REPLY_LOG_EVERY),
             settings,
             clock,
             counters,
@@ -97,7 +104,9 @@ impl Failover {
     }
 
     /// Decides one validated check: from the deny cache, the store, or the
-    /// policy's failure mode, in that order.
+    /// policy's failure mode, in that order. `generation` is that of the
+    /// limiter snapshot the check started on: the deny cache answers only
+    /// denials judged under the same one.
     ///
     /// # Errors
     /// The store's error (or [`StoreError::CircuitOpen`]) when the store could
@@ -108,9 +117,10 @@ impl Failover {
         policy: &Policy,
         key: LimiterKey<'_>,
         cost: u64,
+        generation: u64,
     ) -> Result<Decision, StoreError> {
         if let Some(cache) = &self.deny_cache
-            && let Some(outcome) = cache.lookup(policy, key, cost, self.clock.now())
+            && let Some(outcome) = cache.lookup(policy, key, cost, self.clock.now(), generation)
         {
             bump(&self.counters.deny_cache_hits);
             return Ok(Decision::from_outcome(outcome, policy.limit()));
@@ -120,21 +130,24 @@ impl Failover {
         };
         match store.check(policy, key, cost).await {
             Ok(outcome) => {
-                let closed_again = permit.succeeded() == Some(BreakerState::Closed);
-                if let Some(cache) = &self.deny_cache {
-                    if closed_again {
-                        // The store may have lost its state in the outage (a
-                        // restart): denials remembered before it may not hold.
-                        cache.clear();
-                    }
-                    if !outcome.allowed
-                        && cache.remember(policy, key, cost, &outcome, self.clock.now())
-                            == Remembered::Full
-                    {
-                        bump(&self.counters.deny_cache_full);
-                    }
+                self.succeeded(permit);
+                if let Some(cache) = &self.deny_cache
+                    && !outcome.allowed
+                    && cache.remember(policy, key, cost, &outcome, self.clock.now(), generation)
+                        == Remembered::Full
+                {
+                    bump(&self.counters.deny_cache_full);
                 }
                 Ok(Decision::from_outcome(outcome, policy.limit()))
+            }
+            Err(error @ StoreError::InvalidReply(_)) => {
+                // The store answered, so it is up: this is a bug (in a
+                // script, or in how its reply is read), and it belongs to
+                // this key. Counted as a failure it could open the breaker
+                // for every key of the replica.
+                self.succeeded(permit);
+                self.invalid_reply(policy, &error);
+                self.fall_back(policy, key, cost, error)
             }
             Err(error) => {
                 if matches!(error, StoreError::Timeout { .. }) {
@@ -143,6 +156,52 @@ impl Failover {
                 let _ = permit.failed();
                 self.fall_back(policy, key, cost, error)
             }
+        }
+    }
+
+    /// Reports a call the store answered; when that closes the breaker,
+    /// forgets the denials remembered before the outage (the store may have
+    /// lost its state in it, a restart).
+    fn succeeded(&self, permit: Permit<'_>) {
+        if permit.succeeded() == Some(BreakerState::Closed)
+            && let Some(cache) = &self.deny_cache
+        {
+            cache.clear();
+        }
+    }
+
+    /// Counts a reply the store gave that cannot be read, and logs it at
+    /// error, at most once per [`INVALID_REPLY_LOG_EVERY`] with the number
+    /// left unlogged: a bug on a hot key would otherwise log thousands of
+    /// lines a second. The metric counts every one.
+    fn invalid_reply(&self, policy: &Policy, error: &StoreError) {
+        bump(&self.counters.invalid_replies);
+        if let Some(unlogged) = self.invalid_reply_log.allow(self.clock.now()) {
+            tracing::error!(
+                policy = policy.name().as_str(),
+                algorithm = policy.algorithm().as_str(),
+                %error,
+                unlogged_since_last = unlogged,
+                "the store's reply to a check cannot be read; answered by the policy's failure mode (a bug, not an outage: the breaker ignores it)"
+            );
+        }
+    }
+
+    /// With the breaker probing (open past its cool-down, or half-open), a
+    /// probe for readiness's own round-trip to the store; report its result
+    /// with [`Failover::readiness_probed`]. A replica a load balancer took
+    /// out of rotation gets no checks to probe with: without this, its
+    /// breaker, and so its readiness, would wait for traffic that is not sent.
+    pub fn readiness_probe(&self) -> Option<Permit<'_>> {
+        self.breaker.try_probe_for_readiness()
+    }
+
+    /// The result of a readiness probe: whether the store answered it.
+    pub fn readiness_probed(&self, permit: Permit<'_>, answered: bool) {
+        if answered {
+            self.succeeded(permit);
+        } else {
+            let _ = permit.failed();
         }
     }
 
@@ -230,6 +289,11 @@ impl Failover {
             cache.sweep(self.clock.now());
         }
         self.local.evict_idle();
+    }
+
+    /// The `local` mode's in-process limiter: size, bound, evictions.
+    pub fn local_stats(&self) -> MemoryStats {
+        self.local.stats()
     }
 
     /// The circuit breaker's state now.

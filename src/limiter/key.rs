@@ -1,4 +1,10 @@
 //! The limiter key: what a policy counts per (a user, a tenant, an address), bounded so it cannot bloat the store.
+//!
+//! A key is 1 to [`MAX_KEY_LEN`] bytes of UTF-8 without control characters
+//! (U+0000 to U+001F and U+007F). Keys become Redis key names, log-safe
+//! lengths and in-process map keys joined with NUL (see
+//! [`with_composite_key`]); a NUL, a newline or an escape sequence in a key
+//! is never a user id, only a way to confuse whatever reads it next.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -13,6 +19,11 @@ pub enum KeyError {
     Empty,
     #[error("key is {len} bytes long; the maximum is {MAX_KEY_LEN}")]
     TooLong { len: usize },
+    /// The byte is a C0 control character or DEL; `at` is its byte offset.
+    #[error(
+        "key contains the control character 0x{byte:02X} at byte {at}; keys must not contain U+0000 to U+001F or U+007F"
+    )]
+    ControlCharacter { byte: u8, at: usize },
 }
 
 /// A validated key, borrowed from the request: validation allocates nothing.
@@ -29,13 +40,23 @@ pub struct LimiterKey<'a> {
 
 impl<'a> LimiterKey<'a> {
     /// # Errors
-    /// When the key is empty or longer than [`MAX_KEY_LEN`] bytes.
+    /// When the key is empty, longer than [`MAX_KEY_LEN`] bytes, or holds a
+    /// control character (C0 or DEL).
     pub fn parse(key: &'a str) -> Result<Self, KeyError> {
         match key.len() {
-            0 => Err(KeyError::Empty),
-            len if len > MAX_KEY_LEN => Err(KeyError::TooLong { len }),
-            _ => Ok(Self { key, tenant: None }),
+            0 => return Err(KeyError::Empty),
+            len if len > MAX_KEY_LEN => return Err(KeyError::TooLong { len }),
+            _ => {}
         }
+        // Bytes, not chars: every byte of a multi-byte UTF-8 sequence is
+        // 0x80 or above, so this finds exactly the control characters.
+        if let Some(at) = key.bytes().position(|byte| byte < 0x20 || byte == 0x7F) {
+            return Err(KeyError::ControlCharacter {
+                byte: key.as_bytes()[at],
+                at,
+            });
+        }
+        Ok(Self { key, tenant: None })
     }
 
     /// The same key, counted for `tenant` only (a validated tenant name:
@@ -74,9 +95,9 @@ thread_local! {
 }
 
 /// Runs `f` on `parts` joined by NUL, built in a per-thread buffer that is
-/// reused from call to call. Policy names, algorithm names and keys parsed
-/// here cannot make two different part lists join to the same string as long
-/// as every part but the last is free of NUL (policy and algorithm names are).
+/// reused from call to call. Policy names, algorithm names, tenant names and
+/// keys parsed here hold no NUL, so two different part lists never join to
+/// the same string.
 ///
 /// Re-entrant calls (from inside `f`) get a fresh buffer rather than a panic.
 pub(crate) fn with_composite_key<R>(parts: &[&str], f: impl FnOnce(&str) -> R) -> R {
@@ -115,6 +136,37 @@ mod tests {
             LimiterKey::parse(&"€".repeat(86)),
             Err(KeyError::TooLong { len: 258 })
         );
+    }
+
+    #[test]
+    fn control_characters_are_refused_wherever_they_are_and_other_text_is_not() {
+        for byte in (0u8..0x20).chain([0x7F]) {
+            let control = char::from(byte);
+            for (key, at) in [
+                (format!("{control}"), 0),
+                (format!("user{control}"), 4),
+                (format!("a{control}b{control}"), 1),
+            ] {
+                assert_eq!(
+                    LimiterKey::parse(&key),
+                    Err(KeyError::ControlCharacter { byte, at }),
+                    "{key:?}"
+                );
+            }
+        }
+        for key in [
+            "user@example.com",
+            "ü",
+            "日本",
+            "🦀",
+            "a b",
+            "~!\\\"{}",
+            "\u{80}",
+        ] {
+            assert!(LimiterKey::parse(key).is_ok(), "{key:?}");
+        }
+        let message = LimiterKey::parse("a\0b").unwrap_err().to_string();
+        assert!(message.contains("0x00 at byte 1"), "{message}");
     }
 
     #[test]

@@ -73,6 +73,12 @@ pub trait Store: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// For a store that keeps its state in this process: its size, bound and
+    /// evictions, read when metrics are scraped.
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        None
+    }
+
     /// Records that `replica` is alive and returns how many replicas share
     /// this store: those that recorded themselves within `stale_after`,
     /// judged by the store's clock. A store private to one process answers 1.
@@ -167,6 +173,20 @@ pub struct PoolStats {
     pub opened_total: u64,
     /// Connections dropped because a command failed at the connection level.
     pub closed_broken_total: u64,
+}
+
+/// An in-process store (the embedded one, or the `local` failure mode's) as
+/// metrics see it: its size now, its bound, and what it forgot to stay within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// `embedded` or `local`.
+    pub name: &'static str,
+    pub keys: u64,
+    pub max_keys: u64,
+    /// Idle keys removed to make room (lossless), since start.
+    pub evicted_idle: u64,
+    /// Keys still counting removed to make room (each may be admitted early), since start.
+    pub evicted_active: u64,
 }
 
 /// Why a check could not be decided.
@@ -275,8 +295,8 @@ pub struct Limiter<S> {
 pub struct LimiterHealth {
     /// The replica answers every check as its configuration says it should.
     pub ready: bool,
-    /// The shared store cannot decide now (its breaker is open, or it did not
-    /// answer readiness's probe): checks go to their failure modes.
+    /// The shared store cannot decide now (its breaker is open or half-open,
+    /// or it did not answer readiness's probe): checks go to their failure modes.
     pub degraded: bool,
     pub policies: usize,
     pub store: StoreHealth,
@@ -294,6 +314,10 @@ struct Snapshot {
     /// forward-auth holds itself.
     rules: Option<Arc<rules::Rules>>,
     sync: SyncState,
+    /// One more than the snapshot it replaced (0 for the first). Not the
+    /// catalog version, which config policies lack: what the deny cache
+    /// needs is "judged under these very limits".
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -309,6 +333,7 @@ impl Snapshot {
         stored_rules: &[rules::StoredRule],
         sync: SyncState,
         metrics: &PolicyMetricsSource,
+        generation: u64,
     ) -> Self {
         let entries = policies
             .iter_sorted()
@@ -334,6 +359,7 @@ impl Snapshot {
             tenants,
             rules,
             sync,
+            generation,
         }
     }
 }
@@ -368,7 +394,7 @@ impl<S: Store> Limiter<S> {
     fn with_snapshot(policies: PolicySet, sync: SyncState, store: S, metrics: &Metrics) -> Self {
         let policy_metrics = metrics.policy_source();
         policy_metrics.set_loaded(policies.len());
-        let snapshot = Snapshot::build(policies, &[], &[], sync, &policy_metrics);
+        let snapshot = Snapshot::build(policies, &[], &[], sync, &policy_metrics, 0);
         let store_errors = metrics.store_errors(store.kind());
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -434,6 +460,7 @@ impl<S: Store> Limiter<S> {
             &update.rules,
             sync,
             &self.policy_metrics,
+            previous.generation.wrapping_add(1),
         );
         for name in previous.entries.keys() {
             if !next.entries.contains_key(name) {
@@ -454,7 +481,9 @@ impl<S: Store> Limiter<S> {
         }
         self.snapshot.store(Arc::new(next));
         // A remembered denial was judged under the old limits: a raised limit
-        // must admit at once, not after the old retry time.
+        // must admit at once, not after the old retry time. Clearing frees
+        // the memory; what keeps a check still in flight on the old snapshot
+        // from putting its denial back is the generation each entry carries.
         if let Some(cache) = self.failover.as_ref().and_then(Failover::deny_cache) {
             cache.clear();
         }
@@ -540,7 +569,11 @@ impl<S: Store> Limiter<S> {
         let started = Instant::now();
         let decided = async {
             match &self.failover {
-                Some(failover) => failover.decide(&self.store, &policy, key, cost).await,
+                Some(failover) => {
+                    failover
+                        .decide(&self.store, &policy, key, cost, snapshot.generation)
+                        .await
+                }
                 None => self
                     .store
                     .check(&policy, key, cost)
@@ -597,6 +630,16 @@ impl<S: Store> Limiter<S> {
         self.failover.as_ref()
     }
 
+    /// The in-process stores' sizes and evictions: the embedded store's, and
+    /// the `local` failure mode's when there is a shared store.
+    pub fn memory_stats(&self) -> Vec<MemoryStats> {
+        self.store
+            .memory_stats()
+            .into_iter()
+            .chain(self.failover.as_ref().map(Failover::local_stats))
+            .collect()
+    }
+
     /// One heartbeat to the shared store (nothing without one).
     pub async fn heartbeat(&self) {
         if let Some(failover) = &self.failover {
@@ -606,12 +649,29 @@ impl<S: Store> Limiter<S> {
 
     /// Readiness. `ready` means: the policies are loaded (from the file: at
     /// least one; from the catalog: loaded once, even empty), and either the
-    /// shared store can decide (it answered a probe and its breaker is not
-    /// open), or no policy fails closed, so every check still gets the answer
-    /// its configuration asks for (`open` admits, `local` decides locally).
+    /// shared store can decide (it answered a probe and its breaker is
+    /// closed: open and half-open both send checks to their failure modes),
+    /// or no policy fails closed, so every check still gets the answer its
+    /// configuration asks for (`open` admits, `local` decides locally).
     /// A replica whose `closed` policies would answer 503 is not ready.
+    ///
+    /// While the breaker is probing, the store's health round-trip is one of
+    /// its probes (see [`Failover::readiness_probe`]): a replica taken out of
+    /// rotation still finds out that the store is back.
     pub async fn health(&self) -> LimiterHealth {
-        self.health_given(self.store.health().await)
+        self.health_given(self.probe_store().await)
+    }
+
+    /// One health round-trip to the store, as the background readiness probe
+    /// makes it (see [`crate::probe`]). While the breaker is probing, the
+    /// round-trip is one of its probes (see [`Failover::readiness_probe`]).
+    pub async fn probe_store(&self) -> StoreHealth {
+        let probe = self.failover.as_ref().and_then(Failover::readiness_probe);
+        let store = self.store.health().await;
+        if let (Some(failover), Some(probe)) = (&self.failover, probe) {
+            failover.readiness_probed(probe, store.ok);
+        }
+        store
     }
 
     /// As [`Limiter::health`], with the store's health as a probe made
@@ -624,10 +684,10 @@ impl<S: Store> Limiter<S> {
             .failover
             .as_ref()
             .map(|failover| failover.health(&snapshot.policies));
-        let breaker_open = failover
+        let breaker_not_closed = failover
             .as_ref()
-            .is_some_and(|failover| failover.breaker.state == BreakerState::Open);
-        let degraded = !store.ok || breaker_open;
+            .is_some_and(|failover| failover.breaker.state != BreakerState::Closed);
+        let degraded = !store.ok || breaker_not_closed;
         let no_policy_fails_closed = snapshot
             .policies
             .iter_sorted()
@@ -711,6 +771,7 @@ mod tests {
             default_mode: FailureMode::Closed,
             breaker: BreakerSettings::default(),
             deny_cache_max_keys: Some(100),
+            local_max_keys: 1000,
             heartbeat_interval: Duration::from_secs(1),
         };
         let metrics = Metrics::new("memory", 1);
@@ -773,5 +834,345 @@ mod tests {
         assert_eq!(counters.deny_cache_hits(), 1);
         clock.advance(Duration::from_millis(1));
         assert!(check_now(&limiter, "k", None).allowed);
+    }
+}
+
+/// A store double for the limiter's own tests: decides in memory, and for
+/// keys a test names either answers a reply the store cannot read or holds
+/// the answer until the test releases it.
+#[cfg(test)]
+mod scripted {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use tokio::sync::{Notify, Semaphore};
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    pub struct ScriptedStore {
+        pub memory: MemoryStore,
+        /// While set, every check fails as an unreachable store would, and health says so.
+        pub down: std::sync::atomic::AtomicBool,
+        /// Keys whose every check gets [`StoreError::InvalidReply`].
+        pub invalid: Mutex<HashSet<String>>,
+        /// A key whose next check is decided, then held until the gate has a permit.
+        held: Mutex<Option<(String, Arc<Semaphore>)>>,
+        /// Notified each time a held check has been decided and waits at the gate.
+        pub reached_gate: Notify,
+    }
+
+    impl ScriptedStore {
+        pub fn new(clock: &FakeClock) -> Self {
+            Self {
+                memory: MemoryStore::new(Arc::new(clock.clone())),
+                down: std::sync::atomic::AtomicBool::new(false),
+                invalid: Mutex::default(),
+                held: Mutex::default(),
+                reached_gate: Notify::new(),
+            }
+        }
+
+        /// The next check of `key` waits after being decided until the returned gate gets a permit.
+        pub fn hold(&self, key: &str) -> Arc<Semaphore> {
+            let gate = Arc::new(Semaphore::new(0));
+            *self.held.lock().unwrap() = Some((key.to_owned(), Arc::clone(&gate)));
+            gate
+        }
+    }
+
+    impl Store for ScriptedStore {
+        async fn check(
+            &self,
+            policy: &Policy,
+            key: LimiterKey<'_>,
+            cost: u64,
+        ) -> Result<Outcome, StoreError> {
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            if self.invalid.lock().unwrap().contains(key.as_str()) {
+                return Err(StoreError::InvalidReply("negative value -1".into()));
+            }
+            let outcome = self.memory.decide(policy, key, cost);
+            let gate = {
+                let mut held = self.held.lock().unwrap();
+                match held.take() {
+                    Some((held_key, gate)) if held_key == key.as_str() => Some(gate),
+                    other => {
+                        *held = other;
+                        None
+                    }
+                }
+            };
+            if let Some(gate) = gate {
+                self.reached_gate.notify_one();
+                gate.acquire().await.unwrap().forget();
+            }
+            Ok(outcome)
+        }
+
+        async fn health(&self) -> StoreHealth {
+            StoreHealth {
+                ok: !self.down.load(std::sync::atomic::Ordering::Relaxed),
+                ..self.memory.health().await
+            }
+        }
+
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+
+        async fn heartbeat(&self, _: &str, _: Duration) -> Result<u64, StoreError> {
+            Ok(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::scripted::ScriptedStore;
+    use super::*;
+
+    fn policy(limit: u64, mode: FailureMode) -> Policy {
+        Policy::new(
+            PolicyName::parse("p").unwrap(),
+            Algorithm::SlidingLog,
+            limit,
+            Window::parse("10s").unwrap(),
+            1,
+        )
+        .unwrap()
+        .with_failure_mode(mode)
+    }
+
+    fn settings() -> FailoverSettings {
+        FailoverSettings {
+            default_mode: FailureMode::Closed,
+            breaker: BreakerSettings::default(),
+            deny_cache_max_keys: Some(100),
+            local_max_keys: 1000,
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// A limiter on the scripted store with config policies `p` (fails
+    /// closed) and `lenient` (fails open), both sliding_log 3 per 10 s.
+    fn scripted_limiter() -> (Limiter<ScriptedStore>, FakeClock) {
+        let clock = FakeClock::default();
+        let lenient = Policy::new(
+            PolicyName::parse("lenient").unwrap(),
+            Algorithm::Gcra,
+            3,
+            Window::parse("10s").unwrap(),
+            1,
+        )
+        .unwrap()
+        .with_failure_mode(FailureMode::Open);
+        let metrics = Metrics::new("scripted", 2);
+        let limiter = Limiter::new(
+            PolicySet::new([policy(3, FailureMode::Closed), lenient]).unwrap(),
+            ScriptedStore::new(&clock),
+            &metrics,
+        )
+        .with_failover(Failover::new(settings(), Arc::new(clock.clone())));
+        (limiter, clock)
+    }
+
+    fn check_now(
+        limiter: &Limiter<ScriptedStore>,
+        policy: &str,
+        key: &str,
+    ) -> Result<Checked, CheckError> {
+        use futures_util::FutureExt;
+        limiter
+            .check(policy, key, None)
+            .now_or_never()
+            .expect("the scripted store answers at once")
+    }
+
+    /// Every event logged while `f` runs on this thread: level and fields.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, Vec<(tracing::Level, String)>) {
+        use std::fmt::Write;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Clone, Default)]
+        struct Capture(Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>);
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                let _ = write!(self.0, "{}={:?} ", field.name(), value);
+            }
+        }
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let mut fields = Fields(String::new());
+                event.record(&mut fields);
+                let level = *event.metadata().level();
+                self.0.lock().unwrap().push((level, fields.0));
+            }
+        }
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(capture.clone());
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let events = capture.0.lock().unwrap().clone();
+        (result, events)
+    }
+
+    #[test]
+    fn an_unreadable_reply_is_answered_by_the_failure_mode_logged_counted_and_never_opens_the_breaker()
+     {
+        let (limiter, _clock) = scripted_limiter();
+        limiter.store().invalid.lock().unwrap().insert("bad".into());
+        let (results, events) = logged(|| {
+            (0..100)
+                .map(|_| {
+                    (
+                        check_now(&limiter, "p", "bad"),
+                        check_now(&limiter, "lenient", "bad"),
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        for (closed, open) in results {
+            // `closed`: 503, with the error kind the metric counts.
+            let error = closed.unwrap_err();
+            assert_eq!(error.kind(), "invalid_reply", "{error}");
+            // `open`: admitted, marked as not decided by the store.
+            let open = open.unwrap().decision;
+            assert!(open.allowed);
+            assert_eq!(open.fallback, Some(FailureMode::Open));
+        }
+        let failover = limiter.failover().unwrap();
+        let counters = failover.counters();
+        assert_eq!(
+            failover.breaker_state(),
+            BreakerState::Closed,
+            "200 in a row"
+        );
+        assert_eq!(counters.invalid_replies(), 200);
+        assert_eq!(counters.store_failures(), 0);
+        assert_eq!(counters.breaker_opened(), 0);
+        assert_eq!((counters.fail_closed(), counters.fail_open()), (100, 100));
+        // Other keys are decided by the store as ever.
+        for _ in 0..3 {
+            assert!(check_now(&limiter, "p", "good").unwrap().decision.allowed);
+        }
+        assert!(!check_now(&limiter, "p", "good").unwrap().decision.allowed);
+        // One error line (the rest held back), naming policy and algorithm.
+        let errors: Vec<_> = events
+            .iter()
+            .filter(|(level, _)| *level == tracing::Level::ERROR)
+            .collect();
+        assert_eq!(errors.len(), 1, "{events:?}");
+        let line = &errors[0].1;
+        for field in [
+            "policy=\"p\"",
+            "algorithm=\"sliding_log\"",
+            "negative value -1",
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+        assert!(
+            !line.contains("bad"),
+            "the key stays out of the log: {line}"
+        );
+    }
+
+    #[test]
+    fn half_open_is_degraded_and_readiness_probes_close_the_breaker_without_any_check() {
+        let (limiter, clock) = scripted_limiter();
+        let store = limiter.store();
+        store.down.store(true, std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..5 {
+            assert!(check_now(&limiter, "p", "k").is_err());
+        }
+        let health = || {
+            use futures_util::FutureExt;
+            limiter.health().now_or_never().unwrap()
+        };
+        let breaker = |health: &LimiterHealth| health.failover.as_ref().unwrap().breaker.state;
+        let open = health();
+        assert_eq!(breaker(&open), BreakerState::Open);
+        assert!(
+            open.degraded && !open.ready,
+            "a closed policy would answer 503"
+        );
+
+        // The store is back and the cool-down over, but no check arrives (a
+        // load balancer stopped routing here): readiness itself probes.
+        store
+            .down
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        clock.advance(Duration::from_secs(1));
+        for probe in 1..3 {
+            let probing = health();
+            assert_eq!(breaker(&probing), BreakerState::HalfOpen, "probe {probe}");
+            assert!(
+                probing.degraded,
+                "half-open still answers most checks by failure mode"
+            );
+            assert!(!probing.ready);
+        }
+        let closed = health();
+        assert_eq!(breaker(&closed), BreakerState::Closed);
+        assert!(closed.ready && !closed.degraded);
+        assert!(check_now(&limiter, "p", "k").unwrap().decision.allowed);
+        let counters = limiter.failover().unwrap().counters();
+        assert_eq!(counters.store_calls(), 6, "readiness probes are not checks");
+    }
+
+    fn catalog(version: i64, limit: u64) -> CatalogUpdate {
+        CatalogUpdate {
+            policies: PolicySet::new([policy(limit, FailureMode::Closed)]).unwrap(),
+            keys: Vec::new(),
+            rules: Vec::new(),
+            version,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_denial_from_a_check_begun_before_a_limit_was_raised_is_not_answered_after_it() {
+        let clock = FakeClock::default();
+        let metrics = Metrics::new("scripted", 0);
+        let limiter = Arc::new(
+            Limiter::awaiting_catalog(ScriptedStore::new(&clock), &metrics)
+                .with_failover(Failover::new(settings(), Arc::new(clock.clone()))),
+        );
+        limiter.replace(catalog(1, 1));
+        assert!(
+            limiter
+                .check("p", "k", None)
+                .await
+                .unwrap()
+                .decision
+                .allowed
+        );
+
+        // The store denies the next check under limit 1, but its answer is
+        // still on the way when the catalog raises the limit to 5.
+        let gate = limiter.store().hold("k");
+        let in_flight = tokio::spawn({
+            let limiter = Arc::clone(&limiter);
+            async move { limiter.check("p", "k", None).await }
+        });
+        limiter.store().reached_gate.notified().await;
+        limiter.replace(catalog(2, 5));
+        gate.add_permits(1);
+        let stale = in_flight.await.unwrap().unwrap();
+        assert!(!stale.decision.allowed, "judged under the old limit");
+        assert_eq!(stale.decision.limit, 1);
+
+        // The next check is judged under the raised limit: admitted, by the store.
+        let next = limiter.check("p", "k", None).await.unwrap();
+        assert!(next.decision.allowed, "{:?}", next.decision);
+        assert_eq!(next.decision.limit, 5);
+        let counters = limiter.failover().unwrap().counters();
+        assert_eq!(counters.deny_cache_hits(), 0);
+        assert_eq!(counters.store_calls(), 3);
     }
 }

@@ -8,7 +8,9 @@ pub use self::redis::{RedisOptions, RedisStore, RedisTls, TlsError};
 
 use std::time::Duration;
 
-use crate::limiter::{LimiterKey, Outcome, Policy, PoolStats, Store, StoreError, StoreHealth};
+use crate::limiter::{
+    LimiterKey, MemoryStats, Outcome, Policy, PoolStats, Store, StoreError, StoreHealth,
+};
 
 /// The store a replica runs on, chosen by configuration at start-up.
 ///
@@ -52,6 +54,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(store) => store.pools(),
             AnyStore::Redis(store) => store.pools(),
+        }
+    }
+
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        match self {
+            AnyStore::Memory(store) => store.memory_stats(),
+            AnyStore::Redis(store) => store.memory_stats(),
         }
     }
 

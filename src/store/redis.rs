@@ -411,6 +411,10 @@ impl RedisStore {
                 self.misconfiguration.report(&problem);
                 Err(StoreError::Misconfigured(problem))
             }
+            // Redis answered, about this one call: not an outage.
+            Ok(Err(error)) if is_unreadable_reply(&error) => {
+                Err(StoreError::InvalidReply(describe(&error)))
+            }
             Ok(Err(error)) => {
                 if error.is_unrecoverable_error() || error.is_connection_dropped() {
                     self.generation.fetch_max(generation + 1, Ordering::AcqRel);
@@ -436,6 +440,26 @@ fn is_cluster_reply(error: &RedisError) -> bool {
                 | ServerErrorKind::TryAgain
         )
     )
+}
+
+/// Whether Redis answered, but with something that concerns this one call
+/// only: a reply of another shape than the script's (a bug), or an error the
+/// script raised while it ran (a key holding another type, a Lua error),
+/// which Redis 6 and 7 both report with `user_script` in the message. Such a
+/// reply is one key's trouble (or a bug), never a sign that Redis is down, so
+/// it must not count against Redis in the breaker. Errors about the server
+/// (`OOM`, `BUSY`, `LOADING`, `READONLY`, …) are not among them.
+fn is_unreadable_reply(error: &RedisError) -> bool {
+    match error.kind() {
+        redis::ErrorKind::UnexpectedReturnType => true,
+        _ => match error.code() {
+            Some("WRONGTYPE") => true,
+            Some("ERR") => error
+                .detail()
+                .is_some_and(|detail| detail.contains("user_script")),
+            _ => false,
+        },
+    }
 }
 
 /// A Redis error as text fit for logs and readiness: kind and server message,

@@ -78,6 +78,7 @@ fn invalid_settings_name_the_field_and_the_problem() {
             "[limiter.deny_cache]\nmax_keys = 0",
             "limiter.deny_cache.max_keys",
         ),
+        ("[limiter]\nmax_keys = 0", "limiter.max_keys"),
         ("[redis.breaker]\nfailures = 0", "redis.breaker.failures"),
         (
             "[redis.breaker]\nfailure_ratio = 1.5",
@@ -194,6 +195,18 @@ fn environment_variables_override_the_file() {
     let settings = settings.unwrap();
     assert_eq!(settings.redis.pool_size, 7);
     assert_eq!(settings.server.bind, "127.0.0.1:9000");
+}
+
+#[test]
+fn limiter_max_keys_comes_from_the_environment_and_bounds_both_in_process_stores() {
+    let defaults = Settings::default();
+    assert_eq!(defaults.limiter.max_keys, 100_000);
+    assert_eq!(defaults.failover().local_max_keys, 100_000);
+    let env = [("SLIDEGATE__LIMITER__MAX_KEYS".to_owned(), "5000".to_owned())];
+    let settings = Settings::load_with_env(None, env.into_iter().collect()).unwrap();
+    settings.validate().unwrap();
+    assert_eq!(settings.limiter.max_keys, 5000);
+    assert_eq!(settings.failover().local_max_keys, 5000);
 }
 
 #[test]

@@ -1,8 +1,15 @@
 //! The deny cache on real Redis: a hot key over its limit costs no round-trips until its retry time, counted by Redis itself.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{TestApp, TestOptions, eventually, policy, spawn_app};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::fault_proxy::FaultProxy;
+use crate::helpers::{
+    TestApp, TestDatabase, TestOptions, eventually, policy, spawn_app, unique_prefix,
+};
 use crate::private_redis::PrivateRedis;
 
 /// A replica on its own Redis (so `INFO commandstats` counts only its calls),
@@ -139,4 +146,60 @@ async fn denials_cached_before_an_outage_are_answered_during_it_and_forgotten_wh
     let after = app.check("p", "hot", None).await;
     assert_eq!(after.status, 200, "{:?}", after.body);
     assert!(after.header("slidegate-fallback").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_whose_reply_arrives_after_a_limit_was_raised_does_not_deny_the_next_check() {
+    let database = TestDatabase::create().await;
+    let redis = PrivateRedis::start();
+    let proxy = FaultProxy::start(redis.port()).await;
+    let mut options = TestOptions::catalog(&database, &unique_prefix());
+    options.redis_url = Some(proxy.redis_url());
+    options.settings.limiter.heartbeat_interval = Duration::from_secs(3600);
+    // The delayed reply below must be a decision, not a timeout.
+    options.settings.redis.command_timeout = Duration::from_secs(10);
+    let app = Arc::new(spawn_app(options).await);
+    eventually(Duration::from_secs(5), "the first heartbeat", || async {
+        (app.limiter_health().await["counters"]["heartbeats"] == 1).then_some(())
+    })
+    .await;
+    let limited = |limit: u64| json!({"name": "api", "algorithm": "sliding_log", "limit": limit, "window": "1m"});
+    let created = app.admin(Method::POST, "/policies", Some(limited(1))).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(app.check("api", "k", None).await.status, 200);
+
+    // Redis denies the next check under limit 1, and its reply takes 2 s to
+    // come back: long enough to raise the limit meanwhile.
+    proxy.set_delay(Duration::from_secs(2));
+    let calls = redis.calls_of("evalsha").await;
+    let in_flight = tokio::spawn({
+        let app = Arc::clone(&app);
+        async move { app.check("api", "k", None).await }
+    });
+    eventually(
+        Duration::from_secs(5),
+        "Redis has decided the check",
+        || async { (redis.calls_of("evalsha").await > calls).then_some(()) },
+    )
+    .await;
+    let raised = app
+        .admin(Method::PUT, "/policies/api", Some(limited(5)))
+        .await;
+    assert_eq!(raised.status, 200, "{:?}", raised.body);
+    assert!(
+        !in_flight.is_finished(),
+        "the reply came back before the limit was raised: nothing was tested"
+    );
+    let stale = in_flight.await.unwrap();
+    assert_eq!(stale.status, 429, "judged under limit 1: {:?}", stale.body);
+    assert_eq!(stale.body["limit"], 1);
+
+    // That denial reached the deny cache after the swap cleared it, but it
+    // belongs to the old limits: the next check goes to Redis and is admitted.
+    proxy.set_delay(Duration::ZERO);
+    let next = app.check("api", "k", None).await;
+    assert_eq!(next.status, 200, "{:?}", next.body);
+    assert_eq!(next.body["limit"], 5);
+    assert_eq!(next.body["remaining"], 3);
+    assert_eq!(app.limiter_health().await["counters"]["deny_cache_hits"], 0);
 }

@@ -105,3 +105,68 @@ async fn a_local_policy_that_never_saw_another_replica_enforces_the_whole_limit_
         "local mode stays ready"
     );
 }
+
+#[tokio::test]
+async fn a_key_whose_state_in_redis_cannot_be_read_gets_its_failure_mode_and_never_opens_the_breaker_for_the_others()
+ {
+    let mut lenient = policy("lenient", "sliding_log", 5, "1m");
+    lenient.failure_mode = Some("open".into());
+    let options = TestOptions::redis(vec![policy("strict", "sliding_log", 5, "1m"), lenient]);
+    let prefix = options.key_prefix.clone();
+    let app = spawn_app(options).await;
+    // Something else wrote a list where each policy keeps the log of key
+    // "corrupt": every script run on that key fails with WRONGTYPE.
+    let mut redis = crate::helpers::redis_connection().await;
+    for policy in ["strict", "lenient"] {
+        let log = format!("{prefix}{{{policy}:corrupt}}:log");
+        let _: () = redis::pipe()
+            .rpush(&log, "not a log")
+            .expire(&log, 60)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+
+    for _ in 0..50 {
+        let refused = app.check("strict", "corrupt", None).await;
+        assert_eq!(refused.status, 503, "{:?}", refused.body);
+        assert_eq!(refused.body["error"], "limiter_unavailable");
+        let admitted = app.check("lenient", "corrupt", None).await;
+        assert_eq!(admitted.status, 200, "{:?}", admitted.body);
+        assert_eq!(admitted.header("slidegate-fallback"), Some("open"));
+    }
+    // Every other key is decided by Redis as before.
+    for remaining in [4, 3] {
+        let reply = app.check("strict", "healthy", None).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert!(reply.header("slidegate-fallback").is_none());
+        assert_eq!(reply.body["remaining"], remaining);
+    }
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
+    let limiter = &ready.body["checks"]["limiter"];
+    assert_eq!(limiter["degraded"], false);
+    assert_eq!(limiter["breaker"]["state"], "closed");
+    assert_eq!(limiter["counters"]["invalid_replies"], 100);
+    assert_eq!(limiter["counters"]["store_failures"], 0);
+    assert_eq!(limiter["counters"]["breaker_opened"], 0);
+
+    let samples = crate::metrics::scrape(&app.address).await;
+    let metric = |name, labels: &[(&str, &str)]| crate::metrics::value(&samples, name, labels);
+    assert_eq!(metric("slidegate_store_invalid_replies_total", &[]), 100.0);
+    assert_eq!(
+        metric(
+            "slidegate_store_errors_total",
+            &[("store", "redis"), ("kind", "invalid_reply")]
+        ),
+        50.0,
+        "the strict policy's 503s"
+    );
+    assert_eq!(
+        metric(
+            "slidegate_decisions_total",
+            &[("policy", "lenient"), ("outcome", "degraded")]
+        ),
+        50.0
+    );
+}

@@ -339,3 +339,53 @@ async fn a_flood_of_readiness_requests_takes_no_pooled_connection_from_admin_wri
         task.await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_gets_no_checks_is_ready_again_once_redis_returns_and_half_open_is_degraded()
+{
+    let mut redis = PrivateRedis::start();
+    let mut options =
+        TestOptions::redis(vec![policy("p", "sliding_log", 100, "1m")]).with_production_timeouts();
+    options.redis_url = Some(redis.url());
+    let app = spawn_app(options).await;
+    assert_eq!(app.check("p", "k", None).await.status, 200);
+
+    redis.kill();
+    for _ in 0..5 {
+        assert_eq!(app.check("p", "k", None).await.status, 503);
+    }
+    let limiter = app.limiter_health().await;
+    assert_eq!(limiter["breaker"]["state"], "open", "{limiter}");
+
+    // A load balancer stops routing to an unready replica: from here on no
+    // check arrives, and readiness alone has to find out that Redis is back.
+    redis.restart();
+    let seen_half_open = std::sync::atomic::AtomicBool::new(false);
+    let ready = eventually(Duration::from_secs(10), "ready without a check", || {
+        let (app, seen_half_open) = (&app, &seen_half_open);
+        async move {
+            let reply = app.get("/health/ready").await;
+            let limiter = &reply.body["checks"]["limiter"];
+            if limiter["breaker"]["state"] == "half_open" {
+                // Only probes reach Redis: the closed policy's other checks get 503.
+                assert_eq!(reply.status, 503, "{:?}", reply.body);
+                assert_eq!(limiter["degraded"], true);
+                seen_half_open.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            (reply.status == 200).then_some(reply)
+        }
+    })
+    .await;
+    assert!(
+        seen_half_open.into_inner(),
+        "each readiness poll is one probe of three"
+    );
+    let limiter = &ready.body["checks"]["limiter"];
+    assert_eq!(limiter["breaker"]["state"], "closed");
+    assert_eq!(limiter["degraded"], false);
+    assert_eq!(
+        limiter["counters"]["store_calls"], 6,
+        "no check since the outage"
+    );
+    assert_eq!(app.check("p", "k", None).await.status, 200);
+}

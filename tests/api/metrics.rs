@@ -353,6 +353,11 @@ async fn checks_decided_by_the_open_and_local_failure_modes_are_counted_as_degra
         value(&samples, "slidegate_store_short_circuited_total", &[]),
         1.0
     );
+    assert_eq!(
+        value(&samples, "slidegate_store_invalid_replies_total", &[]),
+        0.0,
+        "an unreachable Redis sends no reply at all"
+    );
     let errors: f64 = ["timeout", "unavailable", "invalid_reply", "circuit_open"]
         .into_iter()
         .map(|kind| {
@@ -550,5 +555,84 @@ async fn a_catalog_that_cannot_be_loaded_counts_failed_reloads_and_postgres_erro
         samples
             .iter()
             .all(|sample| sample.name != "slidegate_catalog_last_sync_timestamp_seconds")
+    );
+}
+
+#[tokio::test]
+async fn the_embedded_store_stays_within_max_keys_and_counts_what_it_forgot() {
+    let mut options = TestOptions::memory(vec![policy("p", "gcra", 5, "1h")]);
+    options.settings.limiter.max_keys = 100;
+    let app = spawn_app(options).await;
+    let before = scrape(&app.address).await;
+    let embedded = [("store", "embedded")];
+    assert_eq!(
+        value(&before, "slidegate_memory_store_max_keys", &embedded),
+        100.0
+    );
+    assert_eq!(
+        value(&before, "slidegate_memory_store_keys", &embedded),
+        0.0
+    );
+
+    for user in 0..300 {
+        let reply = app.check("p", &format!("user-{user}"), None).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    let after = scrape(&app.address).await;
+    let keys = value(&after, "slidegate_memory_store_keys", &embedded);
+    assert!((90.0..=100.0).contains(&keys), "{keys}");
+    let evicted = |state| {
+        value(
+            &after,
+            "slidegate_memory_store_evicted_total",
+            &[("store", "embedded"), ("state", state)],
+        )
+    };
+    // Nothing was idle within the hour: every key forgotten was still counting.
+    assert_eq!(evicted("idle"), 0.0);
+    assert_eq!(evicted("active"), 300.0 - keys);
+    // The newest key is held: its next check counts on from its first.
+    let reply = app.check("p", "user-299", None).await;
+    assert_eq!(reply.body["remaining"], 3);
+    // No Redis: no local failure-mode store either.
+    assert!(
+        after
+            .iter()
+            .all(|sample| sample.labels.get("store").map(String::as_str) != Some("local"))
+    );
+}
+
+#[tokio::test]
+async fn the_local_failure_modes_store_stays_within_max_keys_during_an_outage() {
+    let mut options =
+        TestOptions::redis(vec![policy("p", "gcra", 5, "1h")]).with_production_timeouts();
+    options.redis_url = Some(format!(
+        "redis://127.0.0.1:{}",
+        crate::private_redis::free_port()
+    ));
+    options.settings.limiter.failure_mode = slidegate::limiter::FailureMode::Local;
+    options.settings.limiter.max_keys = 50;
+    options.settings.redis.breaker.cool_down = Duration::from_secs(60);
+    let app = spawn_app(options).await;
+    for user in 0..120 {
+        let reply = app.check("p", &format!("user-{user}"), None).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.header("slidegate-fallback"), Some("local"));
+    }
+    let samples = scrape(&app.address).await;
+    let local = [("store", "local")];
+    assert_eq!(
+        value(&samples, "slidegate_memory_store_max_keys", &local),
+        50.0
+    );
+    let keys = value(&samples, "slidegate_memory_store_keys", &local);
+    assert!((45.0..=50.0).contains(&keys), "{keys}");
+    assert_eq!(
+        value(
+            &samples,
+            "slidegate_memory_store_evicted_total",
+            &[("store", "local"), ("state", "active")]
+        ),
+        120.0 - keys
     );
 }
