@@ -26,7 +26,10 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::catalog::CatalogStats;
-use crate::limiter::{BreakerState, Decision, Failover, MemoryStats, PoolStats, SyncState};
+use crate::limiter::{
+    BreakerState, Decision, Failover, MemoryStats, Observer, PolicyRecorder, PoolStats, StoreError,
+    StoreErrorRecorder, SyncState,
+};
 use crate::telemetry::{self, SpanExportStats};
 
 /// `Content-Type` of [`Metrics::render`]'s output: the Prometheus text format 0.0.4.
@@ -141,9 +144,12 @@ impl Metrics {
         self.policies.policy(name)
     }
 
-    /// What the limiter keeps to create (and drop) per-policy handles when policies change.
-    pub fn policy_source(&self) -> PolicyMetricsSource {
-        self.policies.clone()
+    /// What the limiter reports to: these series, through the core's [`Observer`].
+    pub fn observer(&self) -> Arc<dyn Observer> {
+        Arc::new(MetricsObserver {
+            policies: self.policies.clone(),
+            store_errors: self.store_errors.clone(),
+        })
     }
 
     /// Counts one request refused for its credential; `endpoint` is `"admin"` or `"check"`.
@@ -151,21 +157,6 @@ impl Metrics {
         self.auth_failures
             .get_or_create(&AuthLabels { endpoint })
             .inc();
-    }
-
-    /// The error counters of one store.
-    pub fn store_errors(&self, store: &'static str) -> StoreErrorMetrics {
-        let kind = |kind| {
-            self.store_errors
-                .get_or_create_owned(&StoreErrorLabels { store, kind })
-        };
-        StoreErrorMetrics {
-            timeout: kind("timeout"),
-            unavailable: kind("unavailable"),
-            invalid_reply: kind("invalid_reply"),
-            misconfigured: kind("misconfigured"),
-            circuit_open: kind("circuit_open"),
-        }
     }
 
     /// Everything in the Prometheus text format: the registry, then the
@@ -504,6 +495,42 @@ fn register_spans(registry: &mut Registry, spans: SpanExportStats) {
 /// Every `outcome` label of `slidegate_decisions_total`; see [`PolicyMetrics::record`].
 const OUTCOMES: [&str; 4] = ["allowed", "denied", "shadow", "degraded"];
 
+/// The limiter's [`Observer`]: handles into this registry's families,
+/// resolved once per policy and per store, so recording touches only atomics.
+#[derive(Debug)]
+struct MetricsObserver {
+    policies: PolicyMetricsSource,
+    store_errors: Family<StoreErrorLabels, Counter>,
+}
+
+impl Observer for MetricsObserver {
+    fn policy(&self, name: &str) -> Arc<dyn PolicyRecorder> {
+        Arc::new(self.policies.policy(name))
+    }
+
+    fn policy_removed(&self, name: &str) {
+        self.policies.forget(name);
+    }
+
+    fn policies_loaded(&self, count: usize) {
+        self.policies.set_loaded(count);
+    }
+
+    fn store_errors(&self, store: &'static str) -> Arc<dyn StoreErrorRecorder> {
+        let kind = |kind| {
+            self.store_errors
+                .get_or_create_owned(&StoreErrorLabels { store, kind })
+        };
+        Arc::new(StoreErrorMetrics {
+            timeout: kind("timeout"),
+            unavailable: kind("unavailable"),
+            invalid_reply: kind("invalid_reply"),
+            misconfigured: kind("misconfigured"),
+            circuit_open: kind("circuit_open"),
+        })
+    }
+}
+
 /// The per-policy series, shared with the limiter so that a policy created at
 /// run time gets its handles and a deleted one loses its series.
 #[derive(Clone, Debug)]
@@ -564,6 +591,12 @@ pub struct PolicyMetrics {
     latency: LatencyHistogram,
 }
 
+impl PolicyRecorder for PolicyMetrics {
+    fn decided(&self, decision: &Decision, shadow: bool, elapsed: Duration) {
+        self.record(decision, shadow, elapsed);
+    }
+}
+
 impl PolicyMetrics {
     /// Counts one decision under exactly one outcome, and how long it took.
     ///
@@ -597,6 +630,18 @@ pub struct StoreErrorMetrics {
     invalid_reply: Counter,
     misconfigured: Counter,
     circuit_open: Counter,
+}
+
+impl StoreErrorRecorder for StoreErrorMetrics {
+    fn failed(&self, error: &StoreError) {
+        match error {
+            StoreError::Timeout { .. } => self.timeout(),
+            StoreError::Unavailable(_) => self.unavailable(),
+            StoreError::InvalidReply(_) => self.invalid_reply(),
+            StoreError::Misconfigured(_) => self.misconfigured(),
+            StoreError::CircuitOpen => self.circuit_open(),
+        }
+    }
 }
 
 impl StoreErrorMetrics {

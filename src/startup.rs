@@ -103,11 +103,11 @@ impl Application {
         let metrics = Metrics::new(store_kind, policies.len());
         let (limiter, catalog, loaded) = match catalog {
             Some((catalog, loaded)) => (
-                Limiter::awaiting_catalog(store, &metrics),
+                Limiter::awaiting_catalog(store, metrics.observer()),
                 Some(catalog),
                 loaded,
             ),
-            None => (Limiter::new(policies, store, &metrics), None, None),
+            None => (Limiter::new(policies, store, metrics.observer()), None, None),
         };
         // Failover first: a catalog loaded into the limiter takes its default failure mode.
         let limiter = match failover {

@@ -16,6 +16,7 @@ pub mod decision;
 pub mod deny_cache;
 pub mod failover;
 pub mod key;
+pub mod observe;
 pub mod policy;
 pub mod rules;
 pub mod tenant;
@@ -30,7 +31,6 @@ use serde::Serialize;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::metrics::{Metrics, PolicyMetrics, PolicyMetricsSource, StoreErrorMetrics};
 
 pub use breaker::{BreakerSettings, BreakerState};
 pub use clock::{Clock, FakeClock, Micros, MonotonicClock, SystemClock};
@@ -38,6 +38,7 @@ pub use counters::{CountersSnapshot, FailureCounters};
 pub use decision::{Decision, Outcome};
 pub use failover::{Failover, FailoverHealth, FailoverSettings};
 pub use key::{KeyError, LimiterKey};
+pub use observe::{Observer, PolicyRecorder, StoreErrorRecorder, Unobserved, unobserved};
 pub use policy::{Algorithm, FailureMode, Policy, PolicyError, PolicyName, PolicySet, Window};
 pub use tenant::{ApiKeyDigest, InvalidTenant, TenantKey, TenantName};
 
@@ -280,8 +281,8 @@ pub struct CatalogUpdate {
 pub struct Limiter<S> {
     snapshot: ArcSwap<Snapshot>,
     store: S,
-    store_errors: StoreErrorMetrics,
-    policy_metrics: PolicyMetricsSource,
+    store_errors: Arc<dyn StoreErrorRecorder>,
+    observer: Arc<dyn Observer>,
     /// Failure handling, for a store shared with other replicas (Redis). The
     /// embedded store cannot fail and has none.
     failover: Option<Failover>,
@@ -306,7 +307,7 @@ pub struct LimiterHealth {
 #[derive(Debug)]
 struct Snapshot {
     policies: PolicySet,
-    /// The same policies with their metric handles, so one lookup per check finds both.
+    /// The same policies with their recorders, so one lookup per check finds both.
     entries: HashMap<Box<str>, Entry>,
     tenants: HashMap<ApiKeyDigest, Arc<Tenant>>,
     /// Forward-auth's rules when the policies come from the catalog (joined
@@ -323,7 +324,7 @@ struct Snapshot {
 #[derive(Debug)]
 struct Entry {
     policy: Arc<Policy>,
-    metrics: PolicyMetrics,
+    recorder: Arc<dyn PolicyRecorder>,
 }
 
 impl Snapshot {
@@ -332,7 +333,7 @@ impl Snapshot {
         keys: &[TenantKey],
         stored_rules: &[rules::StoredRule],
         sync: SyncState,
-        metrics: &PolicyMetricsSource,
+        observer: &dyn Observer,
         generation: u64,
     ) -> Self {
         let entries = policies
@@ -342,7 +343,7 @@ impl Snapshot {
                 let name = policy.name().as_str();
                 let entry = Entry {
                     policy: Arc::clone(policy),
-                    metrics: metrics.policy(name),
+                    recorder: observer.policy(name),
                 };
                 (Box::from(name), entry)
             })
@@ -365,9 +366,9 @@ impl Snapshot {
 }
 
 impl<S: Store> Limiter<S> {
-    /// A limiter on fixed policies (from the configuration) recording into
-    /// `metrics`; every series it can touch is created here.
-    pub fn new(policies: PolicySet, store: S, metrics: &Metrics) -> Self {
+    /// A limiter on fixed policies (from the configuration) reporting to
+    /// `observer`; every recorder it can touch is asked for here.
+    pub fn new(policies: PolicySet, store: S, observer: Arc<dyn Observer>) -> Self {
         let sync = SyncState {
             source: PolicySource::Config,
             policies: policies.len(),
@@ -375,12 +376,12 @@ impl<S: Store> Limiter<S> {
             version: None,
             synced_at: None,
         };
-        Self::with_snapshot(policies, sync, store, metrics)
+        Self::with_snapshot(policies, sync, store, observer)
     }
 
     /// A limiter whose policies come from the catalog: empty, and not ready,
     /// until the first [`Limiter::replace`].
-    pub fn awaiting_catalog(store: S, metrics: &Metrics) -> Self {
+    pub fn awaiting_catalog(store: S, observer: Arc<dyn Observer>) -> Self {
         let sync = SyncState {
             source: PolicySource::Database,
             policies: 0,
@@ -388,19 +389,23 @@ impl<S: Store> Limiter<S> {
             version: None,
             synced_at: None,
         };
-        Self::with_snapshot(PolicySet::default(), sync, store, metrics)
+        Self::with_snapshot(PolicySet::default(), sync, store, observer)
     }
 
-    fn with_snapshot(policies: PolicySet, sync: SyncState, store: S, metrics: &Metrics) -> Self {
-        let policy_metrics = metrics.policy_source();
-        policy_metrics.set_loaded(policies.len());
-        let snapshot = Snapshot::build(policies, &[], &[], sync, &policy_metrics, 0);
-        let store_errors = metrics.store_errors(store.kind());
+    fn with_snapshot(
+        policies: PolicySet,
+        sync: SyncState,
+        store: S,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        observer.policies_loaded(policies.len());
+        let snapshot = Snapshot::build(policies, &[], &[], sync, &*observer, 0);
+        let store_errors = observer.store_errors(store.kind());
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
             store_errors,
-            policy_metrics,
+            observer,
             failover: None,
             replacing: std::sync::Mutex::new(()),
         }
@@ -459,15 +464,15 @@ impl<S: Store> Limiter<S> {
             &update.keys,
             &update.rules,
             sync,
-            &self.policy_metrics,
+            &*self.observer,
             previous.generation.wrapping_add(1),
         );
         for name in previous.entries.keys() {
             if !next.entries.contains_key(name) {
-                self.policy_metrics.forget(name);
+                self.observer.policy_removed(name);
             }
         }
-        self.policy_metrics.set_loaded(next.policies.len());
+        self.observer.policies_loaded(next.policies.len());
         // Once per version: the same catalog reloaded (every resync interval,
         // and after an admin write both by the writer and by its notification) is not news.
         if previous.sync.version != Some(update.version) {
@@ -587,13 +592,7 @@ impl<S: Store> Limiter<S> {
         let decision = match decided {
             Ok(decision) => decision,
             Err(error) => {
-                match error {
-                    StoreError::Timeout { .. } => self.store_errors.timeout(),
-                    StoreError::Unavailable(_) => self.store_errors.unavailable(),
-                    StoreError::InvalidReply(_) => self.store_errors.invalid_reply(),
-                    StoreError::Misconfigured(_) => self.store_errors.misconfigured(),
-                    StoreError::CircuitOpen => self.store_errors.circuit_open(),
-                }
+                self.store_errors.failed(&error);
                 if !deciding.is_disabled() {
                     deciding.record("slidegate.outcome", "error");
                     deciding.record("error.type", error.kind());
@@ -604,7 +603,9 @@ impl<S: Store> Limiter<S> {
         };
         // A shadow policy's denials are counted apart (`shadow`): that is
         // what operators watch before they enforce it.
-        entry.metrics.record(&decision, policy.is_shadow(), elapsed);
+        entry
+            .recorder
+            .decided(&decision, policy.is_shadow(), elapsed);
         if !deciding.is_disabled() {
             let verdict = if decision.allowed {
                 "allowed"
@@ -774,11 +775,10 @@ mod tests {
             local_max_keys: 1000,
             heartbeat_interval: Duration::from_secs(1),
         };
-        let metrics = Metrics::new("memory", 1);
         let limiter = Limiter::new(
             PolicySet::new([policy]).unwrap(),
             MemoryStore::new(Arc::new(clock.clone())),
-            &metrics,
+            unobserved(),
         )
         .with_failover(Failover::new(settings, Arc::new(clock.clone())));
         (limiter, clock)
@@ -969,11 +969,10 @@ mod failover_tests {
         )
         .unwrap()
         .with_failure_mode(FailureMode::Open);
-        let metrics = Metrics::new("scripted", 2);
         let limiter = Limiter::new(
             PolicySet::new([policy(3, FailureMode::Closed), lenient]).unwrap(),
             ScriptedStore::new(&clock),
-            &metrics,
+            unobserved(),
         )
         .with_failover(Failover::new(settings(), Arc::new(clock.clone())));
         (limiter, clock)
@@ -1138,9 +1137,8 @@ mod failover_tests {
     #[tokio::test]
     async fn a_denial_from_a_check_begun_before_a_limit_was_raised_is_not_answered_after_it() {
         let clock = FakeClock::default();
-        let metrics = Metrics::new("scripted", 0);
         let limiter = Arc::new(
-            Limiter::awaiting_catalog(ScriptedStore::new(&clock), &metrics)
+            Limiter::awaiting_catalog(ScriptedStore::new(&clock), unobserved())
                 .with_failover(Failover::new(settings(), Arc::new(clock.clone()))),
         );
         limiter.replace(catalog(1, 1));

@@ -489,8 +489,10 @@ async fn each_catalog_version_applied_is_logged_once_with_its_policy_count() {
 fn a_reload_never_replaces_a_newer_catalog_version_with_an_older_one() {
     use slidegate::limiter::{CatalogUpdate, Limiter, PolicySet, SystemClock};
     use slidegate::store::MemoryStore;
-    let metrics = slidegate::metrics::Metrics::new("memory", 0);
-    let limiter = Limiter::awaiting_catalog(MemoryStore::new(Arc::new(SystemClock)), &metrics);
+    let limiter = Limiter::awaiting_catalog(
+        MemoryStore::new(Arc::new(SystemClock)),
+        slidegate::limiter::unobserved(),
+    );
     let update = |version: i64, policies: &[&str]| CatalogUpdate {
         policies: PolicySet::new(policies.iter().map(|name| {
             crate::helpers::policy(name, "gcra", 5, "1m")
