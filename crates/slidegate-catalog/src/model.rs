@@ -1,0 +1,298 @@
+//! The admin API's documents for policies and API keys, and their validation — the config file's rules and messages.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use slidegate_core::rules::KeySpec;
+use slidegate_core::spec::PolicySpec;
+use slidegate_core::{FailureMode, Policy, TenantName};
+
+/// Longest description, in characters.
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
+/// Longest `match.path_prefix`, in bytes.
+pub const MAX_PATH_PREFIX_LEN: usize = 1024;
+/// Most methods in `match.methods`.
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// A policy as the admin API accepts it. `name` may be left out of a `PUT`
+/// (the path names the policy); when given it must match.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    pub name: Option<String>,
+    pub algorithm: String,
+    pub limit: u64,
+    /// "250ms", "10s", "1m", "1h" … between 1ms and 24h.
+    pub window: String,
+    #[serde(default = "one")]
+    pub cost: u64,
+    #[serde(default, rename = "match")]
+    pub matching: MatchRules,
+    /// What forward-auth counts a matched request as, as the config file's
+    /// `key`: `"client_ip"`, `"api_key"`, `"header:<name>"`.
+    #[serde(default = "client_ip")]
+    pub key: Vec<String>,
+    #[serde(default)]
+    pub shadow: bool,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn client_ip() -> Vec<String> {
+    vec!["client_ip".to_owned()]
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Which requests a policy applies to at the forward-auth endpoint. Stored and
+/// validated here; each replica compiles them into forward-auth's rules when
+/// it loads the catalog. A policy with no condition at all is not a
+/// forward-auth rule (use `path_prefix: "/"` to cover every request).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchRules {
+    /// Upper-case HTTP methods; empty: any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Starts with `/`; unset: any path.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// A host name, optionally with `:port`, lower case; unset: any host.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// A refused field and why, in the words the config file uses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, message: impl ToString) -> Self {
+        Self {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A policy that passed validation, with what the limiter does not need.
+#[derive(Debug, Clone)]
+pub struct ValidPolicy {
+    pub policy: Policy,
+    pub matching: MatchRules,
+    /// Key parts as given, validated as the config file's `key`.
+    pub key: Vec<String>,
+    pub enabled: bool,
+    pub description: String,
+}
+
+impl PolicyDocument {
+    /// Validates as `[[policies]]` in the config file is validated (same
+    /// messages), plus the fields only the database has. `path_name` is the
+    /// name from the URL of a `PUT`.
+    ///
+    /// # Errors
+    /// The first invalid field.
+    pub fn validate(self, path_name: Option<&str>) -> Result<ValidPolicy, Invalid> {
+        let name = match (self.name, path_name) {
+            (Some(name), Some(path)) if name != path => {
+                return Err(Invalid::new(
+                    "name",
+                    format!("must match the policy in the path ({path:?}), got {name:?}"),
+                ));
+            }
+            (Some(name), _) => name,
+            (None, Some(path)) => path.to_owned(),
+            (None, None) => return Err(Invalid::new("name", "is required")),
+        };
+        let settings = PolicySpec {
+            name,
+            algorithm: self.algorithm,
+            limit: self.limit,
+            window: self.window,
+            cost: self.cost,
+            // Match rules and key parts are validated below: the catalog
+            // stores them in its own columns.
+            matches: None,
+            key: None,
+            // Not stored in the catalog yet: the limiter gives catalog policies
+            // the replica's `limiter.failure_mode` when it loads them.
+            failure_mode: None,
+        };
+        let policy = settings
+            .to_policy(FailureMode::Closed)
+            .map_err(|(field, problem)| Invalid::new(field, problem))?
+            .with_shadow(self.shadow);
+        let matching = self.matching.validate()?;
+        KeySpec::parse(&self.key).map_err(|problem| Invalid::new("key", problem))?;
+        if self.description.chars().count() > MAX_DESCRIPTION_LEN {
+            return Err(Invalid::new(
+                "description",
+                format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
+            ));
+        }
+        Ok(ValidPolicy {
+            policy,
+            matching,
+            key: self.key,
+            enabled: self.enabled,
+            description: self.description,
+        })
+    }
+}
+
+impl MatchRules {
+    fn validate(self) -> Result<Self, Invalid> {
+        let mut methods = Vec::with_capacity(self.methods.len());
+        for method in self.methods {
+            if !METHODS.contains(&method.as_str()) {
+                return Err(Invalid::new(
+                    "match.methods",
+                    format!(
+                        "unknown method {method:?}; expected upper-case names from {}",
+                        METHODS.join(", ")
+                    ),
+                ));
+            }
+            if !methods.contains(&method) {
+                methods.push(method);
+            }
+        }
+        if let Some(prefix) = &self.path_prefix {
+            let plain = prefix
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+            if !prefix.starts_with('/') || prefix.len() > MAX_PATH_PREFIX_LEN || !plain {
+                return Err(Invalid::new(
+                    "match.path_prefix",
+                    format!(
+                        "must start with '/', be at most {MAX_PATH_PREFIX_LEN} bytes and hold no spaces, control characters, '?' or '#' (got {prefix:?})"
+                    ),
+                ));
+            }
+        }
+        if let Some(host) = &self.host
+            && !valid_host(host)
+        {
+            return Err(Invalid::new(
+                "match.host",
+                format!("must be a lower-case host name, optionally with :port (got {host:?})"),
+            ));
+        }
+        Ok(Self { methods, ..self })
+    }
+}
+
+fn valid_host(host: &str) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    let port_ok = port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port > 0));
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    port_ok && name_ok
+}
+
+/// A policy as the admin API returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyRecord {
+    pub name: String,
+    pub algorithm: String,
+    pub limit: u64,
+    pub window: String,
+    pub cost: u64,
+    #[serde(rename = "match")]
+    pub matching: MatchRules,
+    pub key: Vec<String>,
+    pub shadow: bool,
+    pub enabled: bool,
+    pub description: String,
+    /// The catalog version of this policy's last change; increases with every change.
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `POST /v1/admin/keys`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKeyDocument {
+    pub tenant: String,
+    #[serde(default)]
+    pub overrides: BTreeMap<String, u64>,
+}
+
+/// `PUT /v1/admin/keys/{id}/overrides`: the complete set, replacing the previous one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverridesDocument {
+    pub overrides: BTreeMap<String, u64>,
+}
+
+impl NewKeyDocument {
+    /// # Errors
+    /// When the tenant name is invalid.
+    pub fn tenant(&self) -> Result<TenantName, Invalid> {
+        TenantName::parse(&self.tenant).map_err(|error| Invalid::new("tenant", error))
+    }
+}
+
+/// An API key as the admin API lists it: never the key, never its hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKeyRecord {
+    pub id: i64,
+    /// The first characters of the key, to recognise it.
+    pub prefix: String,
+    pub tenant: String,
+    pub overrides: BTreeMap<String, u64>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_lower_case_names_with_an_optional_port() {
+        for good in ["api.example.com", "localhost:8080", "a-b.c1"] {
+            assert!(valid_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            "API.example.com",
+            "a..b",
+            "-a.b",
+            "a.b:0",
+            "a.b:x",
+            "a b",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
+}

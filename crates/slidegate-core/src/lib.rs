@@ -1,0 +1,59 @@
+//! slidegate's core: policies, the three algorithms, the `Store` trait, failover and the limiter — no HTTP, Redis, Postgres or Prometheus.
+//!
+//! A tour, in the order a check travels:
+//!
+//! - A front end (the server's HTTP handlers, later gRPC) hands the
+//!   [`Limiter`] a policy name, a key and a cost. Forward-auth first matches
+//!   the request against [`rules`] to find the policies and keys.
+//! - The [`Limiter`] finds the [`Policy`] in its snapshot (swapped without a
+//!   lock when policies change), validates key ([`key`]) and cost, and asks
+//!   its [`Store`] for one atomic decision ([`decision`]). The algorithms
+//!   ([`algorithms`]) have one semantics, run in-process by [`memory`] and as
+//!   Lua scripts by the Redis store (crate `slidegate-redis`). Time comes
+//!   from an injectable [`Clock`].
+//! - In front of a shared store, [`failover`] decides what happens when the
+//!   store cannot answer: a deny cache ([`deny_cache`]), a circuit breaker
+//!   ([`breaker`]), and each policy's failure mode (closed, open, local).
+//! - What the limiter does is reported to an [`Observer`] ([`observe`]); the
+//!   server's is Prometheus. [`probe`] keeps background health answers that
+//!   readiness reads without waiting on a dependency.
+//! - A policy as people write it is a [`PolicySpec`] ([`spec`]), validated
+//!   into a [`Policy`]; API keys resolve to tenants ([`tenant`]).
+
+pub mod algorithms;
+#[cfg(test)]
+mod allocations;
+pub mod breaker;
+pub mod clock;
+pub mod counters;
+pub mod decision;
+pub mod deny_cache;
+pub mod failover;
+pub mod key;
+pub mod limiter;
+pub mod memory;
+pub mod observe;
+pub mod policy;
+pub mod probe;
+pub mod rules;
+pub mod spec;
+pub mod store;
+pub mod tenant;
+
+pub use breaker::{BreakerSettings, BreakerState};
+pub use clock::{Clock, FakeClock, Micros, MonotonicClock, SystemClock};
+pub use counters::{CountersSnapshot, FailureCounters};
+pub use decision::{Decision, Outcome};
+pub use failover::{Failover, FailoverHealth, FailoverSettings};
+pub use key::{KeyError, LimiterKey};
+pub use limiter::{
+    CatalogUpdate, CheckError, Checked, Limiter, LimiterHealth, MAX_COST, PolicySource, SyncState,
+};
+pub use memory::MemoryStore;
+pub use observe::{Observer, PolicyRecorder, StoreErrorRecorder, Unobserved, unobserved};
+pub use policy::{Algorithm, FailureMode, Policy, PolicyError, PolicyName, PolicySet, Window};
+pub use spec::{MatchSpec, PolicySpec};
+pub use store::{
+    DependencyHealth, MemoryStats, PoolHealth, PoolStats, Store, StoreError, StoreHealth,
+};
+pub use tenant::{ApiKeyDigest, InvalidTenant, TenantKey, TenantName};

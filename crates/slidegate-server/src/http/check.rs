@@ -1,0 +1,216 @@
+//! `POST /v1/check`: one decision, with the JSON body and rate-limit headers clients rely on.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use super::HttpState;
+use super::error::ApiError;
+use slidegate_catalog::keys;
+use slidegate_core::{ApiKeyDigest, CheckError, Checked, FailureMode, Store};
+
+/// Header carrying what a shadow policy would have decided: `allowed` or `denied`.
+pub const SHADOW_HEADER: &str = "slidegate-shadow-decision";
+
+/// The message every denial carries, as clients of the system we replace expect it.
+pub const DENIED_MESSAGE: &str = "Rate limit exceeded. Please try again later.";
+
+/// Marks a decision the shared store did not make: its value is the failure
+/// mode that made it (`open` or `local`). Absent on every other decision.
+pub const FALLBACK_HEADER: &str = "slidegate-fallback";
+
+/// The body of a check. Strings borrow from the request body where they can,
+/// so parsing a typical check allocates nothing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest<'a> {
+    #[serde(borrow)]
+    policy: Cow<'a, str>,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    cost: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct DecisionBody<'a> {
+    allowed: bool,
+    policy: &'a str,
+    limit: u64,
+    remaining: u64,
+    reset_after_ms: u64,
+    retry_after_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'static str>,
+    /// Only for a policy in shadow mode: what it would have decided. The
+    /// check itself is always admitted then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_decision: Option<&'static str>,
+    /// As [`FALLBACK_HEADER`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<FailureMode>,
+}
+
+pub async fn check<S: Store>(
+    request: HttpRequest,
+    body: web::Payload,
+    state: web::Data<HttpState<S>>,
+) -> Result<HttpResponse, ApiError> {
+    require_json(&request)?;
+    let limit = state.max_body_bytes;
+    let bytes = body
+        .to_bytes_limited(limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit })?
+        .map_err(|_| ApiError::UnreadableBody)?;
+    let parsed: CheckRequest<'_> = serde_json::from_slice(&bytes).map_err(|error| {
+        use serde_json::error::Category;
+        match error.classify() {
+            Category::Data => ApiError::InvalidRequest(error.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::MalformedJson(error.to_string())
+            }
+        }
+    })?;
+    let api_key =
+        presented_api_key(&request).inspect_err(|_| state.metrics.auth_failure("check"))?;
+    let checked = state
+        .limiter
+        .check_as(api_key.as_ref(), &parsed.policy, &parsed.key, parsed.cost)
+        .await
+        .inspect_err(|error| {
+            if matches!(error, CheckError::UnknownApiKey) {
+                state.metrics.auth_failure("check");
+            }
+        })?;
+    Ok(decision_response(&checked))
+}
+
+/// The digest of the API key in `Authorization: Bearer <key>` or `X-API-Key`,
+/// if any. The key itself goes no further than this function.
+fn presented_api_key(request: &HttpRequest) -> Result<Option<ApiKeyDigest>, ApiError> {
+    let headers = request.headers();
+    let presented = if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| CheckError::UnknownApiKey)?;
+        let (scheme, key) = value
+            .trim()
+            .split_once(' ')
+            .ok_or(CheckError::UnknownApiKey)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(CheckError::UnknownApiKey.into());
+        }
+        key.trim()
+    } else if let Some(value) = headers.get("x-api-key") {
+        value
+            .to_str()
+            .map_err(|_| CheckError::UnknownApiKey)?
+            .trim()
+    } else {
+        return Ok(None);
+    };
+    if presented.is_empty() || presented.len() > keys::MAX_PRESENTED_LEN {
+        return Err(CheckError::UnknownApiKey.into());
+    }
+    Ok(Some(keys::digest(presented)))
+}
+
+pub(super) fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Whole seconds, rounded up: a client that waits this long is never early.
+fn ceil_secs(duration: Duration) -> u64 {
+    duration.as_micros().div_ceil(1_000_000) as u64
+}
+
+fn ceil_millis(duration: Duration) -> u64 {
+    duration.as_micros().div_ceil(1_000) as u64
+}
+
+/// 200 or 429 with the decision as JSON and headers in two dialects:
+/// `RateLimit-Policy`/`RateLimit` from draft-ietf-httpapi-ratelimit-headers,
+/// and the older `X-RateLimit-*` that many clients still read.
+pub fn decision_response(checked: &Checked) -> HttpResponse {
+    let Checked { policy, decision } = checked;
+    let name = policy.name().as_str();
+    // A shadow policy never denies: the check is admitted and the response
+    // says what enforcing the policy would have answered.
+    let shadow = policy.is_shadow();
+    let shadow_decision = shadow.then_some(if decision.allowed {
+        "allowed"
+    } else {
+        "denied"
+    });
+    let status = if decision.allowed || shadow {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
+    let reset_secs = ceil_secs(decision.reset_after);
+    let mut response = HttpResponse::build(status);
+    // Policy names are [A-Za-z0-9_.-], so they are valid inside a quoted header string.
+    if let Ok(value) = HeaderValue::try_from(format!(
+        "\"{name}\";q={};w={}",
+        decision.limit,
+        ceil_secs(policy.window().as_duration())
+    )) {
+        response.insert_header((HeaderName::from_static("ratelimit-policy"), value));
+    }
+    if let Ok(value) = HeaderValue::try_from(format!(
+        "\"{name}\";r={};t={reset_secs}",
+        decision.remaining
+    )) {
+        response.insert_header((HeaderName::from_static("ratelimit"), value));
+    }
+    response
+        .insert_header((
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderValue::from(decision.limit),
+        ))
+        .insert_header((
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderValue::from(decision.remaining),
+        ))
+        .insert_header((
+            HeaderName::from_static("x-ratelimit-reset"),
+            HeaderValue::from(reset_secs),
+        ));
+    if let Some(verdict) = shadow_decision {
+        response.insert_header((HeaderName::from_static(SHADOW_HEADER), verdict));
+    } else if !decision.allowed {
+        response.insert_header((
+            header::RETRY_AFTER,
+            HeaderValue::from(ceil_secs(decision.retry_after).max(1)),
+        ));
+    }
+    if let Some(mode) = decision.fallback {
+        response.insert_header((
+            HeaderName::from_static(FALLBACK_HEADER),
+            HeaderValue::from_static(mode.as_str()),
+        ));
+    }
+    response.json(DecisionBody {
+        allowed: decision.allowed || shadow,
+        policy: name,
+        limit: decision.limit,
+        remaining: decision.remaining,
+        reset_after_ms: ceil_millis(decision.reset_after),
+        retry_after_ms: ceil_millis(decision.retry_after),
+        message: (!decision.allowed && !shadow).then_some(DENIED_MESSAGE),
+        shadow_decision,
+        fallback: decision.fallback,
+    })
+}
