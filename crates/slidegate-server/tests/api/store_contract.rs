@@ -6,7 +6,7 @@
 //! clock (`boundaries.rs`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use slidegate::store::{MemoryStore, RedisOptions, RedisStore};
 use slidegate_core::{
@@ -62,10 +62,24 @@ async fn assert_same_on_both_stores(policy: &Policy, costs: &[u64]) -> Vec<Outco
 
 /// Runs `steps` on both stores and asserts the same decisions, step by step.
 pub async fn assert_steps_same_on_both_stores(steps: &[(&Policy, u64)]) -> Vec<Outcome> {
+    let started = Instant::now();
     let memory = run(&memory_store(), "contract", steps).await;
+    let memory_took = started.elapsed();
+    let started = Instant::now();
     let redis = run(&redis_store(), "contract", steps).await;
-    // The two runs happen a few milliseconds apart, on two clocks of this machine.
-    let tolerance_us = 250_000;
+    let redis_took = started.elapsed();
+    // Each run reads its own clock as it goes (this process's, Redis's), so
+    // a duration at step k can differ between them by what either clock
+    // advanced during its run, scaled by how a changed limit rescales the
+    // time a key holds (at most the ratio of the largest limit to the
+    // smallest). A fixed tolerance alone would hold only on a quiet machine.
+    let limits = steps.iter().map(|(policy, _)| policy.limit());
+    let ratio = limits.clone().max().unwrap_or(1) / limits.min().unwrap_or(1).max(1);
+    let drift_us = u64::try_from(memory_took.max(redis_took).as_micros()).unwrap_or(u64::MAX);
+    let tolerance_us = drift_us
+        .saturating_mul(ratio.max(1))
+        .saturating_add(1_000)
+        .max(250_000);
     for (step, (m, r)) in memory.iter().zip(&redis).enumerate() {
         let (policy, cost) = steps[step];
         let context = format!(
