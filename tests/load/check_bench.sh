@@ -300,7 +300,7 @@ stop_replica
 
 # --- Redis ceiling ------------------------------------------------------------------
 
-SCRIPT_FILE="$ROOT/lua/$ALGORITHM.lua"
+SCRIPT_FILE="$ROOT/crates/slidegate-redis/lua/$ALGORITHM.lua"
 load_script() {
   SHA=$(rcli -x SCRIPT LOAD <"$SCRIPT_FILE" | tr -d '\r')
   [[ $SHA =~ ^[0-9a-f]{40}$ ]] || die "SCRIPT LOAD of $SCRIPT_FILE answered: $SHA"
@@ -376,8 +376,8 @@ mkdir -p "$REPORT_DIR"
 REPORT="$REPORT_DIR/check-$ALGORITHM-$RUN_ID.md"
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=""
-if git -C "$ROOT" status --porcelain -- src lua Cargo.toml Cargo.lock 2>/dev/null | grep -q .; then
-  dirty=" (+ uncommitted changes in src/, lua/ or Cargo files)"
+if git -C "$ROOT" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null | grep -q .; then
+  dirty=" (+ uncommitted changes in crates/ or Cargo files)"
 fi
 redis_version=$(rcli INFO server | tr -d '\r' | sed -n 's/^redis_version://p')
 {

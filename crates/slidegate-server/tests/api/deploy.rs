@@ -222,7 +222,8 @@ fn every_file_the_dockerfile_copies_exists_and_its_healthcheck_is_readiness() {
             );
         }
     }
-    assert!(copies >= 5, "found only {copies} COPY sources");
+    // The manifests, the lock file, the crates and the config.
+    assert!(copies >= 4, "found only {copies} COPY sources");
     let healthcheck = dockerfile
         .lines()
         .find(|line| line.starts_with("HEALTHCHECK"))
