@@ -26,7 +26,7 @@
 #                        KEY_SPACE=1 is the hot-key case: one key far over its
 #                        limit, every check a denial. Run it with
 #                        SLIDEGATE__LIMITER__DENY_CACHE__ENABLED=true and =false
-#                        to see what the deny cache saves (README, Benchmarks).
+#                        to see what the deny cache saves (docs/benchmarks.md).
 #   ALGORITHM=sliding_log | sliding_window | gcra   (policy bench, bench_sliding_window, bench_gcra)
 #   REDIS_URL=redis://127.0.0.1:6379   must point at this machine
 #   REDIS_REQUESTS=300000   requests of the Redis ceiling run

@@ -10,7 +10,7 @@
 -- A check is admitted iff estimate + cost <= limit. With even traffic the
 -- estimate is close to exact; a burst packed at the end of one window and
 -- traffic that continues through the next can let up to ~2x the limit through
--- a trailing window (see README, "Algorithms").
+-- a trailing window (see docs/algorithms.md).
 --
 -- KEYS[1]  a hash: w = index of the current fixed window, c = its count,
 --          p = the previous window's count

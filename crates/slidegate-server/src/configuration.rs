@@ -456,7 +456,7 @@ impl Default for LimiterSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct DenyCacheSettings {
     /// Whether a key Redis denied is answered 429 in process until its retry
-    /// time, for checks of cost 0 or 1 (where that is exact; see README).
+    /// time, for checks of cost 0 or 1 (where that is exact; see docs/algorithms.md).
     pub enabled: bool,
     /// Most keys held; denials beyond it are not cached (and are counted).
     pub max_keys: usize,

@@ -11,7 +11,7 @@ const USAGE: &str = "usage: slidegate [--config PATH]
 
 Runs one slidegate replica. Settings come from built-in defaults, then the TOML
 file given by --config (or SLIDEGATE_CONFIG), then SLIDEGATE__SECTION__KEY
-environment variables. See README.md and config/default.toml.";
+environment variables. See README.md, docs/configuration.md and config/default.toml.";
 
 fn config_path() -> Result<Option<PathBuf>, String> {
     let mut args = std::env::args().skip(1);

@@ -131,7 +131,7 @@ fn random_traffic(
 }
 
 /// The two-counter approximation's error, measured against the exact log on
-/// the same traffic. README "Algorithms" quotes these bounds.
+/// the same traffic. docs/algorithms.md quotes these bounds.
 #[test]
 fn sliding_window_error_against_sliding_log_on_the_same_traffic() {
     let (limit, window_ms) = (100, 10_000);

@@ -99,7 +99,7 @@ async fn every_key_the_scripts_write_expires_close_to_its_window() {
         "keys carry the {{policy:key}} hash tag, and the replicas key its own"
     );
     let mut redis = redis_connection().await;
-    // What each algorithm keeps per key (the memory column of the README's
+    // What each algorithm keeps per key (the memory column of docs/algorithms.md's
     // table): a sorted-set entry per admission instant, or a small fixed hash.
     let entries: u64 = redis
         .zcard(format!("{prefix}{{log:user-1}}:wlog"))
