@@ -17,12 +17,15 @@
 //! - What the limiter does is reported to an [`Observer`] ([`observe`]); the
 //!   server's is Prometheus. [`probe`] keeps background health answers that
 //!   readiness reads without waiting on a dependency.
+//! - How front ends answer — shadow policies, several policies on one
+//!   request, the rate-limit values clients read — is decided once, in [`answer`].
 //! - A policy as people write it is a [`PolicySpec`] ([`spec`]), validated
 //!   into a [`Policy`]; API keys resolve to tenants ([`tenant`]).
 
 pub mod algorithms;
 #[cfg(test)]
 mod allocations;
+pub mod answer;
 pub mod breaker;
 pub mod clock;
 pub mod counters;
@@ -40,6 +43,7 @@ pub mod spec;
 pub mod store;
 pub mod tenant;
 
+pub use answer::{AllMustAdmit, RateLimitValues};
 pub use breaker::{BreakerSettings, BreakerState};
 pub use clock::{Clock, FakeClock, Micros, MonotonicClock, SystemClock};
 pub use counters::{CountersSnapshot, FailureCounters};

@@ -1,7 +1,6 @@
 //! `POST /v1/check`: one decision, with the JSON body and rate-limit headers clients rely on.
 
 use std::borrow::Cow;
-use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
@@ -131,86 +130,67 @@ pub(super) fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-/// Whole seconds, rounded up: a client that waits this long is never early.
-fn ceil_secs(duration: Duration) -> u64 {
-    duration.as_micros().div_ceil(1_000_000) as u64
-}
-
-fn ceil_millis(duration: Duration) -> u64 {
-    duration.as_micros().div_ceil(1_000) as u64
-}
-
 /// 200 or 429 with the decision as JSON and headers in two dialects:
 /// `RateLimit-Policy`/`RateLimit` from draft-ietf-httpapi-ratelimit-headers,
-/// and the older `X-RateLimit-*` that many clients still read.
+/// and the older `X-RateLimit-*` that many clients still read. What goes in
+/// them (shadow, rounding, when to say `Retry-After`) is the core's
+/// [`Checked::rate_limit`]; this only spells it in HTTP.
 pub fn decision_response(checked: &Checked) -> HttpResponse {
-    let Checked { policy, decision } = checked;
-    let name = policy.name().as_str();
-    // A shadow policy never denies: the check is admitted and the response
-    // says what enforcing the policy would have answered.
-    let shadow = policy.is_shadow();
-    let shadow_decision = shadow.then_some(if decision.allowed {
-        "allowed"
-    } else {
-        "denied"
-    });
-    let status = if decision.allowed || shadow {
+    let values = checked.rate_limit();
+    let name = values.policy;
+    let status = if values.admitted {
         StatusCode::OK
     } else {
         StatusCode::TOO_MANY_REQUESTS
     };
-    let reset_secs = ceil_secs(decision.reset_after);
     let mut response = HttpResponse::build(status);
     // Policy names are [A-Za-z0-9_.-], so they are valid inside a quoted header string.
     if let Ok(value) = HeaderValue::try_from(format!(
         "\"{name}\";q={};w={}",
-        decision.limit,
-        ceil_secs(policy.window().as_duration())
+        values.limit, values.window_secs
     )) {
         response.insert_header((HeaderName::from_static("ratelimit-policy"), value));
     }
     if let Ok(value) = HeaderValue::try_from(format!(
-        "\"{name}\";r={};t={reset_secs}",
-        decision.remaining
+        "\"{name}\";r={};t={}",
+        values.remaining, values.reset_secs
     )) {
         response.insert_header((HeaderName::from_static("ratelimit"), value));
     }
     response
         .insert_header((
             HeaderName::from_static("x-ratelimit-limit"),
-            HeaderValue::from(decision.limit),
+            HeaderValue::from(values.limit),
         ))
         .insert_header((
             HeaderName::from_static("x-ratelimit-remaining"),
-            HeaderValue::from(decision.remaining),
+            HeaderValue::from(values.remaining),
         ))
         .insert_header((
             HeaderName::from_static("x-ratelimit-reset"),
-            HeaderValue::from(reset_secs),
+            HeaderValue::from(values.reset_secs),
         ));
-    if let Some(verdict) = shadow_decision {
+    if let Some(verdict) = values.shadow_decision {
         response.insert_header((HeaderName::from_static(SHADOW_HEADER), verdict));
-    } else if !decision.allowed {
-        response.insert_header((
-            header::RETRY_AFTER,
-            HeaderValue::from(ceil_secs(decision.retry_after).max(1)),
-        ));
     }
-    if let Some(mode) = decision.fallback {
+    if let Some(seconds) = values.retry_after_secs {
+        response.insert_header((header::RETRY_AFTER, HeaderValue::from(seconds)));
+    }
+    if let Some(mode) = values.fallback {
         response.insert_header((
             HeaderName::from_static(FALLBACK_HEADER),
             HeaderValue::from_static(mode.as_str()),
         ));
     }
     response.json(DecisionBody {
-        allowed: decision.allowed || shadow,
+        allowed: values.admitted,
         policy: name,
-        limit: decision.limit,
-        remaining: decision.remaining,
-        reset_after_ms: ceil_millis(decision.reset_after),
-        retry_after_ms: ceil_millis(decision.retry_after),
-        message: (!decision.allowed && !shadow).then_some(DENIED_MESSAGE),
-        shadow_decision,
-        fallback: decision.fallback,
+        limit: values.limit,
+        remaining: values.remaining,
+        reset_after_ms: values.reset_after_ms,
+        retry_after_ms: values.retry_after_ms,
+        message: (!values.admitted).then_some(DENIED_MESSAGE),
+        shadow_decision: values.shadow_decision,
+        fallback: values.fallback,
     })
 }

@@ -12,13 +12,14 @@
 //! every replica as soon as it syncs; file rules are then not used).
 //!
 //! Every policy whose match rule covers the request is checked, in
-//! configuration order (catalog rules: by policy name), and all must allow. The first denial answers 429
-//! and later policies are not checked (nor consumed); units consumed by the
+//! configuration order (catalog rules: by policy name), and combined by the
+//! core's [`AllMustAdmit`]: all must admit, the first denial answers 429 and
+//! later policies are not checked (nor consumed); units consumed by the
 //! policies checked before it stay consumed. The answer carries the headers
-//! of the denying policy, or when all allow, of the one with the fewest
-//! units remaining.
+//! of the denying policy, or when all admit, of the tightest enforced one.
 
 use std::borrow::Cow;
+use std::ops::ControlFlow;
 
 use actix_web::http::header::HeaderMap;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -30,7 +31,7 @@ use super::error::ApiError;
 use slidegate_core::rules::{
     ForwardedRequest, NoMatch, Rules, normalize_path, normalize_path_decoding_slashes,
 };
-use slidegate_core::{CheckError, Checked, Store};
+use slidegate_core::{AllMustAdmit, CheckError, Store};
 
 /// The path Envoy's ext_authz `path_prefix` should be set to.
 pub const PATH: &str = "/v1/forward-auth";
@@ -122,7 +123,7 @@ pub async fn forward_auth<S: Store>(
 
     let catalog_rules = state.limiter.catalog_rules();
     let rules = catalog_rules.as_deref().unwrap_or(&config.rules);
-    let mut tightest: Option<Checked> = None;
+    let mut answers = AllMustAdmit::new();
     for rule in rules.matching(&forwarded) {
         // A part the request lacks (no API key, no such header): this policy
         // does not apply, as with Envoy's rate-limit descriptors.
@@ -139,17 +140,11 @@ pub async fn forward_auth<S: Store>(
             Err(CheckError::UnknownPolicy(_)) if catalog_rules.is_some() => continue,
             Err(error) => return Err(error.into()),
         };
-        if !checked.decision.allowed {
-            return Ok(decision_response(&checked));
-        }
-        if tightest
-            .as_ref()
-            .is_none_or(|current| is_tighter(&checked, current))
-        {
-            tightest = Some(checked);
+        if let ControlFlow::Break(denial) = answers.add(checked) {
+            return Ok(decision_response(&denial));
         }
     }
-    match (tightest, config.no_match) {
+    match (answers.answer(), config.no_match) {
         (Some(checked), _) => Ok(decision_response(&checked)),
         (None, NoMatch::Allow) => Ok(HttpResponse::Ok().json(serde_json::json!({
             "allowed": true,
@@ -157,12 +152,6 @@ pub async fn forward_auth<S: Store>(
         }))),
         (None, NoMatch::Deny) => Err(ApiError::NoMatchingPolicy),
     }
-}
-
-/// Fewer units remaining is tighter; on a tie, the later reset.
-fn is_tighter(candidate: &Checked, current: &Checked) -> bool {
-    let (a, b) = (&candidate.decision, &current.decision);
-    a.remaining < b.remaining || (a.remaining == b.remaining && a.reset_after > b.reset_after)
 }
 
 #[cfg(test)]

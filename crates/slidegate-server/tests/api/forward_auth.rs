@@ -293,3 +293,41 @@ async fn a_matching_request_gets_503_while_the_store_cannot_decide() {
     // A request no policy covers does not need the store.
     assert_eq!(app.forward_auth("GET", "/public", &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_shadow_policy_that_would_deny_neither_stops_nor_answers_for_the_enforced_ones() {
+    let database = TestDatabase::create().await;
+    let app = spawn_app(TestOptions::catalog(&database, &unique_prefix())).await;
+    // Catalog rules are checked by policy name: the shadow one comes first.
+    for (name, limit, shadow) in [("a-shadow", 1, true), ("b-enforced", 3, false)] {
+        let created = app
+            .admin(
+                Method::POST,
+                "/policies",
+                Some(json!({
+                    "name": name, "algorithm": "sliding_log", "limit": limit, "window": "1h",
+                    "match": { "path_prefix": "/api" }, "shadow": shadow,
+                })),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+    }
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let reply = app.forward_auth("GET", "/api/orders", &[]).await;
+        answers.push((
+            reply.status,
+            reply.body["policy"].as_str().unwrap_or_default().to_owned(),
+            reply.header("slidegate-shadow-decision").map(str::to_owned),
+        ));
+    }
+    // From the second request on the shadow policy would deny; the enforced
+    // one is still checked (and counted) on every request and answers, so
+    // clients never see the shadow's "0 remaining" and the fourth is denied
+    // by the limit that is enforced.
+    let enforced = |status| (status, "b-enforced".to_owned(), None);
+    assert_eq!(
+        answers,
+        [enforced(200), enforced(200), enforced(200), enforced(429)]
+    );
+}
