@@ -4,18 +4,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use slidegate_core::rules::KeySpec;
+use slidegate_core::rules::{KeySpec, RequestMatch};
 use slidegate_core::spec::PolicySpec;
 use slidegate_core::{FailureMode, Policy, TenantName};
 
 /// Longest description, in characters.
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
-/// Longest `match.path_prefix`, in bytes.
-pub const MAX_PATH_PREFIX_LEN: usize = 1024;
-/// Most methods in `match.methods`.
-const METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
-];
+/// Longest `match.path_prefix`, in bytes: the core's, for file and admin API alike.
+pub use slidegate_core::rules::MAX_PATH_PREFIX_LEN;
 
 /// A policy as the admin API accepts it. `name` may be left out of a `PUT`
 /// (the path names the policy); when given it must match.
@@ -68,7 +64,7 @@ pub struct MatchRules {
     /// Starts with `/`; unset: any path.
     #[serde(default)]
     pub path_prefix: Option<String>,
-    /// A host name, optionally with `:port`, lower case; unset: any host.
+    /// A host name (`*.` for any subdomain), optionally with `:port` (ignored); unset: any host.
     #[serde(default)]
     pub host: Option<String>,
 }
@@ -157,65 +153,31 @@ impl PolicyDocument {
 }
 
 impl MatchRules {
+    /// Validated by the core's one validator of match rules
+    /// ([`RequestMatch::new`], the config file's too), then kept as the
+    /// admin API will show it: methods upper-case without repeats, the host
+    /// lower-case (a port stays as written).
     fn validate(self) -> Result<Self, Invalid> {
-        let mut methods = Vec::with_capacity(self.methods.len());
+        RequestMatch::new(
+            &self.methods,
+            self.path_prefix.as_deref(),
+            self.host.as_deref(),
+        )
+        .map_err(|(field, problem)| Invalid::new(format!("match.{field}"), problem))?;
+        let mut methods: Vec<String> = Vec::with_capacity(self.methods.len());
         for method in self.methods {
-            if !METHODS.contains(&method.as_str()) {
-                return Err(Invalid::new(
-                    "match.methods",
-                    format!(
-                        "unknown method {method:?}; expected upper-case names from {}",
-                        METHODS.join(", ")
-                    ),
-                ));
-            }
+            let method = method.to_ascii_uppercase();
             if !methods.contains(&method) {
                 methods.push(method);
             }
         }
-        if let Some(prefix) = &self.path_prefix {
-            let plain = prefix
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
-            if !prefix.starts_with('/') || prefix.len() > MAX_PATH_PREFIX_LEN || !plain {
-                return Err(Invalid::new(
-                    "match.path_prefix",
-                    format!(
-                        "must start with '/', be at most {MAX_PATH_PREFIX_LEN} bytes and hold no spaces, control characters, '?' or '#' (got {prefix:?})"
-                    ),
-                ));
-            }
-        }
-        if let Some(host) = &self.host
-            && !valid_host(host)
-        {
-            return Err(Invalid::new(
-                "match.host",
-                format!("must be a lower-case host name, optionally with :port (got {host:?})"),
-            ));
-        }
-        Ok(Self { methods, ..self })
+        let host = self.host.map(|host| host.to_ascii_lowercase());
+        Ok(Self {
+            methods,
+            host,
+            ..self
+        })
     }
-}
-
-fn valid_host(host: &str) -> bool {
-    let (name, port) = match host.rsplit_once(':') {
-        Some((name, port)) => (name, Some(port)),
-        None => (host, None),
-    };
-    let port_ok = port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port > 0));
-    let name_ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        });
-    port_ok && name_ok
 }
 
 /// A policy as the admin API returns it.
@@ -278,21 +240,27 @@ pub struct ApiKeyRecord {
 mod tests {
     use super::*;
 
-    #[test]
-    fn hosts_are_lower_case_names_with_an_optional_port() {
-        for good in ["api.example.com", "localhost:8080", "a-b.c1"] {
-            assert!(valid_host(good), "{good}");
+    fn matching(methods: &[&str], host: Option<&str>) -> MatchRules {
+        MatchRules {
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            path_prefix: Some("/api".into()),
+            host: host.map(str::to_owned),
         }
-        for bad in [
-            "",
-            "API.example.com",
-            "a..b",
-            "-a.b",
-            "a.b:0",
-            "a.b:x",
-            "a b",
+    }
+
+    #[test]
+    fn match_rules_are_validated_as_the_file_validates_them_and_kept_normalised() {
+        let kept = matching(&["get", "GET", "Post"], Some("*.Example.com:8443"))
+            .validate()
+            .unwrap();
+        assert_eq!(kept.methods, ["GET", "POST"]);
+        assert_eq!(kept.host.as_deref(), Some("*.example.com:8443"));
+        for (rules, field) in [
+            (matching(&["G3T"], None), "match.methods"),
+            (matching(&[], Some("a b")), "match.host"),
+            (matching(&[], Some("a.b:0")), "match.host"),
         ] {
-            assert!(!valid_host(bad), "{bad}");
+            assert_eq!(rules.validate().unwrap_err().field, field);
         }
     }
 }

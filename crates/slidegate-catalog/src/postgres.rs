@@ -15,10 +15,7 @@ use tokio_postgres::{AsyncMessage, Config, GenericClient, IsolationLevel, Row};
 
 use super::CatalogError;
 use super::keys::{self, NewKey};
-use super::model::{
-    ApiKeyRecord, Invalid, MAX_PATH_PREFIX_LEN, MatchRules, NewKeyDocument, PolicyRecord,
-    ValidPolicy,
-};
+use super::model::{ApiKeyRecord, Invalid, MatchRules, NewKeyDocument, PolicyRecord, ValidPolicy};
 use slidegate_core::rules::{KeySpec, RequestMatch, StoredRule};
 use slidegate_core::{
     Algorithm, ApiKeyDigest, CatalogUpdate, DependencyHealth, Policy, PolicyName, PolicySet,
@@ -1078,11 +1075,10 @@ fn policy_from_row(row: &Row) -> Result<Policy, String> {
 /// `[policies.match]`).
 fn rule_from_row(row: &Row) -> Result<Option<StoredRule>, String> {
     let methods: Vec<String> = row.get("match_methods");
-    let matches = RequestMatch::stored(
+    let matches = RequestMatch::new(
         &methods,
         row.get("match_path_prefix"),
         row.get("match_host"),
-        MAX_PATH_PREFIX_LEN,
     )
     .map_err(|(field, problem)| format!("match.{field}: {problem}"))?;
     if matches.is_unconditional() {

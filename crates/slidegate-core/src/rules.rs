@@ -18,18 +18,24 @@ use super::policy::{Policy, PolicySet};
 /// longer key is digested as a whole (see [`KeySpec::derive`]).
 pub const MAX_KEY_PARTS: usize = 4;
 
-/// Longest `path_prefix` and `host` in a rule; they are compared on every forwarded request.
-pub const MAX_RULE_TEXT_LEN: usize = 256;
+/// Longest `path_prefix` in a rule, in bytes (the file's and the admin API's alike).
+pub const MAX_PATH_PREFIX_LEN: usize = 1024;
+/// Longest host name in a rule (DNS allows 253 bytes).
+pub const MAX_HOST_LEN: usize = 253;
+/// Longest method name.
+pub const MAX_METHOD_LEN: usize = 32;
 
 /// Why a match rule or key spec was refused; the caller adds the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
     #[error("{0:?} is not an HTTP method (letters only, e.g. \"GET\")")]
     InvalidMethod(String),
-    #[error("must start with '/' and be at most {MAX_RULE_TEXT_LEN} bytes (got {0:?})")]
+    #[error(
+        "must start with '/', be at most {MAX_PATH_PREFIX_LEN} bytes and hold no control characters, '?' or '#' (got {0:?})"
+    )]
     InvalidPathPrefix(String),
     #[error(
-        "must be a host name such as \"api.example.com\" or \"*.example.com\", without scheme, port or path (got {0:?})"
+        "must be a host name such as \"api.example.com\" or \"*.example.com\", optionally with :port (which is ignored), without scheme or path (got {0:?})"
     )]
     InvalidHost(String),
     #[error(
@@ -62,6 +68,18 @@ enum HostPattern {
 }
 
 impl RequestMatch {
+    /// The one validator of a match rule, for the config file's
+    /// `[policies.match]` and the admin API's `match` alike:
+    ///
+    /// - `methods`: letters only, at most [`MAX_METHOD_LEN`], any case
+    ///   (compared upper-case);
+    /// - `path_prefix`: starts with `/`, at most [`MAX_PATH_PREFIX_LEN`]
+    ///   bytes, no control characters and no `?` or `#` (a request's path
+    ///   never holds them, so such a rule could never match);
+    /// - `host`: a name (letters, digits, `-`, `_`, `.`), `*.` for any
+    ///   subdomain, any case, a trailing dot and a `:port` ignored, since
+    ///   forward-auth compares hosts without their port.
+    ///
     /// # Errors
     /// The field (`methods`, `path_prefix` or `host`) and the problem.
     pub fn new(
@@ -69,46 +87,11 @@ impl RequestMatch {
         path_prefix: Option<&str>,
         host: Option<&str>,
     ) -> Result<Self, (&'static str, RuleError)> {
-        Self::build(methods, path_prefix, host, MAX_RULE_TEXT_LEN)
-    }
-
-    /// A rule as the catalog stores it: the admin API validated it already,
-    /// with its own limits (a `path_prefix` of up to `max_path_prefix_len`
-    /// bytes, a host with an optional `:port`). Forward-auth compares hosts
-    /// without their port, so a stored port is dropped here.
-    ///
-    /// # Errors
-    /// As [`RequestMatch::new`], for stored data this build cannot use.
-    pub fn stored(
-        methods: &[String],
-        path_prefix: Option<&str>,
-        host: Option<&str>,
-        max_path_prefix_len: usize,
-    ) -> Result<Self, (&'static str, RuleError)> {
-        let host = host.map(|host| {
-            host.rsplit_once(':')
-                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(host, |(name, _)| name)
-        });
-        Self::build(methods, path_prefix, host, max_path_prefix_len)
-    }
-
-    /// Whether the rule has any condition; one with none matches every request.
-    pub fn is_unconditional(&self) -> bool {
-        self.methods.is_empty() && self.path_prefix.is_none() && self.host.is_none()
-    }
-
-    fn build(
-        methods: &[String],
-        path_prefix: Option<&str>,
-        host: Option<&str>,
-        max_path_prefix_len: usize,
-    ) -> Result<Self, (&'static str, RuleError)> {
         let methods = methods
             .iter()
             .map(|method| {
                 let valid = !method.is_empty()
-                    && method.len() <= 32
+                    && method.len() <= MAX_METHOD_LEN
                     && method.bytes().all(|b| b.is_ascii_alphabetic());
                 if valid {
                     Ok(method.to_ascii_uppercase())
@@ -119,7 +102,12 @@ impl RequestMatch {
             .collect::<Result<Vec<_>, _>>()?;
         let path_prefix = path_prefix
             .map(|prefix| {
-                if prefix.starts_with('/') && prefix.len() <= max_path_prefix_len {
+                let valid = prefix.starts_with('/')
+                    && prefix.len() <= MAX_PATH_PREFIX_LEN
+                    && !prefix
+                        .chars()
+                        .any(|c| c.is_control() || c == '?' || c == '#');
+                if valid {
                     Ok(prefix.to_owned())
                 } else {
                     Err((
@@ -137,6 +125,11 @@ impl RequestMatch {
             path_prefix,
             host,
         })
+    }
+
+    /// Whether the rule has any condition; one with none matches every request.
+    pub fn is_unconditional(&self) -> bool {
+        self.methods.is_empty() && self.path_prefix.is_none() && self.host.is_none()
     }
 
     /// Whether `request` is one this rule covers. The path is compared after
@@ -179,13 +172,23 @@ impl RequestMatch {
 impl HostPattern {
     fn parse(text: &str) -> Result<Self, RuleError> {
         let invalid = || RuleError::InvalidHost(text.to_owned());
-        let lower = text.trim_end_matches('.').to_ascii_lowercase();
+        // A port is ignored: forward-auth compares hosts without it.
+        let without_port = match text.rsplit_once(':') {
+            Some((name, port)) => {
+                if !port.parse::<u16>().is_ok_and(|port| port > 0) {
+                    return Err(invalid());
+                }
+                name
+            }
+            None => text,
+        };
+        let lower = without_port.trim_end_matches('.').to_ascii_lowercase();
         let (wildcard, name) = match lower.strip_prefix("*.") {
             Some(rest) => (true, rest),
             None => (false, lower.as_str()),
         };
         let valid = !name.is_empty()
-            && name.len() <= MAX_RULE_TEXT_LEN
+            && name.len() <= MAX_HOST_LEN
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
@@ -655,7 +658,7 @@ mod tests {
     }
 
     #[test]
-    fn stored_rules_drop_the_port_and_join_their_policies_by_name() {
+    fn one_validator_ignores_the_port_and_joins_stored_rules_to_their_policies_by_name() {
         use crate::{Algorithm, PolicyName, Window};
         let policy = |name: &str| {
             Policy::new(
@@ -668,17 +671,32 @@ mod tests {
             .unwrap()
         };
         let policies = PolicySet::new([policy("b"), policy("a")]).unwrap();
-        let matches =
-            RequestMatch::stored(&[], Some("/x"), Some("api.example.com:8443"), 1024).unwrap();
+        let matches = RequestMatch::new(&[], Some("/x"), Some("API.example.com:8443")).unwrap();
         assert!(matches.matches(&request("GET", "/x", Some("api.example.com"), NO_HEADERS)));
+        let wildcard = RequestMatch::new(&["get".into()], None, Some("*.example.com:443")).unwrap();
+        assert!(wildcard.matches(&request("GET", "/", Some("shop.example.com"), NO_HEADERS)));
+        assert!(!wildcard.matches(&request("GET", "/", Some("example.com"), NO_HEADERS)));
         assert!(
-            RequestMatch::stored(&[], None, None, 1024)
+            RequestMatch::new(&[], None, None)
                 .unwrap()
                 .is_unconditional()
         );
-        let long = format!("/{}", "a".repeat(600));
-        assert!(RequestMatch::stored(&[], Some(&long), None, 1024).is_ok());
-        assert!(RequestMatch::new(&[], Some(&long), None).is_err());
+        let longest = format!("/{}", "a".repeat(MAX_PATH_PREFIX_LEN - 1));
+        assert!(RequestMatch::new(&[], Some(&longest), None).is_ok());
+        let too_long = format!("{longest}a");
+        for (methods, prefix, host, field) in [
+            (vec![], Some(too_long.as_str()), None, "path_prefix"),
+            (vec![], Some("/a?b"), None, "path_prefix"),
+            (vec![], Some("/a\nb"), None, "path_prefix"),
+            (vec![], Some("api"), None, "path_prefix"),
+            (vec![], None, Some("api.example.com:0"), "host"),
+            (vec![], None, Some("api.example.com:http"), "host"),
+            (vec![], None, Some("bad host"), "host"),
+            (vec!["G3T".to_owned()], None, None, "methods"),
+        ] {
+            let refused = RequestMatch::new(&methods, prefix, host).unwrap_err();
+            assert_eq!(refused.0, field, "{prefix:?} {host:?} {methods:?}");
+        }
         let stored = |name: &str| StoredRule {
             policy: name.into(),
             matches: matches.clone(),

@@ -227,9 +227,14 @@ async fn invalid_policies_are_refused_with_the_config_files_messages() {
             "default cost must be between 0 and the limit 5 (got 6)",
         ),
         (
-            with(json!({"match": {"methods": ["get"]}})),
+            with(json!({"match": {"methods": ["G3T"]}})),
             "match.methods",
-            "unknown method \"get\"",
+            "\"G3T\" is not an HTTP method",
+        ),
+        (
+            with(json!({"match": {"path_prefix": "/v1?debug"}})),
+            "match.path_prefix",
+            "no control characters, '?' or '#'",
         ),
         (
             with(json!({"match": {"path_prefix": "v1"}})),
@@ -239,7 +244,7 @@ async fn invalid_policies_are_refused_with_the_config_files_messages() {
         (
             with(json!({"match": {"host": "Bad Host"}})),
             "match.host",
-            "lower-case host name",
+            "must be a host name such as",
         ),
         (
             with(json!({"key": ["ip"]})),
@@ -263,6 +268,7 @@ async fn invalid_policies_are_refused_with_the_config_files_messages() {
         let text = reply.body["message"].as_str().unwrap();
         assert!(text.contains(message), "{body}: {text:?} lacks {message:?}");
     }
+
     // The same words as the config file's error for the same mistake.
     let config = slidegate_core::PolicySpec {
         name: "ok".into(),
@@ -317,6 +323,26 @@ async fn invalid_policies_are_refused_with_the_config_files_messages() {
         json!([]),
         "nothing invalid was stored"
     );
+
+    // And what the file accepts, the admin API accepts, kept normalised: the
+    // same validator (the core's) judges both.
+    let accepted = app
+        .admin(
+            Method::POST,
+            "/policies",
+            Some(json!({
+                "name": "superset", "algorithm": "gcra", "limit": 5, "window": "1m",
+                "match": {
+                    "methods": ["get", "GET"],
+                    "host": "*.Example.com:8443",
+                    "path_prefix": format!("/{}", "a".repeat(1023)),
+                },
+            })),
+        )
+        .await;
+    assert_eq!(accepted.status, 201, "{:?}", accepted.body);
+    assert_eq!(accepted.body["match"]["methods"], json!(["GET"]));
+    assert_eq!(accepted.body["match"]["host"], "*.example.com:8443");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

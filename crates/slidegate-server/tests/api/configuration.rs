@@ -343,3 +343,44 @@ fn debug_output_of_the_settings_and_the_store_options_never_shows_a_url_or_a_sec
     assert!(format!("{catalog:?}").contains("pool_size: 4"));
     assert!(format!("{redis:?}").contains("command_timeout: 50ms"));
 }
+
+/// `[policies.match]` in the file and `match` in the admin API have one
+/// validator (the core's): what one accepts, the other does.
+#[test]
+fn a_match_rule_in_the_file_is_validated_as_the_admin_api_validates_it() {
+    let with_match = |table: &str| {
+        format!(
+            "[[policies]]\nname = \"p\"\nalgorithm = \"gcra\"\nlimit = 5\nwindow = \"1m\"\n[policies.match]\n{table}\n"
+        )
+    };
+    let long_prefix = format!("/{}", "a".repeat(1023));
+    for accepted in [
+        "host = \"api.example.com:8443\"".to_owned(),
+        "host = \"*.Example.com\"".to_owned(),
+        "methods = [\"get\", \"POST\"]".to_owned(),
+        format!("path_prefix = \"{long_prefix}\""),
+    ] {
+        let settings = load_toml(&with_match(&accepted)).unwrap();
+        settings
+            .validate()
+            .unwrap_or_else(|error| panic!("{accepted}: {error}"));
+    }
+    for (refused, field) in [
+        (
+            format!("path_prefix = \"{long_prefix}a\""),
+            "policies[0].match.path_prefix",
+        ),
+        (
+            "path_prefix = \"/api?x\"".to_owned(),
+            "policies[0].match.path_prefix",
+        ),
+        (
+            "host = \"api.example.com:0\"".to_owned(),
+            "policies[0].match.host",
+        ),
+        ("host = \"bad host\"".to_owned(), "policies[0].match.host"),
+    ] {
+        let error = invalid_setting(&with_match(&refused));
+        assert!(error.contains(field), "{refused}: {error}");
+    }
+}
