@@ -10,7 +10,9 @@ pub mod keys;
 pub mod model;
 mod postgres;
 
-pub use postgres::{Catalog, CatalogOptions, CatalogStats, NOTIFY_CHANNEL};
+pub use postgres::{
+    Catalog, CatalogOptions, CatalogStats, CatalogSync, CatalogUpdate, NOTIFY_CHANNEL,
+};
 
 /// Why a catalog operation failed. Messages never contain the database URL or an API key.
 #[derive(Debug, thiserror::Error)]

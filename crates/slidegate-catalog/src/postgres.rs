@@ -2,9 +2,10 @@
 //!
 //! - [`pool`]: connecting (TLS, timeouts), the pool, its health and counters;
 //! - [`migrations`]: the embedded schema, applied once under an advisory lock;
-//! - [`load`]: reading the whole enabled catalog into a `CatalogUpdate`;
+//! - [`load`]: reading the whole enabled catalog into a [`CatalogUpdate`];
 //! - [`admin`]: what the admin API reads and writes, one transaction per write;
-//! - [`sync`]: LISTEN/NOTIFY and resyncs that keep a replica's copy current.
+//! - [`sync`]: LISTEN/NOTIFY and resyncs that keep a replica's copy current,
+//!   applied in version order ([`Catalog::apply`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,8 +25,8 @@ use super::keys::{self, NewKey};
 use super::model::{ApiKeyRecord, Invalid, MatchRules, NewKeyDocument, PolicyRecord, ValidPolicy};
 use slidegate_core::rules::{KeySpec, RequestMatch, StoredRule};
 use slidegate_core::{
-    Algorithm, ApiKeyDigest, CatalogUpdate, DependencyHealth, Policy, PolicyName, PolicySet,
-    PoolHealth, PoolStats, TenantKey, TenantName, Window,
+    Algorithm, ApiKeyDigest, Bundle, DependencyHealth, Policy, PolicyName, PolicySet, PoolHealth,
+    PoolStats, TenantKey, TenantName, Window,
 };
 
 mod admin;
@@ -74,8 +75,28 @@ impl std::fmt::Debug for CatalogOptions {
     }
 }
 
+/// A catalog as loaded: what the limiter takes, and the version it was loaded at.
+#[derive(Debug)]
+pub struct CatalogUpdate {
+    pub bundle: Bundle,
+    pub version: i64,
+}
+
+/// What this replica has put in force from the catalog, for readiness and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CatalogSync {
+    /// `None` before the first load.
+    pub version: Option<i64>,
+    pub synced_at: Option<SystemTime>,
+    pub policies: usize,
+    pub api_keys: usize,
+}
+
 /// The catalog's Postgres side: a pool for reads and writes, and what the listener needs to connect.
 pub struct Catalog {
+    /// What is in force, and the lock [`Catalog::apply`] holds while it
+    /// compares versions and swaps, so two loads finishing together apply in order.
+    applied: std::sync::Mutex<CatalogSync>,
     pool: Pool<Manager>,
     /// Why the pool last failed to open a connection: a timed-out wait says
     /// only that it waited, this says why (refused, TLS, authentication).

@@ -50,9 +50,7 @@ pub use counters::{CountersSnapshot, FailureCounters};
 pub use decision::{Decision, Outcome};
 pub use failover::{Failover, FailoverHealth, FailoverSettings};
 pub use key::{KeyError, LimiterKey};
-pub use limiter::{
-    CatalogUpdate, CheckError, Checked, Limiter, LimiterHealth, MAX_COST, PolicySource, SyncState,
-};
+pub use limiter::{Bundle, CheckError, Checked, Limiter, LimiterHealth, MAX_COST};
 pub use memory::MemoryStore;
 pub use observe::{Observer, PolicyRecorder, StoreErrorRecorder, Unobserved, unobserved};
 pub use policy::{Algorithm, FailureMode, Policy, PolicyError, PolicyName, PolicySet, Window};

@@ -2,10 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -56,49 +55,17 @@ pub struct Checked {
     pub decision: Decision,
 }
 
-/// Where a replica's policies come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicySource {
-    /// `[[policies]]` in the configuration (or the demo policy), fixed at start-up.
-    Config,
-    /// The Postgres catalog, replaced whenever it changes.
-    Database,
-}
-
-/// What the limiter has loaded, for readiness.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct SyncState {
-    pub source: PolicySource,
-    pub policies: usize,
-    pub api_keys: usize,
-    /// The catalog's version when it was last loaded; `None` before the first load and for `Config`.
-    pub version: Option<i64>,
-    /// When the catalog was last loaded.
-    #[serde(skip)]
-    pub synced_at: Option<SystemTime>,
-}
-
-impl SyncState {
-    /// Whether the limiter can decide checks: config policies exist, or the
-    /// catalog has been loaded once (even empty: a fresh deployment must be
-    /// routable so its admin API can create the first policy).
-    pub fn loaded(&self) -> bool {
-        match self.source {
-            PolicySource::Config => self.policies > 0,
-            PolicySource::Database => self.synced_at.is_some(),
-        }
-    }
-}
-
-/// A catalog loaded from the database, ready to replace what the limiter holds.
-#[derive(Debug)]
-pub struct CatalogUpdate {
+/// What the limiter decides with, put in force at once by [`Limiter::replace`]:
+/// policies, the tenants their API keys resolve to, and forward-auth's rules.
+/// Where it came from (a database, a file, a version) is its source's
+/// business, not the limiter's.
+#[derive(Debug, Default)]
+pub struct Bundle {
     pub policies: PolicySet,
-    pub keys: Vec<TenantKey>,
-    /// Forward-auth's match rules and key specs, one per policy that has a match rule.
+    pub tenants: Vec<TenantKey>,
+    /// Forward-auth's match rules and key specs, one per policy that has a
+    /// match rule, joined to `policies` by name.
     pub rules: Vec<rules::StoredRule>,
-    pub version: i64,
 }
 
 /// Decides checks against a set of policies, backed by one store.
@@ -139,11 +106,14 @@ struct Snapshot {
     /// The same policies with their recorders, so one lookup per check finds both.
     entries: HashMap<Box<str>, Entry>,
     tenants: HashMap<ApiKeyDigest, Arc<Tenant>>,
-    /// Forward-auth's rules when the policies come from the catalog (joined
-    /// to these very policies); `None` for config policies, whose rules
+    /// Forward-auth's rules when the policies come in bundles (joined to
+    /// these very policies); `None` for fixed policies, whose rules
     /// forward-auth holds itself.
     rules: Option<Arc<rules::Rules>>,
-    sync: SyncState,
+    /// Whether there is anything to decide with: fixed policies exist, or a
+    /// bundle was put in force once (even an empty one: a fresh deployment
+    /// must be routable so its admin API can create the first policy).
+    loaded: bool,
     /// One more than the snapshot it replaced (0 for the first). Not the
     /// catalog version, which config policies lack: what the deny cache
     /// needs is "judged under these very limits".
@@ -159,9 +129,9 @@ struct Entry {
 impl Snapshot {
     fn build(
         policies: PolicySet,
-        keys: &[TenantKey],
-        stored_rules: &[rules::StoredRule],
-        sync: SyncState,
+        tenants: &[TenantKey],
+        rules: Option<&[rules::StoredRule]>,
+        loaded: bool,
         observer: &dyn Observer,
         generation: u64,
     ) -> Self {
@@ -177,18 +147,17 @@ impl Snapshot {
                 (Box::from(name), entry)
             })
             .collect();
-        let tenants = keys
+        let tenants = tenants
             .iter()
             .map(|key| (key.digest, Arc::new(Tenant::resolve(key, &policies))))
             .collect();
-        let rules = (sync.source == PolicySource::Database)
-            .then(|| Arc::new(rules::Rules::from_stored(stored_rules, &policies)));
+        let rules = rules.map(|stored| Arc::new(rules::Rules::from_stored(stored, &policies)));
         Self {
             policies,
             entries,
             tenants,
             rules,
-            sync,
+            loaded,
             generation,
         }
     }
@@ -198,37 +167,25 @@ impl<S: Store> Limiter<S> {
     /// A limiter on fixed policies (from the configuration) reporting to
     /// `observer`; every recorder it can touch is asked for here.
     pub fn new(policies: PolicySet, store: S, observer: Arc<dyn Observer>) -> Self {
-        let sync = SyncState {
-            source: PolicySource::Config,
-            policies: policies.len(),
-            api_keys: 0,
-            version: None,
-            synced_at: None,
-        };
-        Self::with_snapshot(policies, sync, store, observer)
+        let loaded = !policies.is_empty();
+        Self::with_snapshot(policies, None, loaded, store, observer)
     }
 
-    /// A limiter whose policies come from the catalog: empty, and not ready,
-    /// until the first [`Limiter::replace`].
-    pub fn awaiting_catalog(store: S, observer: Arc<dyn Observer>) -> Self {
-        let sync = SyncState {
-            source: PolicySource::Database,
-            policies: 0,
-            api_keys: 0,
-            version: None,
-            synced_at: None,
-        };
-        Self::with_snapshot(PolicySet::default(), sync, store, observer)
+    /// A limiter whose policies come in [`Bundle`]s (from the catalog): empty,
+    /// and not ready, until the first [`Limiter::replace`].
+    pub fn awaiting_bundle(store: S, observer: Arc<dyn Observer>) -> Self {
+        Self::with_snapshot(PolicySet::default(), Some(&[]), false, store, observer)
     }
 
     fn with_snapshot(
         policies: PolicySet,
-        sync: SyncState,
+        rules: Option<&[rules::StoredRule]>,
+        loaded: bool,
         store: S,
         observer: Arc<dyn Observer>,
     ) -> Self {
         observer.policies_loaded(policies.len());
-        let snapshot = Snapshot::build(policies, &[], &[], sync, &*observer, 0);
+        let snapshot = Snapshot::build(policies, &[], rules, loaded, &*observer, 0);
         let store_errors = observer.store_errors(store.kind());
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -246,53 +203,42 @@ impl<S: Store> Limiter<S> {
         self
     }
 
-    /// Puts a freshly loaded catalog in force. Metric handles are created for
-    /// new policy names and the series of removed ones are dropped, so the
-    /// label set stays bounded by the policies that exist.
-    /// An update older than what is loaded (two reloads finishing out of
-    /// order) is ignored, so the version in force never goes back.
-    pub fn replace(&self, update: CatalogUpdate) {
-        // A poisoned lock guards no data: the snapshot is swapped atomically.
+    /// Puts `bundle` in force: checks that start after this return decide
+    /// with it; a check already running finishes on what it began with.
+    /// Recorders are asked for new policy names and removed ones are
+    /// reported, so the label set stays bounded by the policies that exist.
+    /// Which of two bundles is newer is the caller's to judge (the catalog
+    /// compares versions).
+    pub fn replace(&self, bundle: Bundle) {
+        // Held by replacements only, never by a check: two finishing together
+        // compare against the snapshot each one replaces. A poisoned lock
+        // guards no data: the snapshot is swapped atomically.
         let _replacing = self
             .replacing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let previous = self.snapshot.load_full();
-        if previous
-            .sync
-            .version
-            .is_some_and(|loaded| loaded > update.version)
-        {
-            return;
-        }
-        let sync = SyncState {
-            source: PolicySource::Database,
-            policies: update.policies.len(),
-            api_keys: update.keys.len(),
-            version: Some(update.version),
-            synced_at: Some(SystemTime::now()),
-        };
-        // The catalog stores no failure mode yet: its policies take the
-        // replica's `limiter.failure_mode`, as file policies without one do.
+        // Bundles carry no failure mode: their policies take the replica's
+        // `limiter.failure_mode`, as file policies without one do.
         let policies = match &self.failover {
             Some(failover) => {
                 let mode = failover.default_mode();
                 PolicySet::new(
-                    update
+                    bundle
                         .policies
                         .iter_sorted()
                         .into_iter()
                         .map(|policy| (**policy).clone().with_failure_mode(mode)),
                 )
-                .unwrap_or(update.policies)
+                .unwrap_or(bundle.policies)
             }
-            None => update.policies,
+            None => bundle.policies,
         };
         let next = Snapshot::build(
             policies,
-            &update.keys,
-            &update.rules,
-            sync,
+            &bundle.tenants,
+            Some(&bundle.rules),
+            true,
             &*self.observer,
             previous.generation.wrapping_add(1),
         );
@@ -302,17 +248,6 @@ impl<S: Store> Limiter<S> {
             }
         }
         self.observer.policies_loaded(next.policies.len());
-        // Once per version: the same catalog reloaded (every resync interval,
-        // and after an admin write both by the writer and by its notification) is not news.
-        if previous.sync.version != Some(update.version) {
-            tracing::info!(
-                version = update.version,
-                previous_version = previous.sync.version,
-                policies = next.policies.len(),
-                api_keys = update.keys.len(),
-                "catalog applied"
-            );
-        }
         self.snapshot.store(Arc::new(next));
         // A remembered denial was judged under the old limits: a raised limit
         // must admit at once, not after the old retry time. Clearing frees
@@ -323,16 +258,11 @@ impl<S: Store> Limiter<S> {
         }
     }
 
-    /// Forward-auth's rules from the catalog in force now, read without a
-    /// lock; `None` when the policies come from the configuration (whose
-    /// rules are fixed at start-up). Empty until the catalog first loads.
-    pub fn catalog_rules(&self) -> Option<Arc<rules::Rules>> {
+    /// Forward-auth's rules from the bundle in force now, read without a
+    /// lock; `None` when the policies are fixed (from the configuration,
+    /// whose rules forward-auth holds). Empty until the first bundle.
+    pub fn bundle_rules(&self) -> Option<Arc<rules::Rules>> {
         self.snapshot.load().rules.clone()
-    }
-
-    /// What is loaded now.
-    pub fn sync_state(&self) -> SyncState {
-        self.snapshot.load().sync
     }
 
     /// Checks `cost` units (the policy's default cost when `None`) of `key` against `policy`.
@@ -524,7 +454,7 @@ impl<S: Store> Limiter<S> {
             .iter()
             .all(|policy| policy.failure_mode() != FailureMode::Closed);
         LimiterHealth {
-            ready: snapshot.sync.loaded() && (!degraded || no_policy_fails_closed),
+            ready: snapshot.loaded && (!degraded || no_policy_fails_closed),
             degraded,
             policies,
             store,
@@ -960,12 +890,10 @@ mod failover_tests {
         assert_eq!(counters.store_calls(), 6, "readiness probes are not checks");
     }
 
-    fn catalog(version: i64, limit: u64) -> CatalogUpdate {
-        CatalogUpdate {
+    fn bundle(limit: u64) -> Bundle {
+        Bundle {
             policies: PolicySet::new([policy(limit, FailureMode::Closed)]).unwrap(),
-            keys: Vec::new(),
-            rules: Vec::new(),
-            version,
+            ..Bundle::default()
         }
     }
 
@@ -973,10 +901,10 @@ mod failover_tests {
     async fn a_denial_from_a_check_begun_before_a_limit_was_raised_is_not_answered_after_it() {
         let clock = FakeClock::default();
         let limiter = Arc::new(
-            Limiter::awaiting_catalog(ScriptedStore::new(&clock), unobserved())
+            Limiter::awaiting_bundle(ScriptedStore::new(&clock), unobserved())
                 .with_failover(Failover::new(settings(), Arc::new(clock.clone()))),
         );
-        limiter.replace(catalog(1, 1));
+        limiter.replace(bundle(1));
         assert!(
             limiter
                 .check("p", "k", None)
@@ -994,7 +922,7 @@ mod failover_tests {
             async move { limiter.check("p", "k", None).await }
         });
         limiter.store().reached_gate.notified().await;
-        limiter.replace(catalog(2, 5));
+        limiter.replace(bundle(5));
         gate.add_permits(1);
         let stale = in_flight.await.unwrap().unwrap();
         assert!(!stale.decision.allowed, "judged under the old limit");

@@ -26,10 +26,10 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::telemetry::{self, SpanExportStats};
-use slidegate_catalog::CatalogStats;
+use slidegate_catalog::{CatalogStats, CatalogSync};
 use slidegate_core::{
     BreakerState, Decision, Failover, MemoryStats, Observer, PolicyRecorder, PoolStats, StoreError,
-    StoreErrorRecorder, SyncState,
+    StoreErrorRecorder,
 };
 
 /// `Content-Type` of [`Metrics::render`]'s output: the Prometheus text format 0.0.4.
@@ -168,7 +168,7 @@ impl Metrics {
         &self,
         pools: &[PoolStats],
         failover: Option<&Failover>,
-        catalog: Option<(SyncState, CatalogStats)>,
+        catalog: Option<(CatalogSync, CatalogStats)>,
         memory: &[MemoryStats],
     ) -> String {
         let mut scraped = Registry::with_prefix(PREFIX);
@@ -424,7 +424,7 @@ fn register_failover(registry: &mut Registry, failover: &Failover) {
     );
 }
 
-fn register_catalog(registry: &mut Registry, sync: SyncState, stats: CatalogStats) {
+fn register_catalog(registry: &mut Registry, sync: CatalogSync, stats: CatalogStats) {
     let version = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
     version.set(sync.version.unwrap_or(0));
     registry.register(

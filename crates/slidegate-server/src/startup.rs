@@ -103,7 +103,7 @@ impl Application {
         let metrics = Metrics::new(store_kind, policies.len());
         let (limiter, catalog, loaded) = match catalog {
             Some((catalog, loaded)) => (
-                Limiter::awaiting_catalog(store, metrics.observer()),
+                Limiter::awaiting_bundle(store, metrics.observer()),
                 Some(catalog),
                 loaded,
             ),
@@ -118,8 +118,8 @@ impl Application {
             Some(failover) => limiter.with_failover(failover),
             None => limiter,
         };
-        if let Some(update) = loaded {
-            limiter.replace(update);
+        if let (Some(update), Some(catalog)) = (loaded, &catalog) {
+            catalog.apply(update, |bundle| limiter.replace(bundle));
         }
         let example_policy = limiter
             .policies()
@@ -153,7 +153,7 @@ impl Application {
         // Keeps this replica's copy of the catalog current for as long as it runs.
         let syncer = catalog.clone().map(|catalog| {
             let state = state.clone();
-            tokio::spawn(catalog.run_sync(move |update| state.limiter.replace(update)))
+            tokio::spawn(catalog.run_sync(move |bundle| state.limiter.replace(bundle)))
         });
         // Without tracing the middleware is not in the chain at all, so a
         // request pays for no root span, request id or header parsing.
@@ -248,7 +248,8 @@ impl Application {
     /// schema is newer than it understands refuses to start.
     async fn open_catalog(
         settings: &Settings,
-    ) -> Result<Option<(Arc<Catalog>, Option<slidegate_core::CatalogUpdate>)>, StartupError> {
+    ) -> Result<Option<(Arc<Catalog>, Option<slidegate_catalog::CatalogUpdate>)>, StartupError>
+    {
         let Some(url) = settings.postgres.url() else {
             return Ok(None);
         };

@@ -115,9 +115,11 @@ impl Catalog {
         }
         tx.commit().await.map_err(db_error)?;
         Ok(CatalogUpdate {
-            policies,
-            keys,
-            rules,
+            bundle: Bundle {
+                policies,
+                tenants: keys,
+                rules,
+            },
             version,
         })
     }

@@ -60,6 +60,7 @@ impl Catalog {
             tls,
             options,
             migrated: AtomicBool::new(false),
+            applied: std::sync::Mutex::new(CatalogSync::default()),
             counters: CatalogCounters::default(),
         })
     }

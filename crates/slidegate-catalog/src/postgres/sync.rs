@@ -3,11 +3,57 @@
 use super::*;
 
 impl Catalog {
-    /// Keeps `apply` fed with the current catalog until the process stops:
+    /// Puts `update` in force through `put_in_force` (the limiter's
+    /// `replace`) unless a newer version already is: two loads that finish
+    /// out of order (a resync and an admin write's reload) never take the
+    /// version back. Records what is in force; `false` when it was older.
+    pub fn apply(&self, update: CatalogUpdate, put_in_force: impl FnOnce(Bundle)) -> bool {
+        // A poisoned lock guards plain numbers, rewritten whole below.
+        let mut applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let previous = applied.version;
+        if previous.is_some_and(|loaded| loaded > update.version) {
+            return false;
+        }
+        let policies = update.bundle.policies.len();
+        let api_keys = update.bundle.tenants.len();
+        put_in_force(update.bundle);
+        *applied = CatalogSync {
+            version: Some(update.version),
+            synced_at: Some(SystemTime::now()),
+            policies,
+            api_keys,
+        };
+        // Once per version: the same catalog reloaded (every resync interval,
+        // and after an admin write both by the writer and by its notification) is not news.
+        if previous != Some(update.version) {
+            tracing::info!(
+                version = update.version,
+                previous_version = previous,
+                policies,
+                api_keys,
+                "catalog applied"
+            );
+        }
+        true
+    }
+
+    /// What this replica has put in force from the catalog.
+    pub fn synced(&self) -> CatalogSync {
+        *self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps `apply` fed with the current catalog, in version order (see
+    /// [`Catalog::apply`]), until the process stops:
     /// LISTEN for changes, reload on each (a burst of notifications is one
     /// reload), reload every `resync_interval`, and after any reconnection,
     /// which catches whatever was missed while disconnected.
-    pub async fn run_sync(self: Arc<Self>, apply: impl Fn(CatalogUpdate) + Send + Sync + 'static) {
+    pub async fn run_sync(self: Arc<Self>, apply: impl Fn(Bundle) + Send + Sync + 'static) {
         let mut backoff = Duration::from_millis(100);
         let mut lost_logged = false;
         loop {
@@ -70,11 +116,11 @@ impl Catalog {
     }
 
     /// Loads the catalog and applies it; `false` when Postgres failed (the caller reconnects).
-    async fn resync(&self, apply: &(impl Fn(CatalogUpdate) + Send + Sync)) -> bool {
+    async fn resync(&self, apply: &(impl Fn(Bundle) + Send + Sync)) -> bool {
         match self.load().await {
             Ok(update) => {
                 tracing::debug!(version = update.version, "catalog loaded");
-                apply(update);
+                self.apply(update, apply);
                 true
             }
             Err(CatalogError::SchemaTooNew { found, known }) => {

@@ -110,7 +110,9 @@ fn authorize<'s, S: Store>(
 /// write. Other replicas get it through the notification.
 async fn refresh<S: Store>(state: &HttpState<S>, catalog: &Catalog) {
     match catalog.load().await {
-        Ok(update) => state.limiter.replace(update),
+        Ok(update) => {
+            catalog.apply(update, |bundle| state.limiter.replace(bundle));
+        }
         Err(error) => tracing::debug!(%error, "reload after an admin write failed"),
     }
 }

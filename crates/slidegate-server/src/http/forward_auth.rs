@@ -121,7 +121,7 @@ pub async fn forward_auth<S: Store>(
         header: &lookup,
     };
 
-    let catalog_rules = state.limiter.catalog_rules();
+    let catalog_rules = state.limiter.bundle_rules();
     let rules = catalog_rules.as_deref().unwrap_or(&config.rules);
     let mut answers = AllMustAdmit::new();
     for rule in rules.matching(&forwarded) {

@@ -7,7 +7,8 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
 use super::HttpState;
-use slidegate_core::{DependencyHealth, FailoverHealth, PolicySource, PoolHealth, Store};
+use slidegate_catalog::CatalogSync;
+use slidegate_core::{DependencyHealth, FailoverHealth, PoolHealth, Store};
 
 /// 200 while the process can answer at all; a load balancer should restart it otherwise.
 pub async fn live() -> HttpResponse {
@@ -35,6 +36,16 @@ struct DependencyCheck<'a> {
     health: &'a DependencyHealth,
     /// How long ago the background probe answered (or gave up waiting).
     checked_ms_ago: u64,
+}
+
+/// Where a replica's policies come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum PolicySource {
+    /// `[[policies]]` in the configuration (or the demo policy), fixed at start-up.
+    Config,
+    /// The Postgres catalog, replaced whenever it changes.
+    Database,
 }
 
 #[derive(Serialize)]
@@ -72,7 +83,10 @@ pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     let store = state.probes.store.read();
     let postgres = state.probes.postgres.as_ref().map(|probe| probe.read());
     let mut health = state.limiter.health_given(store.answer);
-    let sync = state.limiter.sync_state();
+    let (source, sync) = match &state.catalog {
+        Some(catalog) => (PolicySource::Database, catalog.synced()),
+        None => (PolicySource::Config, CatalogSync::default()),
+    };
     // Pools are read now, not when the probe ran: during an outage they show
     // the connections being lost and reopened.
     let mut pools = state.limiter.store().pools();
@@ -126,8 +140,8 @@ pub async fn ready<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
             degraded: health.degraded,
             store: health.store.store,
             algorithms,
-            policies: sync.policies,
-            source: sync.source,
+            policies: health.policies,
+            source,
             api_keys: sync.api_keys,
             policy_version: sync.version,
             last_sync: sync

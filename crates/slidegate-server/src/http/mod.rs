@@ -147,7 +147,7 @@ async fn scrape<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
     let catalog = state
         .catalog
         .as_ref()
-        .map(|catalog| (state.limiter.sync_state(), catalog.stats()));
+        .map(|catalog| (catalog.synced(), catalog.stats()));
     let body = state.metrics.render(
         &pools,
         state.limiter.failover(),

@@ -485,31 +485,51 @@ async fn each_catalog_version_applied_is_logged_once_with_its_policy_count() {
     assert_eq!(logged.len(), 2, "{logged:?}");
 }
 
-#[test]
-fn a_reload_never_replaces_a_newer_catalog_version_with_an_older_one() {
+#[tokio::test]
+async fn a_reload_never_replaces_a_newer_catalog_version_with_an_older_one() {
     use slidegate::store::MemoryStore;
-    use slidegate_core::{CatalogUpdate, Limiter, PolicySet, SystemClock};
-    let limiter = Limiter::awaiting_catalog(
+    use slidegate_catalog::{Catalog, CatalogOptions, CatalogUpdate};
+    use slidegate_core::{Bundle, Limiter, PolicySet, SystemClock};
+    // Building a catalog connects to nothing: apply only compares versions.
+    let catalog = Catalog::new(CatalogOptions {
+        url: "postgres://postgres@127.0.0.1:1/none".into(),
+        pool_size: 1,
+        connect_timeout: Duration::from_millis(100),
+        statement_timeout: Duration::from_millis(100),
+        resync_interval: Duration::from_secs(60),
+    })
+    .unwrap();
+    let limiter = Limiter::awaiting_bundle(
         MemoryStore::new(Arc::new(SystemClock)),
         slidegate_core::unobserved(),
     );
     let update = |version: i64, policies: &[&str]| CatalogUpdate {
-        policies: PolicySet::new(policies.iter().map(|name| {
-            crate::helpers::policy(name, "gcra", 5, "1m")
-                .to_policy(slidegate_core::FailureMode::Closed)
-                .unwrap()
-        }))
-        .unwrap(),
-        keys: Vec::new(),
-        rules: Vec::new(),
+        bundle: Bundle {
+            policies: PolicySet::new(policies.iter().map(|name| {
+                crate::helpers::policy(name, "gcra", 5, "1m")
+                    .to_policy(slidegate_core::FailureMode::Closed)
+                    .unwrap()
+            }))
+            .unwrap(),
+            ..Bundle::default()
+        },
         version,
     };
-    limiter.replace(update(7, &["a", "b"]));
+    let apply = |version, policies| {
+        catalog.apply(update(version, policies), |bundle| limiter.replace(bundle))
+    };
+    assert!(apply(7, &["a", "b"]));
     // Two reloads that finished out of order: the older one arrives last.
-    limiter.replace(update(6, &["a"]));
-    let state = limiter.sync_state();
-    assert_eq!((state.version, state.policies), (Some(7), 2));
-    limiter.replace(update(8, &["c"]));
-    let state = limiter.sync_state();
-    assert_eq!((state.version, state.policies), (Some(8), 1));
+    assert!(!apply(6, &["a"]));
+    let synced = catalog.synced();
+    assert_eq!((synced.version, synced.policies), (Some(7), 2));
+    assert_eq!(
+        limiter.policies().len(),
+        2,
+        "the older bundle was not put in force"
+    );
+    assert!(apply(8, &["c"]));
+    let synced = catalog.synced();
+    assert_eq!((synced.version, synced.policies), (Some(8), 1));
+    assert!(limiter.policies().get("c").is_some());
 }
