@@ -45,7 +45,7 @@ impl ConfigurationError {
 }
 
 /// Every setting of a replica. Each field has a default, so an empty file (or none) is valid.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -688,6 +688,21 @@ impl ForwardAuthSettings {
     }
 }
 
+/// [`Settings`] that passed [`Settings::validate`], with what start-up needs
+/// already built from them. The only way to start an
+/// [`Application`](crate::startup::Application): what it is given was checked once.
+#[derive(Debug)]
+pub struct Validated {
+    /// The settings as loaded, for the values start-up uses as they are.
+    pub settings: Settings,
+    pub policies: PolicySet,
+    /// Forward-auth's rules from `[policies.match]`, in file order.
+    pub forward_auth_rules: Rules,
+    pub client_ip: ClientIpRules,
+    /// The certificates the `redis.tls_*` files name, read and parsed.
+    pub redis_tls: Option<RedisTls>,
+}
+
 impl Settings {
     /// Reads defaults, then `file` if given, then the environment
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME` and `OTEL_SDK_DISABLED`
@@ -732,11 +747,29 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks every value the types alone cannot, and builds the policy set.
+    /// Checks every value the types alone cannot and builds, once, what
+    /// start-up needs from them: the policy set, forward-auth's rules, the
+    /// trusted-proxy rules and the Redis TLS material. Start-up consumes the
+    /// result and checks nothing again.
     ///
     /// # Errors
     /// The first invalid setting, naming its field.
-    pub fn validate(&self) -> Result<PolicySet, ConfigurationError> {
+    pub fn validate(self) -> Result<Validated, ConfigurationError> {
+        let policies = self.check()?;
+        let forward_auth_rules = self.rules(&policies)?;
+        let client_ip = self.forward_auth.client_ip_rules()?;
+        let redis_tls = self.redis.tls()?;
+        Ok(Validated {
+            settings: self,
+            policies,
+            forward_auth_rules,
+            client_ip,
+            redis_tls,
+        })
+    }
+
+    /// Every check but those [`Settings::validate`] makes by building.
+    fn check(&self) -> Result<PolicySet, ConfigurationError> {
         let bind = self.server.bind.parse::<SocketAddr>().map_err(|e| {
             ConfigurationError::invalid("server.bind", format!("{:?}: {e}", self.server.bind))
         })?;
@@ -853,17 +886,14 @@ impl Settings {
                 ),
             ));
         }
-        let policies = self.policy_set()?;
-        self.forward_auth.client_ip_rules()?;
-        self.rules(&policies)?;
-        Ok(policies)
+        self.policy_set()
     }
 
     /// The forward-auth rules of the policies that declare `match`, in file order.
     ///
     /// # Errors
     /// The first invalid match rule or key spec, naming its field.
-    pub fn rules(&self, policies: &PolicySet) -> Result<Rules, ConfigurationError> {
+    fn rules(&self, policies: &PolicySet) -> Result<Rules, ConfigurationError> {
         let mut rules = Vec::new();
         for (index, declared) in self.policies.iter().flatten().enumerate() {
             let field = |name: &str| format!("policies[{index}].{name}");

@@ -50,13 +50,16 @@ async fn main() -> ExitCode {
     };
     // Validate before telemetry starts, so a bad tracing setting is reported
     // as plainly as any other instead of half-starting an exporter.
-    if let Err(error) = settings.validate() {
-        eprintln!("slidegate: {error}");
-        return ExitCode::from(2);
-    }
-    let telemetry = telemetry::init(&settings.log, &settings.tracing);
+    let valid = match settings.validate() {
+        Ok(valid) => valid,
+        Err(error) => {
+            eprintln!("slidegate: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let telemetry = telemetry::init(&valid.settings.log, &valid.settings.tracing);
 
-    let application = match Application::build(&settings).await {
+    let application = match Application::build(valid).await {
         Ok(application) => application,
         Err(error) => {
             tracing::error!(%error, "slidegate could not start");

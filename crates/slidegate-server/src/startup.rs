@@ -11,7 +11,7 @@ use actix_web::{App, HttpServer, web};
 use tokio::task::JoinHandle;
 use tracing_actix_web::TracingLogger;
 
-use crate::configuration::{ConfigurationError, ServerSettings, Settings};
+use crate::configuration::{ConfigurationError, ServerSettings, Settings, Validated};
 use crate::http::admin::AdminToken;
 use crate::http::{self, ForwardAuth, HttpState, Listener, RootSpan};
 use crate::metrics::Metrics;
@@ -55,8 +55,8 @@ pub struct Application {
 impl Application {
     /// # Errors
     /// Invalid settings, an unusable Redis URL, or an address that cannot be bound.
-    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        Self::build_with_clock(settings, Arc::new(MonotonicClock::new())).await
+    pub async fn build(valid: Validated) -> Result<Self, StartupError> {
+        Self::build_with_clock(valid, Arc::new(MonotonicClock::new())).await
     }
 
     /// As [`Application::build`], with the clock in-process time is judged by:
@@ -67,13 +67,20 @@ impl Application {
     /// # Errors
     /// As [`Application::build`].
     pub async fn build_with_clock(
-        settings: &Settings,
+        valid: Validated,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
-        let policies = settings.validate()?;
+        let Validated {
+            settings,
+            policies,
+            forward_auth_rules,
+            client_ip,
+            redis_tls,
+        } = valid;
+        let settings = &settings;
         let forward_auth = ForwardAuth {
-            rules: settings.rules(&policies)?,
-            client_ip: settings.forward_auth.client_ip_rules()?,
+            rules: forward_auth_rules,
+            client_ip,
             no_match: settings.forward_auth.no_match,
         };
         let draining = Arc::new(AtomicBool::new(false));
@@ -81,7 +88,7 @@ impl Application {
             Some(url) => (
                 AnyStore::Redis(Box::new(RedisStore::new(RedisOptions {
                     url: url.to_owned(),
-                    tls: settings.redis.tls()?,
+                    tls: redis_tls,
                     key_prefix: settings.limiter.key_prefix.clone(),
                     pool_size: settings.redis.pool_size,
                     connect_timeout: settings.redis.connect_timeout,

@@ -395,7 +395,7 @@ async fn a_replica_refuses_to_start_on_a_schema_newer_than_it_understands() {
     let mut settings = slidegate::configuration::Settings::default();
     settings.server.bind = "127.0.0.1:0".into();
     settings.postgres.url = Some(database.url.clone().into());
-    let error = slidegate::startup::Application::build(&settings)
+    let error = slidegate::startup::Application::build(settings.validate().unwrap())
         .await
         .err()
         .expect("start-up is refused");

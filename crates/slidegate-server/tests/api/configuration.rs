@@ -27,7 +27,7 @@ fn load_toml(text: &str) -> Result<Settings, ConfigurationError> {
 }
 
 fn invalid_setting(text: &str) -> String {
-    match load_toml(text).and_then(|settings| settings.validate().map(|_| settings)) {
+    match load_toml(text).and_then(|settings| settings.clone().validate().map(|_| settings)) {
         Ok(_) => panic!("accepted:\n{text}"),
         Err(error) => error.to_string(),
     }
@@ -39,14 +39,18 @@ fn the_shipped_default_file_matches_the_built_in_defaults() {
     let from_file = Settings::load(Some(&repo_file("config/default.toml"))).unwrap();
     let built_in = Settings::default();
     assert_eq!(format!("{from_file:?}"), format!("{built_in:?}"));
-    assert_eq!(from_file.validate().unwrap().len(), 1, "the demo policy");
+    assert_eq!(
+        from_file.validate().unwrap().policies.len(),
+        1,
+        "the demo policy"
+    );
 }
 
 #[test]
 fn the_shipped_example_file_is_valid() {
     let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
     let settings = Settings::load(Some(&repo_file("config/example.toml"))).unwrap();
-    let policies = settings.validate().unwrap();
+    let policies = settings.clone().validate().unwrap().policies;
     assert!(policies.len() >= 3);
     assert!(settings.redis.url().is_some());
 }
@@ -142,7 +146,7 @@ fn a_policy_takes_the_default_failure_mode_unless_it_names_its_own() {
          [[policies]]\nname = \"b\"\nalgorithm = \"gcra\"\nlimit = 5\nwindow = \"1m\"\nfailure_mode = \"local\"",
     )
     .unwrap();
-    let policies = settings.validate().unwrap();
+    let policies = settings.clone().validate().unwrap().policies;
     assert_eq!(policies.get("a").unwrap().failure_mode(), FailureMode::Open);
     assert_eq!(
         policies.get("b").unwrap().failure_mode(),
@@ -207,7 +211,7 @@ fn limiter_max_keys_comes_from_the_environment_and_bounds_both_in_process_stores
     assert_eq!(defaults.failover().local_max_keys, 100_000);
     let env = [("SLIDEGATE__LIMITER__MAX_KEYS".to_owned(), "5000".to_owned())];
     let settings = Settings::load_with_env(None, env.into_iter().collect()).unwrap();
-    settings.validate().unwrap();
+    settings.clone().validate().unwrap();
     assert_eq!(settings.limiter.max_keys, 5000);
     assert_eq!(settings.failover().local_max_keys, 5000);
 }

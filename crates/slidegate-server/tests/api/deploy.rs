@@ -135,7 +135,7 @@ fn assert_settings_valid(source: &str, env: &[(String, String)]) -> Settings {
     let all = env.iter().cloned().collect();
     let settings = Settings::load_with_env(file.as_deref(), all)
         .unwrap_or_else(|error| panic!("{source}: {error}"));
-    if let Err(error) = settings.validate() {
+    if let Err(error) = settings.clone().validate() {
         panic!("{source}: {error}");
     }
     settings

@@ -222,7 +222,10 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
     settings.policies = Some(options.policies);
     settings.postgres.url = options.postgres_url.map(Into::into);
     settings.admin.token = options.admin_token.map(Into::into);
-    let application = Application::build_with_clock(&settings, options.clock)
+    let valid = settings
+        .validate()
+        .expect("the test app's settings are valid");
+    let application = Application::build_with_clock(valid, options.clock)
         .await
         .expect("the test app builds");
     let address = format!("http://{}", application.address());

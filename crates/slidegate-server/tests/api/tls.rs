@@ -266,7 +266,7 @@ fn tls_settings_that_cannot_work_are_refused_naming_the_setting() {
         ),
     ] {
         let settings = settings(&env);
-        let message = settings.validate().unwrap_err().to_string();
+        let message = settings.clone().validate().unwrap_err().to_string();
         assert!(message.contains(mentions), "{message:?} for {env:?}");
         assert!(!message.contains("topsecret"), "{message}");
         assert_eq!(tls_error(&settings), message, "the same check at start-up");
@@ -335,9 +335,14 @@ fn tls_files_that_cannot_be_read_or_parsed_name_the_setting_and_the_path_never_t
             "does not fit the client certificate",
         ),
     ] {
-        // Consistent settings: only reading the files finds the problem.
-        settings.validate().unwrap();
+        // Consistent settings: only reading the files finds the problem,
+        // and validation reads them (once: start-up uses what it read).
         let message = tls_error(&settings);
+        assert_eq!(
+            settings.validate().unwrap_err().to_string(),
+            message,
+            "validation reports what reading the files found"
+        );
         assert!(
             message.starts_with(&format!("invalid setting {field}: ")),
             "{message}"
@@ -365,9 +370,12 @@ async fn an_unreadable_ca_file_stops_start_up_naming_the_setting() {
     settings.server.bind = "127.0.0.1:0".into();
     settings.redis.url = Some("rediss://127.0.0.1:6380".to_owned().into());
     settings.redis.tls_ca_file = Some(pki.path("missing.crt"));
-    let error = match Application::build(&settings).await {
-        Ok(_) => panic!("started without its CA file"),
+    let error = match settings.validate() {
         Err(error) => error.to_string(),
+        Ok(valid) => match Application::build(valid).await {
+            Ok(_) => panic!("started without its CA file"),
+            Err(error) => error.to_string(),
+        },
     };
     assert!(
         error.starts_with("invalid setting redis.tls_ca_file: cannot read "),
