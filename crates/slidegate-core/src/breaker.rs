@@ -72,7 +72,7 @@ pub const RATIO_BUCKETS: usize = 10;
 
 /// When the breaker opens and how it recovers.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BreakerSettings {
+pub struct BreakerOptions {
     /// Consecutive failed calls that open the breaker (at least 1).
     pub failures: u32,
     /// Share of failed calls, in (0, 1], that opens the breaker...
@@ -92,7 +92,7 @@ pub struct BreakerSettings {
     pub probe_timeout: Duration,
 }
 
-impl Default for BreakerSettings {
+impl Default for BreakerOptions {
     fn default() -> Self {
         Self {
             failures: 5,
@@ -186,7 +186,7 @@ enum Purpose {
 
 /// Guards calls to the shared store; see the module documentation.
 pub struct CircuitBreaker {
-    settings: BreakerSettings,
+    settings: BreakerOptions,
     clock: Arc<dyn Clock>,
     counters: Arc<FailureCounters>,
     word: AtomicU64,
@@ -226,7 +226,7 @@ pub struct Permit<'a> {
 
 impl CircuitBreaker {
     pub fn new(
-        settings: BreakerSettings,
+        settings: BreakerOptions,
         clock: Arc<dyn Clock>,
         counters: Arc<FailureCounters>,
     ) -> Self {
@@ -273,7 +273,7 @@ impl CircuitBreaker {
             .then(|| self.open_until.load(Ordering::Acquire))
     }
 
-    pub fn settings(&self) -> &BreakerSettings {
+    pub fn settings(&self) -> &BreakerOptions {
         &self.settings
     }
 
@@ -704,7 +704,7 @@ mod tests {
     use super::*;
     use crate::FakeClock;
 
-    fn breaker(settings: BreakerSettings) -> (CircuitBreaker, FakeClock, Arc<FailureCounters>) {
+    fn breaker(settings: BreakerOptions) -> (CircuitBreaker, FakeClock, Arc<FailureCounters>) {
         let clock = FakeClock::default();
         let counters = Arc::new(FailureCounters::default());
         let breaker = CircuitBreaker::new(settings, Arc::new(clock.clone()), counters.clone());
@@ -719,7 +719,7 @@ mod tests {
         breaker.try_acquire().expect("a permit").succeeded()
     }
 
-    const RUN_OF_THREE: BreakerSettings = BreakerSettings {
+    const RUN_OF_THREE: BreakerOptions = BreakerOptions {
         failures: 3,
         failure_ratio: 1.0,
         min_calls: 1000,
@@ -730,7 +730,7 @@ mod tests {
     };
 
     /// Opens on the failure ratio only (half of at least 10 calls in 10 s).
-    const RATIO_ONLY: BreakerSettings = BreakerSettings {
+    const RATIO_ONLY: BreakerOptions = BreakerOptions {
         failures: 1000,
         failure_ratio: 0.5,
         min_calls: 10,
@@ -839,7 +839,7 @@ mod tests {
 
     #[test]
     fn a_probe_dropped_without_a_result_frees_its_slot() {
-        let (breaker, clock, _) = breaker(BreakerSettings {
+        let (breaker, clock, _) = breaker(BreakerOptions {
             probes: 1,
             ..RUN_OF_THREE
         });
@@ -1009,7 +1009,7 @@ mod tests {
 
     #[test]
     fn most_calls_failing_at_a_high_rate_opens_the_breaker_though_every_failure_overlaps_another() {
-        let (breaker, clock, counters) = breaker(BreakerSettings {
+        let (breaker, clock, counters) = breaker(BreakerOptions {
             min_calls: 20,
             ..RATIO_ONLY
         });
@@ -1025,7 +1025,7 @@ mod tests {
 
     #[test]
     fn half_the_calls_failing_opens_the_breaker_once_the_window_holds_only_that_traffic() {
-        let (breaker, clock, _) = breaker(BreakerSettings {
+        let (breaker, clock, _) = breaker(BreakerOptions {
             min_calls: 20,
             ..RATIO_ONLY
         });
@@ -1090,7 +1090,7 @@ mod tests {
 
     #[test]
     fn failures_spread_thinner_than_the_ratio_or_across_windows_keep_it_closed() {
-        let (breaker, clock, _) = breaker(BreakerSettings {
+        let (breaker, clock, _) = breaker(BreakerOptions {
             ratio_window: Duration::from_secs(1),
             ..RATIO_ONLY
         });
@@ -1318,7 +1318,7 @@ mod tests {
         const ROUNDS: u64 = 4_000;
         const CHECKPOINT: u64 = 50;
         for seed in [1u64, 0x5EED, 0xDEAD_BEEF] {
-            let (breaker, clock, counters) = breaker(BreakerSettings {
+            let (breaker, clock, counters) = breaker(BreakerOptions {
                 failures: 2,
                 failure_ratio: 0.5,
                 min_calls: 6,

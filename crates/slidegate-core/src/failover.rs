@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::breaker::{BreakerSettings, BreakerState, CircuitBreaker, Permit};
+use super::breaker::{BreakerOptions, BreakerState, CircuitBreaker, Permit};
 use super::clock::Clock;
 use super::counters::{CountersSnapshot, FailureCounters, LogThrottle, bump};
 use super::decision::{Decision, Outcome};
@@ -42,10 +42,10 @@ use crate::memory::MemoryStore;
 
 /// How a replica handles a shared store that fails.
 #[derive(Debug, Clone, Copy)]
-pub struct FailoverSettings {
+pub struct FailoverOptions {
     /// The failure mode of policies that name none (shown in readiness).
     pub default_mode: FailureMode,
-    pub breaker: BreakerSettings,
+    pub breaker: BreakerOptions,
     /// Largest number of keys in the deny cache; `None` turns the cache off.
     pub deny_cache_max_keys: Option<usize>,
     /// Largest number of keys the `local` mode's in-process limiter holds.
@@ -69,7 +69,7 @@ pub fn local_share(limit: u64, live_replicas: u64) -> u64 {
 
 /// The failure handling of one replica in front of its shared store.
 pub struct Failover {
-    settings: FailoverSettings,
+    settings: FailoverOptions,
     clock: Arc<dyn Clock>,
     counters: Arc<FailureCounters>,
     breaker: CircuitBreaker,
@@ -83,7 +83,7 @@ pub struct Failover {
 }
 
 impl Failover {
-    pub fn new(settings: FailoverSettings, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(settings: FailoverOptions, clock: Arc<dyn Clock>) -> Self {
         let counters = Arc::new(FailureCounters::default());
         Self {
             breaker: CircuitBreaker::new(settings.breaker, Arc::clone(&clock), counters.clone()),

@@ -44,11 +44,11 @@ pub mod store;
 pub mod tenant;
 
 pub use answer::{AllMustAdmit, RateLimitValues};
-pub use breaker::{BreakerSettings, BreakerState};
+pub use breaker::{BreakerOptions, BreakerState};
 pub use clock::{Clock, FakeClock, Micros, MonotonicClock, SystemClock};
 pub use counters::{CountersSnapshot, FailureCounters};
 pub use decision::{Decision, Outcome};
-pub use failover::{Failover, FailoverHealth, FailoverSettings};
+pub use failover::{Failover, FailoverHealth, FailoverOptions};
 pub use key::{KeyError, LimiterKey};
 pub use limiter::{Bundle, CheckError, Checked, Limiter, LimiterHealth, MAX_COST};
 pub use memory::MemoryStore;

@@ -529,9 +529,9 @@ mod tests {
             1,
         )
         .unwrap();
-        let settings = FailoverSettings {
+        let settings = FailoverOptions {
             default_mode: FailureMode::Closed,
-            breaker: BreakerSettings::default(),
+            breaker: BreakerOptions::default(),
             deny_cache_max_keys: Some(100),
             local_max_keys: 1000,
             heartbeat_interval: Duration::from_secs(1),
@@ -711,10 +711,10 @@ mod failover_tests {
         .with_failure_mode(mode)
     }
 
-    fn settings() -> FailoverSettings {
-        FailoverSettings {
+    fn settings() -> FailoverOptions {
+        FailoverOptions {
             default_mode: FailureMode::Closed,
-            breaker: BreakerSettings::default(),
+            breaker: BreakerOptions::default(),
             deny_cache_max_keys: Some(100),
             local_max_keys: 1000,
             heartbeat_interval: Duration::from_secs(1),

@@ -5,7 +5,7 @@
 //! dependency, each bounded by `timeout`: a stalled dependency costs one
 //! pending probe, never one per readiness request, and probes cannot take
 //! more than one pooled connection from the reloads and admin writes that
-//! need them. An answer older than [`ProbeSettings::stale_after`] (the task
+//! need them. An answer older than [`ProbeOptions::stale_after`] (the task
 //! itself is stuck) reads as a failure, never as the last good answer.
 
 use std::sync::Arc;
@@ -17,12 +17,12 @@ use crate::{Clock, DependencyHealth, Micros, MonotonicClock, StoreHealth};
 
 /// How often dependencies are probed and how long a probe may take (`[health]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeSettings {
+pub struct ProbeOptions {
     pub interval: Duration,
     pub timeout: Duration,
 }
 
-impl ProbeSettings {
+impl ProbeOptions {
     /// An answer older than this reads as failed. Answers normally come at
     /// most `interval + timeout` apart; this is three intervals and a
     /// timeout, so a late answer or two are not mistaken for a stuck probe.
@@ -74,7 +74,7 @@ pub struct Probes {
 
 /// The last answer of one dependency's probe.
 pub struct Probe<T> {
-    settings: ProbeSettings,
+    settings: ProbeOptions,
     /// Judges the answers' age; a monotonic clock, never the limiter's (tests move that one).
     clock: Arc<dyn Clock>,
     last: ArcSwap<Answered<T>>,
@@ -88,7 +88,7 @@ struct Answered<T> {
 /// A probe's answer as readiness reports it.
 #[derive(Debug, Clone)]
 pub struct Reading<T> {
-    /// The last answer; failed if it is older than [`ProbeSettings::stale_after`].
+    /// The last answer; failed if it is older than [`ProbeOptions::stale_after`].
     pub answer: T,
     /// How long ago it came.
     pub age: Duration,
@@ -105,12 +105,12 @@ impl<T> std::fmt::Debug for Probe<T> {
 impl<T: ProbeAnswer> Probe<T> {
     /// A probe whose answer is `initial` until it first answers; `initial`
     /// is also what a probe that never answered in time reports, failed.
-    pub fn new(settings: ProbeSettings, initial: T) -> Self {
+    pub fn new(settings: ProbeOptions, initial: T) -> Self {
         Self::with_clock(settings, initial, Arc::new(MonotonicClock::new()))
     }
 
     /// As [`Probe::new`], judging ages by `clock`.
-    pub fn with_clock(settings: ProbeSettings, initial: T, clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(settings: ProbeOptions, initial: T, clock: Arc<dyn Clock>) -> Self {
         let at = clock.now();
         Self {
             settings,
@@ -122,7 +122,7 @@ impl<T: ProbeAnswer> Probe<T> {
         }
     }
 
-    pub fn settings(&self) -> ProbeSettings {
+    pub fn settings(&self) -> ProbeOptions {
         self.settings
     }
 
@@ -194,8 +194,8 @@ mod tests {
         }
     }
 
-    fn settings(interval_ms: u64, timeout_ms: u64) -> ProbeSettings {
-        ProbeSettings {
+    fn settings(interval_ms: u64, timeout_ms: u64) -> ProbeOptions {
+        ProbeOptions {
             interval: Duration::from_millis(interval_ms),
             timeout: Duration::from_millis(timeout_ms),
         }

@@ -1,8 +1,16 @@
 //! Settings: built-in defaults, then an optional TOML file, then `SLIDEGATE__SECTION__KEY` environment variables.
 //!
-//! Everything is validated once, at start-up, into typed values; an invalid
-//! setting stops the process with a message naming the field and the problem,
-//! rather than surfacing later as a strange decision.
+//! Everything is validated once, at start-up, into typed values
+//! ([`Validated`]); an invalid setting stops the process with a message
+//! naming the field and the problem, rather than surfacing later as a
+//! strange decision.
+//!
+//! One naming rule across the workspace: a `*Settings` type is a section of
+//! the file as people write it (here, and the core's [`PolicySpec`] for
+//! `[[policies]]`); an `*Options` type is what a crate's constructor takes,
+//! already valid (`BreakerOptions`, `FailoverOptions`, `ProbeOptions` in the
+//! core, `RedisOptions`, `CatalogOptions`). Settings are turned into options
+//! here and nowhere else.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +26,7 @@ use crate::store::{RedisTls, TlsError};
 use slidegate_core::breaker::MAX_PROBES;
 use slidegate_core::rules::{KeySpec, NoMatch, RequestMatch, Rule, Rules};
 use slidegate_core::{
-    Algorithm, BreakerSettings, FailoverSettings, FailureMode, Policy, PolicyName, PolicySet,
+    Algorithm, BreakerOptions, FailoverOptions, FailureMode, Policy, PolicyName, PolicySet,
     PolicySpec, Window,
 };
 
@@ -124,8 +132,8 @@ impl Default for HealthSettings {
 }
 
 impl HealthSettings {
-    pub fn probes(&self) -> slidegate_core::probe::ProbeSettings {
-        slidegate_core::probe::ProbeSettings {
+    pub fn probes(&self) -> slidegate_core::probe::ProbeOptions {
+        slidegate_core::probe::ProbeOptions {
             interval: self.probe_interval,
             timeout: self.probe_timeout,
         }
@@ -167,7 +175,7 @@ pub struct RedisSettings {
     #[serde(deserialize_with = "duration")]
     pub command_timeout: Duration,
     /// When to stop waiting on Redis altogether, and how to come back.
-    pub breaker: BreakerConfig,
+    pub breaker: BreakerSettings,
 }
 
 impl Default for RedisSettings {
@@ -182,7 +190,7 @@ impl Default for RedisSettings {
             // local Redis answers in well under one.
             connect_timeout: Duration::from_millis(100),
             command_timeout: Duration::from_millis(50),
-            breaker: BreakerConfig::default(),
+            breaker: BreakerSettings::default(),
         }
     }
 }
@@ -190,7 +198,7 @@ impl Default for RedisSettings {
 /// The circuit breaker in front of Redis (`[redis.breaker]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct BreakerConfig {
+pub struct BreakerSettings {
     /// Consecutive failed checks (errors or timeouts) that open the breaker;
     /// checks that fail together in one stall count once (see `limiter::breaker`).
     pub failures: u32,
@@ -208,9 +216,9 @@ pub struct BreakerConfig {
     pub probes: u32,
 }
 
-impl Default for BreakerConfig {
+impl Default for BreakerSettings {
     fn default() -> Self {
-        let defaults = BreakerSettings::default();
+        let defaults = BreakerOptions::default();
         Self {
             failures: defaults.failures,
             failure_ratio: defaults.failure_ratio,
@@ -222,16 +230,16 @@ impl Default for BreakerConfig {
     }
 }
 
-impl BreakerConfig {
-    fn to_settings(&self) -> BreakerSettings {
-        BreakerSettings {
+impl BreakerSettings {
+    fn to_options(&self) -> BreakerOptions {
+        BreakerOptions {
             failures: self.failures,
             failure_ratio: self.failure_ratio,
             min_calls: self.min_calls,
             ratio_window: self.ratio_window,
             cool_down: self.cool_down,
             probes: self.probes,
-            probe_timeout: BreakerSettings::default().probe_timeout,
+            probe_timeout: BreakerOptions::default().probe_timeout,
         }
     }
 }
@@ -976,14 +984,14 @@ impl Settings {
     }
 
     /// How a Redis-backed replica handles Redis failing.
-    pub fn failover(&self) -> FailoverSettings {
-        FailoverSettings {
+    pub fn failover(&self) -> FailoverOptions {
+        FailoverOptions {
             default_mode: self.limiter.failure_mode,
-            breaker: BreakerSettings {
+            breaker: BreakerOptions {
                 // A probe is one check: the store's timeouts end it. Twice
                 // them is "lost", not "slow", even on a loaded machine.
                 probe_timeout: 2 * (self.redis.connect_timeout + self.redis.command_timeout),
-                ..self.redis.breaker.to_settings()
+                ..self.redis.breaker.to_options()
             },
             deny_cache_max_keys: self
                 .limiter
