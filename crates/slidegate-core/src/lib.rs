@@ -42,6 +42,8 @@ pub mod rules;
 pub mod spec;
 pub mod store;
 pub mod tenant;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use answer::{AllMustAdmit, RateLimitValues};
 pub use breaker::{BreakerOptions, BreakerState};
