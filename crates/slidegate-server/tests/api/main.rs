@@ -3,7 +3,6 @@
 mod admin;
 mod admin_listener;
 mod bad_input;
-mod boundaries;
 mod catalog_sync;
 mod chaos;
 mod check;

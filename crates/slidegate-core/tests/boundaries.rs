@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use slidegate::store::MemoryStore;
+use slidegate_core::MemoryStore;
 use slidegate_core::{Algorithm, FakeClock, LimiterKey, Policy, PolicyName, Window};
 
 const MS: u64 = 1_000;
