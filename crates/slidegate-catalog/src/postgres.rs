@@ -22,7 +22,7 @@ use tokio_postgres::{AsyncMessage, Config, GenericClient, IsolationLevel, Row};
 
 use super::CatalogError;
 use super::keys::{self, NewKey};
-use super::model::{ApiKeyRecord, Invalid, MatchRules, NewKeyDocument, PolicyRecord, ValidPolicy};
+use super::model::{ApiKeyRecord, Invalid, MatchRules, PolicyRecord, ValidPolicy};
 use slidegate_core::rules::{KeySpec, RequestMatch, StoredRule};
 use slidegate_core::{
     Algorithm, ApiKeyDigest, Bundle, DependencyHealth, Policy, PolicyName, PolicySet, PoolHealth,

@@ -176,9 +176,9 @@ impl Catalog {
     )]
     pub async fn create_key(
         &self,
-        document: NewKeyDocument,
+        tenant: TenantName,
+        overrides: &BTreeMap<String, u64>,
     ) -> Result<(ApiKeyRecord, NewKey), CatalogError> {
-        let tenant = document.tenant()?;
         let key = keys::generate()
             .map_err(|error| CatalogError::Database(format!("no randomness: {error}")))?;
         let record = self
@@ -197,7 +197,7 @@ impl Catalog {
                     .await
                     .map_err(db_error)?
                     .get(0);
-                write_overrides(tx, id, &document.overrides).await?;
+                write_overrides(tx, id, overrides).await?;
                 find_key(tx, id).await
             })
             .await?;

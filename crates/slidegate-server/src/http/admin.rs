@@ -15,9 +15,10 @@ use subtle::ConstantTimeEq;
 
 use super::HttpState;
 use super::check::require_json;
+use super::documents::{NewKeyDocument, OverridesDocument, PolicyDocument};
 use super::error::ApiError;
 use slidegate_catalog::Catalog;
-use slidegate_catalog::model::{ApiKeyRecord, NewKeyDocument, OverridesDocument, PolicyDocument};
+use slidegate_catalog::model::ApiKeyRecord;
 use slidegate_core::Store;
 
 /// Largest admin request body: a policy with a long description, or a key's overrides.
@@ -236,7 +237,10 @@ async fn create_key<S: Store>(
 ) -> Result<HttpResponse, ApiError> {
     let catalog = authorize(&request, &state)?;
     let document: NewKeyDocument = read_json(&request, body).await?;
-    let (record, key) = catalog.create_key(document).await?;
+    let tenant = document
+        .tenant()
+        .map_err(|invalid| ApiError::Catalog(invalid.into()))?;
+    let (record, key) = catalog.create_key(tenant, &document.overrides).await?;
     // The id and display prefix identify the key; the key itself is never logged.
     tracing::info!(id = record.id, prefix = %record.prefix, tenant = %record.tenant, "API key created through the admin API");
     refresh(&state, catalog).await;

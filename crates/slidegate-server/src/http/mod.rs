@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod check;
 pub mod client_ip;
+pub mod documents;
 pub mod error;
 pub mod forward_auth;
 pub mod health;
