@@ -60,4 +60,6 @@ pub use spec::{MatchSpec, PolicySpec};
 pub use store::{
     DependencyHealth, MemoryStats, PoolHealth, PoolStats, Store, StoreError, StoreHealth,
 };
-pub use tenant::{ApiKeyDigest, InvalidTenant, TenantKey, TenantName};
+pub use tenant::{
+    ApiKeyDigest, InvalidTenant, MAX_PRESENTED_API_KEY_LEN, PresentedApiKey, TenantKey, TenantName,
+};

@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::HttpState;
 use super::error::ApiError;
-use slidegate_catalog::keys;
-use slidegate_core::{ApiKeyDigest, CheckError, Checked, FailureMode, Store};
+use slidegate_core::{ApiKeyDigest, CheckError, Checked, FailureMode, PresentedApiKey, Store};
 
 /// Header carrying what a shadow policy would have decided: `allowed` or `denied`.
 pub const SHADOW_HEADER: &str = "slidegate-shadow-decision";
@@ -88,32 +87,22 @@ pub async fn check<S: Store>(
     Ok(decision_response(&checked))
 }
 
-/// The digest of the API key in `Authorization: Bearer <key>` or `X-API-Key`,
-/// if any. The key itself goes no further than this function.
+/// The digest of the API key the request presents, read by the core's one
+/// rule ([`PresentedApiKey::read`]); a credential header without a usable
+/// key is refused (401). The key itself goes no further than this function.
 fn presented_api_key(request: &HttpRequest) -> Result<Option<ApiKeyDigest>, ApiError> {
     let headers = request.headers();
-    let presented = if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| CheckError::UnknownApiKey)?;
-        let (scheme, key) = value
-            .trim()
-            .split_once(' ')
-            .ok_or(CheckError::UnknownApiKey)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(CheckError::UnknownApiKey.into());
-        }
-        key.trim()
-    } else if let Some(value) = headers.get("x-api-key") {
-        value
-            .to_str()
-            .map_err(|_| CheckError::UnknownApiKey)?
-            .trim()
-    } else {
-        return Ok(None);
-    };
-    if presented.is_empty() || presented.len() > keys::MAX_PRESENTED_LEN {
-        return Err(CheckError::UnknownApiKey.into());
+    let presented = PresentedApiKey::read(
+        headers.get("x-api-key").map(HeaderValue::as_bytes),
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    );
+    match presented {
+        PresentedApiKey::Absent => Ok(None),
+        PresentedApiKey::Key(key) => Ok(Some(ApiKeyDigest::of(key))),
+        PresentedApiKey::Malformed => Err(CheckError::UnknownApiKey.into()),
     }
-    Ok(Some(keys::digest(presented)))
 }
 
 pub(super) fn require_json(request: &HttpRequest) -> Result<(), ApiError> {

@@ -31,7 +31,7 @@ use super::error::ApiError;
 use slidegate_core::rules::{
     ForwardedRequest, NoMatch, Rules, normalize_path, normalize_path_decoding_slashes,
 };
-use slidegate_core::{AllMustAdmit, CheckError, Store};
+use slidegate_core::{AllMustAdmit, CheckError, PresentedApiKey, Store};
 
 /// The path Envoy's ext_authz `path_prefix` should be set to.
 pub const PATH: &str = "/v1/forward-auth";
@@ -66,14 +66,15 @@ fn normalize_host(host: &str) -> String {
     without_port.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// `X-Api-Key`, or else the token of `Authorization: Bearer <token>`.
+/// The API key by the core's one rule ([`PresentedApiKey::read`]); a
+/// malformed one is no key here: these are the protected request's headers,
+/// and its `Authorization` may be meant for the upstream.
 fn api_key(headers: &HeaderMap) -> Option<&str> {
-    header(headers, "x-api-key").or_else(|| {
-        let authorization = header(headers, "authorization")?;
-        let (scheme, token) = authorization.split_once(' ')?;
-        let token = token.trim();
-        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-    })
+    PresentedApiKey::read(
+        headers.get("x-api-key").map(|value| value.as_bytes()),
+        headers.get("authorization").map(|value| value.as_bytes()),
+    )
+    .key()
 }
 
 /// Any method: gateways send the protected request's own method (Envoy) or

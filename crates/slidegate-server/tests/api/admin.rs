@@ -393,6 +393,35 @@ async fn api_keys_are_shown_once_listed_without_secrets_and_count_per_tenant() {
         .await
         .unwrap();
     assert_eq!(via_header.status(), 429, "X-API-Key is the same tenant");
+    // One rule for every front end: X-API-Key first, then a Bearer token;
+    // a credential header without a usable key is refused, not ignored.
+    let presenting = |headers: Vec<(&'static str, String)>| {
+        let mut request = app
+            .client
+            .post(format!("{}/v1/check", app.address))
+            .json(&json!({ "policy": "api", "key": "bob" }));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        presenting(vec![
+            ("X-API-Key", key.clone()),
+            ("Authorization", "Basic dXNlcjpwYXNz".into())
+        ])
+        .await,
+        429,
+        "X-API-Key wins over an Authorization meant for something else"
+    );
+    for malformed in [
+        vec![("Authorization", "Basic dXNlcjpwYXNz".to_owned())],
+        vec![("Authorization", "Bearer ".to_owned())],
+        vec![("X-API-Key", " ".to_owned())],
+        vec![("X-API-Key", "k".repeat(257))],
+    ] {
+        assert_eq!(presenting(malformed.clone()).await, 401, "{malformed:?}");
+    }
 
     for wrong in ["sg_0000", "not-a-key"] {
         let reply = app.check_with_key("api", "bob", wrong).await;
