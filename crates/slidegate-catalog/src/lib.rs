@@ -9,10 +9,12 @@
 pub mod keys;
 pub mod model;
 mod postgres;
+mod settings;
 
 pub use postgres::{
     Catalog, CatalogOptions, CatalogStats, CatalogSync, CatalogUpdate, NOTIFY_CHANNEL,
 };
+pub use settings::PostgresSettings;
 
 /// Why a catalog operation failed. Messages never contain the database URL or an API key.
 #[derive(Debug, thiserror::Error)]

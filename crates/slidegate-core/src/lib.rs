@@ -39,6 +39,7 @@ pub mod observe;
 pub mod policy;
 pub mod probe;
 pub mod rules;
+pub mod settings;
 pub mod spec;
 pub mod store;
 pub mod tenant;
@@ -56,6 +57,7 @@ pub use limiter::{Bundle, CheckError, Checked, Limiter, LimiterHealth, MAX_COST}
 pub use memory::MemoryStore;
 pub use observe::{Observer, PolicyRecorder, StoreErrorRecorder, Unobserved, unobserved};
 pub use policy::{Algorithm, FailureMode, Policy, PolicyError, PolicyName, PolicySet, Window};
+pub use settings::{BreakerSettings, InvalidSetting};
 pub use spec::{MatchSpec, PolicySpec};
 pub use store::{
     DependencyHealth, MemoryStats, PoolHealth, PoolStats, Store, StoreError, StoreHealth,

@@ -17,6 +17,9 @@
 //! native-tls), verifying the server's certificate against the system's
 //! roots or a private CA ([`RedisTls`]), optionally with a client certificate.
 
+mod settings;
+pub use settings::RedisSettings;
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -13,7 +13,7 @@
 //! here and nowhere else.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -22,13 +22,15 @@ use serde::{Deserialize, Deserializer};
 use ipnet::IpNet;
 
 use crate::http::client_ip::ClientIpRules;
-use crate::store::{RedisTls, TlsError};
-use slidegate_core::breaker::MAX_PROBES;
+use crate::store::RedisTls;
+pub use slidegate_catalog::PostgresSettings;
+pub use slidegate_core::BreakerSettings;
 use slidegate_core::rules::{KeySpec, NoMatch, RequestMatch, Rule, Rules};
+use slidegate_core::settings::{InvalidSetting, check_duration, duration, failure_mode};
 use slidegate_core::{
-    Algorithm, BreakerOptions, FailoverOptions, FailureMode, Policy, PolicyName, PolicySet,
-    PolicySpec, Window,
+    Algorithm, FailoverOptions, FailureMode, Policy, PolicyName, PolicySet, PolicySpec, Window,
 };
+pub use slidegate_redis::RedisSettings;
 
 /// Prefix of every environment variable read: `SLIDEGATE__REDIS__URL` sets `redis.url`.
 pub const ENV_PREFIX: &str = "SLIDEGATE";
@@ -41,6 +43,15 @@ pub enum ConfigurationError {
     Load(#[from] config::ConfigError),
     #[error("invalid setting {field}: {problem}")]
     Invalid { field: String, problem: String },
+}
+
+impl From<InvalidSetting> for ConfigurationError {
+    fn from(invalid: InvalidSetting) -> Self {
+        Self::Invalid {
+            field: invalid.field,
+            problem: invalid.problem,
+        }
+    }
 }
 
 impl ConfigurationError {
@@ -147,255 +158,6 @@ impl ServerSettings {
             .as_deref()
             .map(str::trim)
             .filter(|address| !address.is_empty())
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (the
-    /// server's certificate is always verified). Unset or empty: the embedded
-    /// in-process store, whose limits are per replica.
-    pub url: Option<SecretString>,
-    /// PEM file of the CA certificates that sign the server's certificate,
-    /// trusted instead of the system's roots; only with `rediss://`.
-    pub tls_ca_file: Option<PathBuf>,
-    /// PEM file of a client certificate (chain) for mutual TLS; needs `tls_key_file`.
-    pub tls_cert_file: Option<PathBuf>,
-    /// PEM file of the client certificate's PKCS#8 private key (`BEGIN PRIVATE KEY`).
-    pub tls_key_file: Option<PathBuf>,
-    /// Multiplexed connections per worker thread; each carries many concurrent
-    /// checks. Few are best: commands of concurrent checks share a write.
-    pub pool_size: u32,
-    /// Longest wait for a pooled connection, including opening one.
-    #[serde(deserialize_with = "duration")]
-    pub connect_timeout: Duration,
-    /// Longest wait for one script's reply. A check waits on Redis at most
-    /// `connect_timeout + command_timeout`, then gets its failure mode's answer.
-    #[serde(deserialize_with = "duration")]
-    pub command_timeout: Duration,
-    /// When to stop waiting on Redis altogether, and how to come back.
-    pub breaker: BreakerSettings,
-}
-
-impl Default for RedisSettings {
-    fn default() -> Self {
-        Self {
-            url: None,
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            pool_size: 2,
-            // Tens of milliseconds: a check sits on a request path, and a
-            // local Redis answers in well under one.
-            connect_timeout: Duration::from_millis(100),
-            command_timeout: Duration::from_millis(50),
-            breaker: BreakerSettings::default(),
-        }
-    }
-}
-
-/// The circuit breaker in front of Redis (`[redis.breaker]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BreakerSettings {
-    /// Consecutive failed checks (errors or timeouts) that open the breaker;
-    /// checks that fail together in one stall count once (see `limiter::breaker`).
-    pub failures: u32,
-    /// Share of failed checks, above 0 and at most 1, that also opens it...
-    pub failure_ratio: f64,
-    /// ...once at least this many checks went to Redis...
-    pub min_calls: u64,
-    /// ...over the last this long (rolling; every failed check counts).
-    #[serde(deserialize_with = "duration")]
-    pub ratio_window: Duration,
-    /// How long an open breaker answers every check by its failure mode without asking Redis.
-    #[serde(deserialize_with = "duration")]
-    pub cool_down: Duration,
-    /// Successful probe checks, after the cool-down, that close the breaker.
-    pub probes: u32,
-}
-
-impl Default for BreakerSettings {
-    fn default() -> Self {
-        let defaults = BreakerOptions::default();
-        Self {
-            failures: defaults.failures,
-            failure_ratio: defaults.failure_ratio,
-            min_calls: defaults.min_calls,
-            ratio_window: defaults.ratio_window,
-            cool_down: defaults.cool_down,
-            probes: defaults.probes,
-        }
-    }
-}
-
-impl BreakerSettings {
-    fn to_options(&self) -> BreakerOptions {
-        BreakerOptions {
-            failures: self.failures,
-            failure_ratio: self.failure_ratio,
-            min_calls: self.min_calls,
-            ratio_window: self.ratio_window,
-            cool_down: self.cool_down,
-            probes: self.probes,
-            probe_timeout: BreakerOptions::default().probe_timeout,
-        }
-    }
-}
-
-impl RedisSettings {
-    /// The URL if one is configured (an empty string counts as none).
-    pub fn url(&self) -> Option<&str> {
-        self.url
-            .as_ref()
-            .map(|url| url.expose_secret().trim())
-            .filter(|url| !url.is_empty())
-    }
-
-    /// The TLS files given, by setting name (an empty path counts as none).
-    fn tls_files(&self) -> [(&'static str, Option<&Path>); 3] {
-        fn given(path: &Option<PathBuf>) -> Option<&Path> {
-            path.as_deref().filter(|path| !path.as_os_str().is_empty())
-        }
-        [
-            ("redis.tls_ca_file", given(&self.tls_ca_file)),
-            ("redis.tls_cert_file", given(&self.tls_cert_file)),
-            ("redis.tls_key_file", given(&self.tls_key_file)),
-        ]
-    }
-
-    /// Checks what can be checked without reading a file.
-    fn validate(&self) -> Result<(), ConfigurationError> {
-        let known_scheme = |url: &str| {
-            ["redis://", "rediss://", "unix://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme))
-        };
-        // Never echo the URL: it may hold a password.
-        if let Some(url) = self.url() {
-            if !known_scheme(url) {
-                return Err(ConfigurationError::invalid(
-                    "redis.url",
-                    "must start with redis://, rediss:// or unix://",
-                ));
-            }
-            if url.contains('#') {
-                // redis-rs reads `rediss://…/#insecure` as "verify nothing".
-                return Err(ConfigurationError::invalid(
-                    "redis.url",
-                    "must not have a #fragment (#insecure would turn certificate verification off); \
-                     to trust a private CA, set redis.tls_ca_file",
-                ));
-            }
-        }
-        let tls = self.url().is_some_and(|url| url.starts_with("rediss://"));
-        let [_, cert, key] = self.tls_files();
-        for (field, path) in self.tls_files() {
-            if path.is_some() && !tls {
-                return Err(ConfigurationError::invalid(
-                    field,
-                    "applies only to a rediss:// redis.url (TLS)",
-                ));
-            }
-        }
-        match (cert.1, key.1) {
-            (Some(_), None) => Err(ConfigurationError::invalid(
-                "redis.tls_key_file",
-                "must be set with redis.tls_cert_file: a client certificate needs its key",
-            )),
-            (None, Some(_)) => Err(ConfigurationError::invalid(
-                "redis.tls_cert_file",
-                "must be set with redis.tls_key_file: a client key needs its certificate",
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// The TLS certificates the files name, read and parsed; `None` when no
-    /// file is set.
-    ///
-    /// # Errors
-    /// A file that cannot be read or parsed, naming its setting and path (never its contents).
-    pub fn tls(&self) -> Result<Option<RedisTls>, ConfigurationError> {
-        self.validate()?;
-        let [ca, cert, key] = self.tls_files();
-        if ca.1.is_none() && cert.1.is_none() {
-            return Ok(None);
-        }
-        let read = |(field, path): (&'static str, Option<&Path>)| {
-            path.map(|path| {
-                std::fs::read(path).map_err(|error| {
-                    ConfigurationError::invalid(
-                        field,
-                        format!("cannot read {}: {error}", path.display()),
-                    )
-                })
-            })
-            .transpose()
-        };
-        let ca_pem = read(ca)?;
-        let client = match (read(cert)?, read(key)?) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            _ => None,
-        };
-        let client = client
-            .as_ref()
-            .map(|(cert, key)| (cert.as_slice(), key.as_slice()));
-        RedisTls::new(ca_pem.as_deref(), client)
-            .map(Some)
-            .map_err(|error| {
-                let (field, path) = match &error {
-                    TlsError::Ca(_) | TlsError::Setup(_) => ca,
-                    TlsError::ClientCert(_) => cert,
-                    TlsError::ClientKey(_) => key,
-                };
-                let path = path.map_or_else(String::new, |path| path.display().to_string());
-                ConfigurationError::invalid(field, format!("{path} {error}"))
-            })
-    }
-}
-
-/// The catalog database. Set: policies and API keys come from Postgres (the
-/// file's `[[policies]]` are ignored) and the admin API can change them.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PostgresSettings {
-    /// `postgres://user[:password]@host[:port]/database`; `?sslmode=require`
-    /// for TLS. Unset or empty: policies come from this file.
-    pub url: Option<SecretString>,
-    /// Pooled connections, for admin writes, reloads and health probes (never checks).
-    pub pool_size: u32,
-    /// Longest wait for a pooled connection, including opening one.
-    #[serde(deserialize_with = "duration")]
-    pub connect_timeout: Duration,
-    /// The server's `statement_timeout` on every connection.
-    #[serde(deserialize_with = "duration")]
-    pub statement_timeout: Duration,
-    /// How often the whole catalog is reloaded even without a change notification.
-    #[serde(deserialize_with = "duration")]
-    pub resync_interval: Duration,
-}
-
-impl Default for PostgresSettings {
-    fn default() -> Self {
-        Self {
-            url: None,
-            pool_size: 4,
-            connect_timeout: Duration::from_secs(1),
-            statement_timeout: Duration::from_secs(2),
-            resync_interval: Duration::from_secs(30),
-        }
-    }
-}
-
-impl PostgresSettings {
-    /// The URL if one is configured (an empty string counts as none).
-    pub fn url(&self) -> Option<&str> {
-        self.url
-            .as_ref()
-            .map(|url| url.expose_secret().trim())
-            .filter(|url| !url.is_empty())
     }
 }
 
@@ -805,20 +567,10 @@ impl Settings {
                 "must be at least 64",
             ));
         }
-        if self.redis.pool_size == 0 {
-            return Err(ConfigurationError::invalid(
-                "redis.pool_size",
-                "must be at least 1",
-            ));
-        }
+        // Each crate checks its own section: Redis (and its breaker) first,
+        // as before, then this replica's own intervals.
+        self.redis.validate()?;
         for (field, value) in [
-            ("redis.connect_timeout", self.redis.connect_timeout),
-            ("redis.command_timeout", self.redis.command_timeout),
-            (
-                "redis.breaker.ratio_window",
-                self.redis.breaker.ratio_window,
-            ),
-            ("redis.breaker.cool_down", self.redis.breaker.cool_down),
             ("limiter.sweep_interval", self.limiter.sweep_interval),
             (
                 "limiter.heartbeat_interval",
@@ -827,42 +579,7 @@ impl Settings {
             ("health.probe_interval", self.health.probe_interval),
             ("health.probe_timeout", self.health.probe_timeout),
         ] {
-            // The upper bound keeps deadline arithmetic (now + cool-down,
-            // 3 × heartbeat interval) far from overflow; nothing sensible is longer.
-            if value.is_zero() || value > Duration::from_secs(24 * 60 * 60) {
-                return Err(ConfigurationError::invalid(
-                    field,
-                    "must be longer than 0 and at most 24h",
-                ));
-            }
-        }
-        let breaker = &self.redis.breaker;
-        if breaker.failures == 0 {
-            return Err(ConfigurationError::invalid(
-                "redis.breaker.failures",
-                "must be at least 1",
-            ));
-        }
-        if !(breaker.failure_ratio > 0.0 && breaker.failure_ratio <= 1.0) {
-            return Err(ConfigurationError::invalid(
-                "redis.breaker.failure_ratio",
-                format!(
-                    "must be above 0 and at most 1 (got {})",
-                    breaker.failure_ratio
-                ),
-            ));
-        }
-        if breaker.min_calls == 0 {
-            return Err(ConfigurationError::invalid(
-                "redis.breaker.min_calls",
-                "must be at least 1",
-            ));
-        }
-        if !(1..=MAX_PROBES).contains(&breaker.probes) {
-            return Err(ConfigurationError::invalid(
-                "redis.breaker.probes",
-                format!("must be between 1 and {MAX_PROBES}"),
-            ));
+            check_duration(field, value)?;
         }
         if self.limiter.max_keys == 0 {
             return Err(ConfigurationError::invalid(
@@ -876,7 +593,6 @@ impl Settings {
                 "must be at least 1 (set enabled = false to turn the cache off)",
             ));
         }
-        self.redis.validate()?;
         self.tracing.validate()?;
         if self.server.drain_delay > Duration::from_secs(300) {
             return Err(ConfigurationError::invalid(
@@ -884,7 +600,8 @@ impl Settings {
                 "must be at most 5m",
             ));
         }
-        self.validate_catalog()?;
+        self.postgres.validate()?;
+        self.validate_admin()?;
         let prefix = &self.limiter.key_prefix;
         if prefix.contains(['{', '}']) || prefix.len() > 64 {
             return Err(ConfigurationError::invalid(
@@ -940,32 +657,9 @@ impl Settings {
         Ok(Rules::new(rules))
     }
 
-    fn validate_catalog(&self) -> Result<(), ConfigurationError> {
+    /// The admin API stores policies in Postgres: its token needs both.
+    fn validate_admin(&self) -> Result<(), ConfigurationError> {
         let postgres = &self.postgres;
-        if postgres.pool_size == 0 {
-            return Err(ConfigurationError::invalid(
-                "postgres.pool_size",
-                "must be at least 1",
-            ));
-        }
-        for (field, value) in [
-            ("postgres.connect_timeout", postgres.connect_timeout),
-            ("postgres.statement_timeout", postgres.statement_timeout),
-            ("postgres.resync_interval", postgres.resync_interval),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigurationError::invalid(field, "must be longer than 0"));
-            }
-        }
-        if let Some(url) = postgres.url()
-            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-        {
-            // Never echo the URL: it may hold a password.
-            return Err(ConfigurationError::invalid(
-                "postgres.url",
-                "must start with postgres:// or postgresql://",
-            ));
-        }
         if let Some(token) = self.admin.token() {
             if token.len() < MIN_ADMIN_TOKEN_LEN {
                 return Err(ConfigurationError::invalid(
@@ -987,12 +681,7 @@ impl Settings {
     pub fn failover(&self) -> FailoverOptions {
         FailoverOptions {
             default_mode: self.limiter.failure_mode,
-            breaker: BreakerOptions {
-                // A probe is one check: the store's timeouts end it. Twice
-                // them is "lost", not "slow", even on a loaded machine.
-                probe_timeout: 2 * (self.redis.connect_timeout + self.redis.command_timeout),
-                ..self.redis.breaker.to_options()
-            },
+            breaker: self.redis.breaker_options(),
             deny_cache_max_keys: self
                 .limiter
                 .deny_cache
@@ -1040,11 +729,6 @@ pub fn demo_policy() -> Policy {
 }
 
 /// Reads "closed", "open" or "local", naming the choices when it is none of them.
-fn failure_mode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<FailureMode, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    text.trim().parse().map_err(serde::de::Error::custom)
-}
-
 /// A list written either as a TOML array or, as environment variables are, one comma-separated string.
 fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -1061,16 +745,6 @@ fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
             .filter(|item| !item.is_empty())
             .map(str::to_owned)
             .collect(),
-    })
-}
-
-/// Reads "250ms", "10s", "1m" into a `Duration`.
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(text.trim()).map_err(|error| {
-        serde::de::Error::custom(format!(
-            "{text:?} is not a duration ({error}); write e.g. \"250ms\", \"10s\", \"1m\""
-        ))
     })
 }
 

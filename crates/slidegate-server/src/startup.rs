@@ -15,8 +15,8 @@ use crate::configuration::{ConfigurationError, ServerSettings, Settings, Validat
 use crate::http::admin::AdminToken;
 use crate::http::{self, ForwardAuth, HttpState, Listener, RootSpan};
 use crate::metrics::Metrics;
-use crate::store::{AnyStore, MemoryStore, RedisOptions, RedisStore};
-use slidegate_catalog::{Catalog, CatalogError, CatalogOptions};
+use crate::store::{AnyStore, MemoryStore, RedisStore};
+use slidegate_catalog::{Catalog, CatalogError};
 use slidegate_core::probe::{Probe, Probes};
 use slidegate_core::{
     Clock, DependencyHealth, Failover, Limiter, MonotonicClock, Store, StoreError, StoreHealth,
@@ -84,16 +84,12 @@ impl Application {
             no_match: settings.forward_auth.no_match,
         };
         let draining = Arc::new(AtomicBool::new(false));
-        let (store, failover) = match settings.redis.url() {
-            Some(url) => (
-                AnyStore::Redis(Box::new(RedisStore::new(RedisOptions {
-                    url: url.to_owned(),
-                    tls: redis_tls,
-                    key_prefix: settings.limiter.key_prefix.clone(),
-                    pool_size: settings.redis.pool_size,
-                    connect_timeout: settings.redis.connect_timeout,
-                    command_timeout: settings.redis.command_timeout,
-                })?)),
+        let (store, failover) = match settings
+            .redis
+            .options(&settings.limiter.key_prefix, redis_tls)
+        {
+            Some(options) => (
+                AnyStore::Redis(Box::new(RedisStore::new(options)?)),
                 Some(Failover::new(settings.failover(), Arc::clone(&clock))),
             ),
             None => (
@@ -257,7 +253,7 @@ impl Application {
         settings: &Settings,
     ) -> Result<Option<(Arc<Catalog>, Option<slidegate_catalog::CatalogUpdate>)>, StartupError>
     {
-        let Some(url) = settings.postgres.url() else {
+        let Some(options) = settings.postgres.options() else {
             return Ok(None);
         };
         if settings.policies.is_some() {
@@ -265,13 +261,7 @@ impl Application {
                 "the [[policies]] in the configuration are ignored: with postgres.url set, policies come from Postgres"
             );
         }
-        let catalog = Arc::new(Catalog::new(CatalogOptions {
-            url: url.to_owned(),
-            pool_size: settings.postgres.pool_size,
-            connect_timeout: settings.postgres.connect_timeout,
-            statement_timeout: settings.postgres.statement_timeout,
-            resync_interval: settings.postgres.resync_interval,
-        })?);
+        let catalog = Arc::new(Catalog::new(options)?);
         let loaded = match catalog.load().await {
             Ok(update) => Some(update),
             Err(error @ CatalogError::SchemaTooNew { .. }) => return Err(error.into()),
