@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer};
 
 use ipnet::IpNet;
 
-use crate::http::client_ip::ClientIpRules;
+use crate::client_ip::ClientIpRules;
 use crate::store::RedisTls;
 pub use slidegate_catalog::PostgresSettings;
 pub use slidegate_core::BreakerSettings;

@@ -4,7 +4,7 @@
 //!
 //! - [`http`] receives `POST /v1/check` (or a gateway's `/v1/forward-auth`,
 //!   whose request is matched against the core's policy rules and keyed by a
-//!   client address from [`http::client_ip`]), validates the body and turns
+//!   client address from [`client_ip`]), validates the body and turns
 //!   the core's decision into a 200 or 429 with rate-limit headers. Errors map
 //!   to statuses in one place, [`http::error`].
 //! - The decision itself is made by `slidegate_core::Limiter` on a store from
@@ -21,6 +21,7 @@
 //! - `GET /health/ready` ([`http::health`]) reads the background probes of
 //!   Redis and Postgres (`slidegate_core::probe`) and never waits on a dependency.
 
+pub mod client_ip;
 pub mod configuration;
 pub mod http;
 pub mod metrics;

@@ -26,8 +26,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::HttpState;
 use super::check::decision_response;
-use super::client_ip::ClientIpRules;
 use super::error::ApiError;
+use crate::client_ip::ClientIpRules;
 use slidegate_core::rules::{
     ForwardedRequest, NoMatch, Rules, normalize_path, normalize_path_decoding_slashes,
 };

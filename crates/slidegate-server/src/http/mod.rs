@@ -2,7 +2,6 @@
 
 pub mod admin;
 pub mod check;
-pub mod client_ip;
 pub mod documents;
 pub mod error;
 pub mod forward_auth;
