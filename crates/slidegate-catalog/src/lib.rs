@@ -5,6 +5,12 @@
 //! limiter's snapshot) and reloads it when a change is announced on the
 //! `slidegate_catalog` channel (LISTEN/NOTIFY), every `postgres.resync_interval`,
 //! and after reconnecting; checks never wait on Postgres.
+//!
+//! A tour: [`Catalog`] (in `postgres/`, one module per job: pool,
+//! migrations, load, admin, sync) reads and writes; [`Catalog::apply`] puts
+//! a load in force as the core's `Bundle`, in version order; [`model`] is
+//! what it stores and returns; [`keys`] makes API keys; [`PostgresSettings`]
+//! is the `[postgres]` section of the file.
 
 pub mod keys;
 pub mod model;
