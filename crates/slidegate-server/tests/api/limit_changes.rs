@@ -406,9 +406,9 @@ async fn lowering_a_live_limit_denies_the_used_key_admits_a_fresh_one_and_keeps_
         assert_eq!(fresh.body["remaining"], 9, "{algorithm}");
         assert_ready_and_closed(&app, algorithm).await;
 
-        // Raised above what the key holds: admitted at once. (A key whose
-        // cost-1 denial the deny cache holds stays denied until its retry
-        // time; this one was denied only for a larger cost, which is never cached.)
+        // Raised above what the key holds: admitted at once. (This key was
+        // denied for a larger cost, which is never cached; a cached cost-1
+        // denial is dropped by the catalog change too, see deny_cache.rs.)
         assert_eq!(check(&app, &name, "raised", 2, None).await.status, 429);
         let raised = app
             .admin(
