@@ -26,7 +26,7 @@
 #                        KEY_SPACE=1 is the hot-key case: one key far over its
 #                        limit, every check a denial. Run it with
 #                        SLIDEGATE__LIMITER__DENY_CACHE__ENABLED=true and =false
-#                        to see what the deny cache saves (README, Benchmarks).
+#                        to see what the deny cache saves (docs/benchmarks.md).
 #   ALGORITHM=sliding_log | sliding_window | gcra   (policy bench, bench_sliding_window, bench_gcra)
 #   REDIS_URL=redis://127.0.0.1:6379   must point at this machine
 #   REDIS_REQUESTS=300000   requests of the Redis ceiling run
@@ -300,7 +300,7 @@ stop_replica
 
 # --- Redis ceiling ------------------------------------------------------------------
 
-SCRIPT_FILE="$ROOT/lua/$ALGORITHM.lua"
+SCRIPT_FILE="$ROOT/crates/slidegate-redis/lua/$ALGORITHM.lua"
 load_script() {
   SHA=$(rcli -x SCRIPT LOAD <"$SCRIPT_FILE" | tr -d '\r')
   [[ $SHA =~ ^[0-9a-f]{40}$ ]] || die "SCRIPT LOAD of $SCRIPT_FILE answered: $SHA"
@@ -376,8 +376,8 @@ mkdir -p "$REPORT_DIR"
 REPORT="$REPORT_DIR/check-$ALGORITHM-$RUN_ID.md"
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=""
-if git -C "$ROOT" status --porcelain -- src lua Cargo.toml Cargo.lock 2>/dev/null | grep -q .; then
-  dirty=" (+ uncommitted changes in src/, lua/ or Cargo files)"
+if git -C "$ROOT" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null | grep -q .; then
+  dirty=" (+ uncommitted changes in crates/ or Cargo files)"
 fi
 redis_version=$(rcli INFO server | tr -d '\r' | sed -n 's/^redis_version://p')
 {

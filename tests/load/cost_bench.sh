@@ -89,9 +89,9 @@ REDIS_VERSION=$(rcli INFO server | tr -d '\r' | sed -n 's/^redis_version://p')
 
 script_source() { # algorithm -> the script's text
   if [[ -n $SCRIPTS_FROM ]]; then
-    git -C "$ROOT" show "$SCRIPTS_FROM:lua/$1.lua"
+    git -C "$ROOT" show "$SCRIPTS_FROM:crates/slidegate-redis/lua/$1.lua" 2>/dev/null || git -C "$ROOT" show "$SCRIPTS_FROM:lua/$1.lua"
   else
-    cat "$ROOT/lua/$1.lua"
+    cat "$ROOT/crates/slidegate-redis/lua/$1.lua"
   fi
 }
 

@@ -17,7 +17,7 @@
 # Redis store, a key prefix unique to the run; start nginx as a foreground
 # process with its own prefix directory, running the shipped
 # deploy/nginx/conf.d/upstreams.conf and slidegate.conf with only the
-# addresses filled in (as tests/api/fleet.rs does; the gateway on :8081 is not
+# addresses filled in (as crates/slidegate-server/tests/api/fleet.rs does; the gateway on :8081 is not
 # started, no scenario uses it); wait until every replica and nginx answer
 # GET /health/ready = 200; run the scenario with k6 against nginx; measure the
 # Redis ceiling (redis-benchmark EVALSHA of the same sliding_log.lua);
@@ -338,7 +338,7 @@ ceiling=""
 if ((CEILING_REQUESTS > 0)); then
   # The fleet is idle now; measure what Redis alone does with the same script
   # (sliding_log.lua, 150 clients, random keys), as check_bench.sh does.
-  SHA=$(rcli -x SCRIPT LOAD <"$ROOT/lua/sliding_log.lua" | tr -d '\r')
+  SHA=$(rcli -x SCRIPT LOAD <"$ROOT/crates/slidegate-redis/lua/sliding_log.lua" | tr -d '\r')
   [[ $SHA =~ ^[0-9a-f]{40}$ ]] || die "SCRIPT LOAD answered: $SHA"
   log "Redis ceiling: redis-benchmark -c 150 -n $CEILING_REQUESTS EVALSHA sliding_log.lua"
   if run_child "$WORK/redis-benchmark.txt" timeout 120 redis-benchmark -u "$REDIS_URL" -c 150 -r 100000 \

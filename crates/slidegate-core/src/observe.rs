@@ -1,0 +1,72 @@
+//! What the limiter reports as it decides, through a trait its host implements (the server's is Prometheus).
+//!
+//! The limiter knows nothing of metrics systems: it asks its [`Observer`]
+//! for one [`PolicyRecorder`] per policy when the policy is loaded (never per
+//! check) and for one [`StoreErrorRecorder`] per store, and calls them on the
+//! hot path. An implementation should make those calls cheap — the server's
+//! touch only atomics — because they run once per decision. Nothing here is
+//! told the key: keys may identify people.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Decision, StoreError};
+
+/// Receives what the limiter does. Every method has a default that does nothing.
+pub trait Observer: Send + Sync + 'static {
+    /// The recorder for the policy `name`, asked when a policy set with that
+    /// name is put in force. The same name may be asked for again (each
+    /// catalog reload); it should get the same series.
+    fn policy(&self, name: &str) -> Arc<dyn PolicyRecorder> {
+        let _ = name;
+        Arc::new(Unobserved)
+    }
+
+    /// The policy `name` is no longer loaded: its series can go, so the label
+    /// set stays bounded by the policies that exist.
+    fn policy_removed(&self, name: &str) {
+        let _ = name;
+    }
+
+    /// `count` policies are in force now.
+    fn policies_loaded(&self, count: usize) {
+        let _ = count;
+    }
+
+    /// The recorder of failed decisions for the store of kind `store` (`"redis"`, `"memory"` …).
+    fn store_errors(&self, store: &'static str) -> Arc<dyn StoreErrorRecorder> {
+        let _ = store;
+        Arc::new(Unobserved)
+    }
+}
+
+/// Records the decisions of one policy.
+pub trait PolicyRecorder: Send + Sync + std::fmt::Debug {
+    /// One decision, and how long the store (or failover) took to make it.
+    /// `shadow` says the policy only observes: a denial was answered as an admission.
+    fn decided(&self, decision: &Decision, shadow: bool, elapsed: Duration);
+}
+
+/// Records checks the store could not decide (answered with the policy's failure mode or an error).
+pub trait StoreErrorRecorder: Send + Sync + std::fmt::Debug {
+    fn failed(&self, error: &StoreError);
+}
+
+/// An observer that records nothing: for embedding, tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unobserved;
+
+impl Observer for Unobserved {}
+
+impl PolicyRecorder for Unobserved {
+    fn decided(&self, _decision: &Decision, _shadow: bool, _elapsed: Duration) {}
+}
+
+impl StoreErrorRecorder for Unobserved {
+    fn failed(&self, _error: &StoreError) {}
+}
+
+/// The observer that records nothing, shared.
+pub fn unobserved() -> Arc<dyn Observer> {
+    Arc::new(Unobserved)
+}

@@ -1,0 +1,151 @@
+//! The `Store` trait every place limiter state can live implements, its errors, and what it reports for readiness and metrics.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::{Algorithm, LimiterKey, Outcome, Policy};
+
+/// Storage for limiter state: one atomic read-decide-write per check.
+///
+/// Implementations must apply the algorithm of `policy` exactly as the Lua
+/// scripts in `lua/` do, and must consume `cost` units entirely or not at all.
+pub trait Store: Send + Sync + 'static {
+    /// Decides one check of `cost` units (0 = peek) against `policy` for `key`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the state cannot be read or written; a denial is not an error.
+    fn check(
+        &self,
+        policy: &Policy,
+        key: LimiterKey<'_>,
+        cost: u64,
+    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
+
+    /// The store's own view of its health, for readiness.
+    fn health(&self) -> impl Future<Output = StoreHealth> + Send;
+
+    /// `"redis"` or `"memory"`: a label for metrics and spans.
+    fn kind(&self) -> &'static str;
+
+    /// The connection pools behind the store, read when metrics are scraped.
+    fn pools(&self) -> Vec<PoolStats> {
+        Vec::new()
+    }
+
+    /// For a store that keeps its state in this process: its size, bound and
+    /// evictions, read when metrics are scraped.
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        None
+    }
+
+    /// Records that `replica` is alive and returns how many replicas share
+    /// this store: those that recorded themselves within `stale_after`,
+    /// judged by the store's clock. A store private to one process answers 1.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached in time.
+    fn heartbeat(
+        &self,
+        replica: &str,
+        stale_after: Duration,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// The store could not decide. Never carries secrets: connection URLs are not part of it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("timed out after {after:?} while {operation}")]
+    Timeout {
+        operation: &'static str,
+        after: Duration,
+    },
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store replied with something the limiter cannot read: {0}")]
+    InvalidReply(String),
+    /// The store answers, but is not what this build can use (a Redis Cluster
+    /// node answering `MOVED`): an operator must fix the deployment.
+    #[error("store misconfigured: {0}")]
+    Misconfigured(String),
+    /// Not an answer from the store: the limiter did not ask it.
+    #[error("not asked: the circuit breaker is open after repeated store failures")]
+    CircuitOpen,
+}
+
+impl StoreError {
+    /// A short, fixed name of the failure, for metrics labels and `error.type` in spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout { .. } => "timeout",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::InvalidReply(_) => "invalid_reply",
+            StoreError::Misconfigured(_) => "misconfigured",
+            StoreError::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+/// Readiness of a store and the dependencies behind it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreHealth {
+    /// `"redis"` or `"memory"`.
+    pub store: &'static str,
+    /// Whether the store can decide checks now.
+    pub ok: bool,
+    /// One entry per external dependency (empty for the embedded store).
+    pub dependencies: Vec<DependencyHealth>,
+    /// Script SHA1 per algorithm, where the store runs scripts.
+    pub scripts: Vec<(Algorithm, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DependencyHealth {
+    pub name: &'static str,
+    pub ok: bool,
+    /// Round-trip time of the health probe.
+    pub latency_ms: Option<f64>,
+    /// What went wrong, without secrets.
+    pub error: Option<String>,
+    pub pool: Option<PoolHealth>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PoolHealth {
+    pub max_size: u32,
+    pub connections: u32,
+    pub idle: u32,
+}
+
+/// A connection pool as metrics see it: its size now and what happened to it so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `"redis"` (later also `"postgres"`).
+    pub name: &'static str,
+    pub max_size: u32,
+    pub connections: u32,
+    pub idle: u32,
+    /// Checks waiting for a connection now.
+    pub waiting: u64,
+    /// Waits for a connection that ran out of time, since start.
+    pub timeouts_total: u64,
+    /// Connections opened since start; more than `max_size` means reconnects.
+    pub opened_total: u64,
+    /// Connections dropped because a command failed at the connection level.
+    pub closed_broken_total: u64,
+}
+
+/// An in-process store (the embedded one, or the `local` failure mode's) as
+/// metrics see it: its size now, its bound, and what it forgot to stay within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// `embedded` or `local`.
+    pub name: &'static str,
+    pub keys: u64,
+    pub max_keys: u64,
+    /// Idle keys removed to make room (lossless), since start.
+    pub evicted_idle: u64,
+    /// Keys still counting removed to make room (each may be admitted early), since start.
+    pub evicted_active: u64,
+}

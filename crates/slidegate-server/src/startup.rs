@@ -1,0 +1,524 @@
+//! Assembles a replica: store, limiter, HTTP server and background tasks. Nothing else knows how the app is wired.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::Condition;
+use actix_web::{App, HttpServer, web};
+use tokio::task::JoinHandle;
+use tracing_actix_web::TracingLogger;
+
+use crate::configuration::{ConfigurationError, ServerSettings, Settings, Validated};
+use crate::http::admin::AdminToken;
+use crate::http::{self, ForwardAuth, HttpState, Listener, RootSpan};
+use crate::metrics::Metrics;
+use crate::store::{AnyStore, MemoryStore, RedisStore};
+use slidegate_catalog::{Catalog, CatalogError};
+use slidegate_core::probe::{Probe, Probes};
+use slidegate_core::{
+    Clock, DependencyHealth, Failover, Limiter, MonotonicClock, Store, StoreError, StoreHealth,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Configuration(#[from] ConfigurationError),
+    #[error("cannot set up the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot use the policy database: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// A replica, bound to its port (and its admin port) and ready to run.
+pub struct Application {
+    address: SocketAddr,
+    admin_address: Option<SocketAddr>,
+    store_kind: &'static str,
+    example_policy: Option<String>,
+    /// The public server, then the admin one if `server.admin_bind` is set.
+    servers: Vec<Server>,
+    /// Background work (sweeping, heartbeats, catalog sync), stopped when the server stops.
+    tasks: Vec<JoinHandle<()>>,
+    signals: StopSignals,
+    draining: Arc<AtomicBool>,
+    drain_delay: Duration,
+}
+
+impl Application {
+    /// # Errors
+    /// Invalid settings, an unusable Redis URL, or an address that cannot be bound.
+    pub async fn build(valid: Validated) -> Result<Self, StartupError> {
+        Self::build_with_clock(valid, Arc::new(MonotonicClock::new())).await
+    }
+
+    /// As [`Application::build`], with the clock in-process time is judged by:
+    /// the embedded store's windows, and in Redis mode the deny cache, the
+    /// breaker's cool-down and the `local` failure mode. (Shared decisions
+    /// never use it: the scripts read Redis `TIME`.)
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub async fn build_with_clock(
+        valid: Validated,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        let Validated {
+            settings,
+            policies,
+            forward_auth_rules,
+            client_ip,
+            redis_tls,
+        } = valid;
+        let settings = &settings;
+        let forward_auth = ForwardAuth {
+            rules: forward_auth_rules,
+            client_ip,
+            no_match: settings.forward_auth.no_match,
+        };
+        let draining = Arc::new(AtomicBool::new(false));
+        let (store, failover) = match settings
+            .redis
+            .options(&settings.limiter.key_prefix, redis_tls)
+        {
+            Some(options) => (
+                AnyStore::Redis(Box::new(RedisStore::new(options)?)),
+                Some(Failover::new(settings.failover(), Arc::clone(&clock))),
+            ),
+            None => (
+                AnyStore::Memory(MemoryStore::bounded(
+                    clock,
+                    settings.limiter.max_keys,
+                    "embedded",
+                )),
+                None,
+            ),
+        };
+        let store_kind = store.kind();
+        let catalog = Self::open_catalog(settings).await?;
+        let metrics = Metrics::new(store_kind, policies.len());
+        let (limiter, catalog, loaded) = match catalog {
+            Some((catalog, loaded)) => (
+                Limiter::awaiting_bundle(store, metrics.observer()),
+                Some(catalog),
+                loaded,
+            ),
+            None => (
+                Limiter::new(policies, store, metrics.observer()),
+                None,
+                None,
+            ),
+        };
+        // Failover first: a catalog loaded into the limiter takes its default failure mode.
+        let limiter = match failover {
+            Some(failover) => limiter.with_failover(failover),
+            None => limiter,
+        };
+        if let (Some(update), Some(catalog)) = (loaded, &catalog) {
+            catalog.apply(update, |bundle| limiter.replace(bundle));
+        }
+        let example_policy = limiter
+            .policies()
+            .iter_sorted()
+            .first()
+            .map(|policy| policy.name().to_string());
+        let probe_settings = settings.health.probes();
+        let probes = Probes {
+            store: Arc::new(Probe::new(probe_settings, unprobed_store(limiter.store()))),
+            postgres: catalog
+                .as_ref()
+                .map(|_| Arc::new(Probe::new(probe_settings, unprobed("postgres")))),
+        };
+        // The first answers before the first request, so that readiness is
+        // right from the start; at most one probe timeout.
+        tokio::join!(probes.store.refresh(|_| limiter.probe_store()), async {
+            if let (Some(probe), Some(catalog)) = (&probes.postgres, &catalog) {
+                probe.refresh(|deadline| catalog.health(deadline)).await;
+            }
+        });
+        let state = web::Data::new(HttpState {
+            limiter,
+            metrics,
+            max_body_bytes: settings.server.max_body_bytes,
+            forward_auth,
+            draining: Arc::clone(&draining),
+            catalog: catalog.clone(),
+            admin_token: settings.admin.token().map(AdminToken::new),
+            probes: probes.clone(),
+        });
+        // Keeps this replica's copy of the catalog current for as long as it runs.
+        let syncer = catalog.clone().map(|catalog| {
+            let state = state.clone();
+            tokio::spawn(catalog.run_sync(move |bundle| state.limiter.replace(bundle)))
+        });
+        // Without tracing the middleware is not in the chain at all, so a
+        // request pays for no root span, request id or header parsing.
+        let traced = settings.tracing.endpoint().is_some();
+
+        let (listener, address) = bind(&settings.server.bind)?;
+        let admin = settings.server.admin_bind().map(bind).transpose()?;
+        let public_routes = if admin.is_some() {
+            Listener::Public
+        } else {
+            Listener::All
+        };
+        let serving = Serving {
+            state: &state,
+            draining: &draining,
+            traced,
+            settings: &settings.server,
+        };
+        let mut servers = vec![serving.serve(
+            listener,
+            &settings.server.bind,
+            public_routes,
+            settings.server.workers,
+        )?];
+        let admin_address = match admin {
+            Some((listener, admin_address)) => {
+                // Operators' requests are few: one worker, so the admin side
+                // costs the checks no threads (nor Redis pools).
+                servers.push(serving.serve(
+                    listener,
+                    &admin_address.to_string(),
+                    Listener::Admin,
+                    Some(1),
+                )?);
+                Some(admin_address)
+            }
+            None => None,
+        };
+
+        let sweep_interval = settings.limiter.sweep_interval;
+        let sweep_state = state.clone();
+        let mut tasks = vec![every(sweep_interval, move || {
+            let state = sweep_state.clone();
+            async move {
+                if let AnyStore::Memory(store) = state.limiter.store() {
+                    let evicted = store.evict_idle();
+                    tracing::trace!(evicted, remaining = store.len(), "swept idle keys");
+                }
+                if let Some(failover) = state.limiter.failover() {
+                    failover.sweep();
+                }
+            }
+        })];
+        tasks.extend(syncer);
+        let store_state = state.clone();
+        // The Redis probe ends by its own timeouts (connect + command) or at the deadline.
+        tasks.push(tokio::spawn(Arc::clone(&probes.store).run(move |_| {
+            let state = store_state.clone();
+            async move { state.limiter.probe_store().await }
+        })));
+        if let (Some(probe), Some(catalog)) = (&probes.postgres, &catalog) {
+            let catalog = Arc::clone(catalog);
+            tasks.push(tokio::spawn(Arc::clone(probe).run(move |deadline| {
+                let catalog = Arc::clone(&catalog);
+                async move { catalog.health(deadline).await }
+            })));
+        }
+        if state.limiter.failover().is_some() {
+            let heartbeat_state = state.clone();
+            tasks.push(every(settings.limiter.heartbeat_interval, move || {
+                let state = heartbeat_state.clone();
+                async move { state.limiter.heartbeat().await }
+            }));
+        }
+
+        Ok(Self {
+            address,
+            admin_address,
+            store_kind,
+            example_policy,
+            servers,
+            tasks,
+            signals: StopSignals::install(),
+            draining,
+            drain_delay: settings.server.drain_delay,
+        })
+    }
+
+    /// With `postgres.url` set: the catalog, migrated, and loaded once if
+    /// Postgres answers now. A replica whose Postgres is down still starts
+    /// (not ready) and loads the catalog when it can; one whose database
+    /// schema is newer than it understands refuses to start.
+    async fn open_catalog(
+        settings: &Settings,
+    ) -> Result<Option<(Arc<Catalog>, Option<slidegate_catalog::CatalogUpdate>)>, StartupError>
+    {
+        let Some(options) = settings.postgres.options() else {
+            return Ok(None);
+        };
+        if settings.policies.is_some() {
+            tracing::warn!(
+                "the [[policies]] in the configuration are ignored: with postgres.url set, policies come from Postgres"
+            );
+        }
+        let catalog = Arc::new(Catalog::new(options)?);
+        let loaded = match catalog.load().await {
+            Ok(update) => Some(update),
+            Err(error @ CatalogError::SchemaTooNew { .. }) => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "cannot load policies from Postgres yet; not ready until they are loaded"
+                );
+                None
+            }
+        };
+        Ok(Some((catalog, loaded)))
+    }
+
+    /// The address actually bound (port 0 in settings becomes a real port here).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// The admin listener's address, with `server.admin_bind` set.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin_address
+    }
+
+    /// A policy name to show in the start-up hint.
+    pub fn example_policy(&self) -> Option<&str> {
+        self.example_policy.as_deref()
+    }
+
+    /// `"memory"` or `"redis"`.
+    pub fn store_kind(&self) -> &'static str {
+        self.store_kind
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down in the order load
+    /// balancers need: readiness answers 503 at once while requests are
+    /// still served for `server.drain_delay`; then the listeners (public and
+    /// admin together) close and in-flight requests get
+    /// `server.shutdown_timeout` to finish; then background tasks stop. A
+    /// second signal during the drain cuts it short.
+    ///
+    /// # Errors
+    /// When a server fails while running.
+    pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
+        let handles: Vec<ServerHandle> = self.servers.iter().map(Server::handle).collect();
+        let mut servers = tokio::task::JoinSet::new();
+        for server in self.servers {
+            servers.spawn(server);
+        }
+        let ended_by_itself = tokio::select! {
+            finished = servers.join_next() => finished,
+            () = self.signals.next() => None,
+        };
+        let mut result = Ok(());
+        match ended_by_itself {
+            // One server failed: the replica stops, without a drain.
+            Some(finished) => result = flatten(finished),
+            None => {
+                self.draining.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    drain_delay = ?self.drain_delay,
+                    "stop signal received; readiness now answers 503, still serving while load balancers notice"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(self.drain_delay) => {}
+                    () = self.signals.next() => tracing::info!("second stop signal; ending the drain early"),
+                }
+                tracing::info!("no longer accepting connections; finishing in-flight requests");
+            }
+        }
+        // Every listener closes at once and shares the one shutdown_timeout.
+        futures_util::future::join_all(handles.iter().map(|handle| handle.stop(true))).await;
+        while let Some(finished) = servers.join_next().await {
+            let finished = flatten(finished);
+            if result.is_ok() {
+                result = finished;
+            }
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+        tracing::info!("stopped");
+        result
+    }
+}
+
+fn flatten(finished: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
+    finished
+        .map_err(std::io::Error::other)
+        .and_then(|result| result)
+}
+
+fn bind(address: &str) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let failed = |source| StartupError::Bind {
+        address: address.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(address).map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
+}
+
+/// What every listener's server shares.
+struct Serving<'a> {
+    state: &'a web::Data<HttpState<AnyStore>>,
+    draining: &'a Arc<AtomicBool>,
+    traced: bool,
+    settings: &'a ServerSettings,
+}
+
+impl Serving<'_> {
+    /// An HTTP server on `listener` serving the routes of `routes`.
+    fn serve(
+        &self,
+        listener: TcpListener,
+        address: &str,
+        routes: Listener,
+        workers: Option<usize>,
+    ) -> Result<Server, StartupError> {
+        let state = self.state.clone();
+        let draining = Arc::clone(self.draining);
+        let traced = self.traced;
+        let mut server = HttpServer::new(move || {
+            // Runs once on each worker thread as it starts. A PING through this
+            // worker's own Redis pool opens its connections now, so the first
+            // checks it serves find one instead of opening it within
+            // redis.connect_timeout (readiness, which used to do this on the
+            // worker it ran on, now reads background probes).
+            if routes != Listener::Admin {
+                let state = state.clone();
+                actix_web::rt::spawn(async move {
+                    let _ = state.limiter.store().health().await;
+                });
+            }
+            let draining = Arc::clone(&draining);
+            App::new()
+                .wrap_fn(move |request, service| {
+                    http::close_connections_while_draining(&draining, request, service)
+                })
+                .wrap(Condition::new(traced, TracingLogger::<RootSpan>::new()))
+                .app_data(state.clone())
+                .configure(|config| http::routes::<AnyStore>(routes, config))
+        })
+        // Signals are ours (see `run_until`): actix would stop accepting at
+        // once, before load balancers have noticed the replica is leaving.
+        .disable_signals()
+        // Longer than any proxy keeps an idle connection to us (the shipped
+        // nginx: 30 s), so the proxy closes idle connections, never we: a
+        // check the proxy writes as we close would fail, not be retried.
+        .keep_alive(self.settings.keep_alive)
+        .shutdown_timeout(
+            // actix counts whole seconds: round up so "2500ms" is not cut to 2 s.
+            self.settings.shutdown_timeout.as_secs_f64().ceil().max(1.0) as u64,
+        );
+        if let Some(workers) = workers {
+            server = server.workers(workers);
+        }
+        Ok(server
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                address: address.to_owned(),
+                source,
+            })?
+            .run())
+    }
+}
+
+/// The store's readiness until its first probe answers: the embedded store
+/// is always ready; Redis is not until a probe says so.
+fn unprobed_store(store: &AnyStore) -> StoreHealth {
+    match store {
+        AnyStore::Memory(_) => StoreHealth {
+            store: store.kind(),
+            ok: true,
+            dependencies: Vec::new(),
+            scripts: Vec::new(),
+        },
+        AnyStore::Redis(redis) => StoreHealth {
+            store: store.kind(),
+            ok: false,
+            dependencies: vec![unprobed("redis")],
+            scripts: redis.script_hashes(),
+        },
+    }
+}
+
+fn unprobed(name: &'static str) -> DependencyHealth {
+    DependencyHealth {
+        name,
+        ok: false,
+        latency_ms: None,
+        error: Some("not probed yet".to_owned()),
+        pool: None,
+    }
+}
+
+/// SIGTERM (what orchestrators send) and SIGINT (Ctrl-C), listened for from
+/// the moment the application is built: a signal sent as soon as the replica
+/// says it is listening must stop it gracefully, not kill it by default action.
+struct StopSignals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(terminate), Ok(interrupt)) => Some((terminate, interrupt)),
+                _ => {
+                    tracing::error!("cannot listen for stop signals; stopping only on Ctrl-C");
+                    None
+                }
+            };
+            Self { streams }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Completes at the next stop signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((terminate, interrupt)) = &mut self.streams {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs `work` now and then every `period`, one run at a time: a run that
+/// overruns (a heartbeat waiting out its timeout) delays the next instead of
+/// piling runs up.
+fn every<F, Fut>(period: Duration, mut work: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            work().await;
+        }
+    })
+}

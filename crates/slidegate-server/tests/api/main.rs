@@ -1,0 +1,29 @@
+//! Integration tests, compiled as one binary: the real server, real Redis, no mocks.
+
+mod admin;
+mod admin_listener;
+mod bad_input;
+mod catalog_sync;
+mod chaos;
+mod check;
+mod cluster;
+mod configuration;
+mod deny_cache;
+mod deploy;
+mod exactness;
+mod failure_modes;
+mod fault_proxy;
+mod fleet;
+mod forward_auth;
+mod health;
+mod helpers;
+mod limit_changes;
+mod local_mode;
+mod metrics;
+mod private_redis;
+mod recovery;
+mod scripts;
+mod shutdown;
+mod store_contract;
+mod tls;
+mod traces;
