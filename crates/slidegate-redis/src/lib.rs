@@ -17,8 +17,10 @@
 //! native-tls), verifying the server's certificate against the system's
 //! roots or a private CA ([`RedisTls`]), optionally with a client certificate.
 
+mod cluster;
 mod settings;
-pub use settings::RedisSettings;
+pub use cluster::{ClusterOptions, ClusterStore};
+pub use settings::{RedisMode, RedisSettings};
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -184,6 +186,49 @@ impl fmt::Debug for RedisTls {
     }
 }
 
+/// Adds the Redis keys of `key` under `policy` to `invocation`, in the
+/// order the script expects them as `KEYS`; one buffer serves all of them.
+/// Every key of one call shares the hash tag `{<policy>:<key>}`, so a Redis
+/// Cluster runs the script on the one master of that slot.
+fn add_keys(
+    key_prefix: &str,
+    invocation: &mut ScriptInvocation<'_>,
+    policy: &Policy,
+    key: LimiterKey<'_>,
+) {
+    let mut name = String::with_capacity(
+        key_prefix.len()
+            + policy.name().as_str().len()
+            + key.tenant().map_or(0, |tenant| tenant.len() + 1)
+            + key.as_str().len()
+            + 8,
+    );
+    name.push_str(key_prefix);
+    name.push('{');
+    name.push_str(policy.name().as_str());
+    // `{<policy>@<tenant>:<key>}` for keys checked with an API key: policy
+    // names cannot contain '@', so no unscoped key can produce this tag.
+    if let Some(tenant) = key.tenant() {
+        name.push('@');
+        name.push_str(tenant);
+    }
+    name.push(':');
+    name.push_str(key.as_str());
+    name.push('}');
+    let tagged = name.len();
+    let suffixes: &[&str] = match policy.algorithm() {
+        // The weighted log, then the previous layout's log, read during a rolling upgrade.
+        Algorithm::SlidingLog => &[":wlog", ":log"],
+        Algorithm::SlidingWindow => &[":sw"],
+        Algorithm::Gcra => &[":gcra"],
+    };
+    for suffix in suffixes {
+        name.truncate(tagged);
+        name.push_str(suffix);
+        invocation.key(name.as_str());
+    }
+}
+
 /// The scripts, each built once; `Script` keeps the SHA1 it sends with `EVALSHA`.
 struct Scripts {
     sliding_log: Script,
@@ -290,44 +335,14 @@ impl RedisStore {
     }
 
     /// Adds the Redis keys of `key` under `policy` to `invocation`, in the
-    /// order the script expects them as `KEYS`; one buffer serves all of them.
+    /// order the script expects them as `KEYS`.
     fn add_keys(
         &self,
         invocation: &mut ScriptInvocation<'_>,
         policy: &Policy,
         key: LimiterKey<'_>,
     ) {
-        let mut name = String::with_capacity(
-            self.key_prefix.len()
-                + policy.name().as_str().len()
-                + key.tenant().map_or(0, |tenant| tenant.len() + 1)
-                + key.as_str().len()
-                + 8,
-        );
-        name.push_str(&self.key_prefix);
-        name.push('{');
-        name.push_str(policy.name().as_str());
-        // `{<policy>@<tenant>:<key>}` for keys checked with an API key: policy
-        // names cannot contain '@', so no unscoped key can produce this tag.
-        if let Some(tenant) = key.tenant() {
-            name.push('@');
-            name.push_str(tenant);
-        }
-        name.push(':');
-        name.push_str(key.as_str());
-        name.push('}');
-        let tagged = name.len();
-        let suffixes: &[&str] = match policy.algorithm() {
-            // The weighted log, then the previous layout's log, read during a rolling upgrade.
-            Algorithm::SlidingLog => &[":wlog", ":log"],
-            Algorithm::SlidingWindow => &[":sw"],
-            Algorithm::Gcra => &[":gcra"],
-        };
-        for suffix in suffixes {
-            name.truncate(tagged);
-            name.push_str(suffix);
-            invocation.key(name.as_str());
-        }
+        add_keys(&self.key_prefix, invocation, policy, key);
     }
 
     /// The sorted set of live replicas, `<prefix>{replicas}`.

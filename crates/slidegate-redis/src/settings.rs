@@ -4,17 +4,56 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use slidegate_core::BreakerOptions;
 use slidegate_core::settings::{self, BreakerSettings, InvalidSetting, check_duration};
 
-use crate::{RedisOptions, RedisTls, TlsError};
+use crate::{ClusterOptions, RedisOptions, RedisTls, TlsError};
+
+/// Which kind of Redis deployment holds the shared state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One server (or a managed endpoint that behaves as one), at `redis.url`.
+    #[default]
+    Standalone,
+    /// A Redis Cluster: slots spread over masters, found through `redis.nodes`.
+    Cluster,
+}
+
+/// A list of secrets written as a TOML array or, as environment variables
+/// are, one comma-separated string.
+fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SecretString>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    let items = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::Many(items) => items,
+        OneOrMany::One(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .map(SecretString::from)
+        .collect())
+}
 
 /// The shared store (`[redis]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
+    /// `standalone` (one server at `url`) or `cluster` (a Redis Cluster
+    /// found through `nodes`).
+    pub mode: RedisMode,
+    /// With `mode = "cluster"`: seed nodes, `redis://[user:password@]host:port`
+    /// (env: comma-separated). Any one that answers tells the client the rest.
+    #[serde(deserialize_with = "secret_list")]
+    pub nodes: Vec<SecretString>,
     /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (the
     /// server's certificate is always verified). Unset or empty: the embedded
     /// in-process store, whose limits are per replica.
@@ -43,6 +82,8 @@ pub struct RedisSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
+            mode: RedisMode::Standalone,
+            nodes: Vec::new(),
             url: None,
             tls_ca_file: None,
             tls_cert_file: None,
@@ -90,6 +131,38 @@ impl RedisSettings {
         check_duration("redis.connect_timeout", self.connect_timeout)?;
         check_duration("redis.command_timeout", self.command_timeout)?;
         self.breaker.validate("redis.breaker")?;
+        match self.mode {
+            RedisMode::Standalone if !self.nodes.is_empty() => {
+                return Err(InvalidSetting::new(
+                    "redis.nodes",
+                    "applies only to mode = \"cluster\"; a standalone Redis is redis.url",
+                ));
+            }
+            RedisMode::Standalone => {}
+            RedisMode::Cluster => {
+                if self.url().is_some() {
+                    return Err(InvalidSetting::new(
+                        "redis.url",
+                        "must be unset with mode = \"cluster\": list the cluster's seed nodes in redis.nodes",
+                    ));
+                }
+                if self.nodes.is_empty() {
+                    return Err(InvalidSetting::new(
+                        "redis.nodes",
+                        "must list at least one seed node with mode = \"cluster\"",
+                    ));
+                }
+                // Never echo a node: it may hold a password.
+                for (index, node) in self.nodes.iter().enumerate() {
+                    if !node.expose_secret().starts_with("redis://") {
+                        return Err(InvalidSetting::new(
+                            format!("redis.nodes[{index}]"),
+                            "must start with redis:// (TLS to a Redis Cluster, rediss://, is not supported yet)",
+                        ));
+                    }
+                }
+            }
+        }
         let known_scheme = |url: &str| {
             ["redis://", "rediss://", "unix://"]
                 .iter()
@@ -182,6 +255,22 @@ impl RedisSettings {
             .to_options(2 * (self.connect_timeout + self.command_timeout))
     }
 
+    /// What [`ClusterStore::new`](crate::ClusterStore::new) takes, for
+    /// settings that passed [`RedisSettings::validate`]; `None` unless
+    /// `mode = "cluster"`.
+    pub fn cluster_options(&self, key_prefix: &str) -> Option<ClusterOptions> {
+        (self.mode == RedisMode::Cluster).then(|| ClusterOptions {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|node| node.expose_secret().to_owned())
+                .collect(),
+            key_prefix: key_prefix.to_owned(),
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout,
+        })
+    }
+
     /// What [`RedisStore::new`](crate::RedisStore::new) takes, for settings that
     /// passed [`RedisSettings::validate`]; `None` without a `redis.url` (the
     /// embedded store).
@@ -236,6 +325,33 @@ mod tests {
             ..RedisSettings::default()
         };
         assert_eq!(refused(breaker).field, "redis.breaker.probes");
+        let cluster = |nodes: &[&str]| RedisSettings {
+            mode: RedisMode::Cluster,
+            nodes: nodes.iter().map(|node| SecretString::from(*node)).collect(),
+            ..RedisSettings::default()
+        };
+        assert_eq!(refused(cluster(&[])).field, "redis.nodes");
+        let tls_node = refused(cluster(&["redis://a:1", "rediss://:topsecret@b:2"]));
+        assert_eq!(tls_node.field, "redis.nodes[1]");
+        assert!(!tls_node.to_string().contains("topsecret"), "{tls_node}");
+        let both = RedisSettings {
+            url: Some("redis://127.0.0.1".to_owned().into()),
+            ..cluster(&["redis://a:1"])
+        };
+        assert_eq!(refused(both).field, "redis.url");
+        let stray_nodes = RedisSettings {
+            mode: RedisMode::Standalone,
+            ..cluster(&["redis://a:1"])
+        };
+        assert_eq!(refused(stray_nodes).field, "redis.nodes");
+        let seeds = cluster(&["redis://a:1", "redis://b:2"]);
+        seeds.validate().unwrap();
+        assert_eq!(seeds.cluster_options("p:").unwrap().nodes.len(), 2);
+        assert!(
+            seeds.options("p:", None).is_none(),
+            "cluster mode has no standalone URL"
+        );
+        assert!(RedisSettings::default().cluster_options("p:").is_none());
         RedisSettings::default().validate().unwrap();
         assert!(
             RedisSettings::default().options("p:", None).is_none(),

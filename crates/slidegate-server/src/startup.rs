@@ -15,7 +15,7 @@ use crate::configuration::{ConfigurationError, ServerSettings, Settings, Validat
 use crate::http::admin::AdminToken;
 use crate::http::{self, ForwardAuth, HttpState, Listener, RootSpan};
 use crate::metrics::Metrics;
-use crate::store::{AnyStore, MemoryStore, RedisStore};
+use crate::store::{AnyStore, ClusterStore, MemoryStore, RedisStore};
 use slidegate_catalog::{Catalog, CatalogError};
 use slidegate_core::probe::{Probe, Probes};
 use slidegate_core::{
@@ -84,12 +84,17 @@ impl Application {
             no_match: settings.forward_auth.no_match,
         };
         let draining = Arc::new(AtomicBool::new(false));
-        let (store, failover) = match settings
-            .redis
-            .options(&settings.limiter.key_prefix, redis_tls)
-        {
-            Some(options) => (
-                AnyStore::Redis(Box::new(RedisStore::new(options)?)),
+        let prefix = &settings.limiter.key_prefix;
+        let shared = match settings.redis.cluster_options(prefix) {
+            Some(options) => Some(AnyStore::Cluster(Box::new(ClusterStore::new(options)?))),
+            None => match settings.redis.options(prefix, redis_tls) {
+                Some(options) => Some(AnyStore::Redis(Box::new(RedisStore::new(options)?))),
+                None => None,
+            },
+        };
+        let (store, failover) = match shared {
+            Some(store) => (
+                store,
                 Some(Failover::new(settings.failover(), Arc::clone(&clock))),
             ),
             None => (
@@ -448,6 +453,12 @@ fn unprobed_store(store: &AnyStore) -> StoreHealth {
             ok: false,
             dependencies: vec![unprobed("redis")],
             scripts: redis.script_hashes(),
+        },
+        AnyStore::Cluster(_) => StoreHealth {
+            store: store.kind(),
+            ok: false,
+            dependencies: vec![unprobed("redis")],
+            scripts: Vec::new(),
         },
     }
 }

@@ -1,7 +1,7 @@
 //! The store a replica runs on, chosen at start-up: in this process (the core's [`MemoryStore`]) or in Redis ([`RedisStore`]).
 
 pub use slidegate_core::memory::{self, MemoryStore};
-pub use slidegate_redis::{RedisOptions, RedisStore, RedisTls, TlsError};
+pub use slidegate_redis::{ClusterStore, RedisOptions, RedisStore, RedisTls, TlsError};
 
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub enum AnyStore {
     /// Boxed: its per-thread pool table is about 1 KB inline, and the
     /// embedded store should not pay for it.
     Redis(Box<RedisStore>),
+    /// A Redis Cluster (`redis.mode = "cluster"`).
+    Cluster(Box<ClusterStore>),
 }
 
 impl Store for AnyStore {
@@ -30,6 +32,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(store) => store.check(policy, key, cost).await,
             AnyStore::Redis(store) => store.check(policy, key, cost).await,
+            AnyStore::Cluster(store) => store.check(policy, key, cost).await,
         }
     }
 
@@ -37,6 +40,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(store) => store.health().await,
             AnyStore::Redis(store) => store.health().await,
+            AnyStore::Cluster(store) => store.health().await,
         }
     }
 
@@ -44,6 +48,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(store) => store.kind(),
             AnyStore::Redis(store) => store.kind(),
+            AnyStore::Cluster(store) => store.kind(),
         }
     }
 
@@ -51,6 +56,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(store) => store.pools(),
             AnyStore::Redis(store) => store.pools(),
+            AnyStore::Cluster(store) => store.pools(),
         }
     }
 
@@ -58,6 +64,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(store) => store.memory_stats(),
             AnyStore::Redis(store) => store.memory_stats(),
+            AnyStore::Cluster(store) => store.memory_stats(),
         }
     }
 
@@ -65,6 +72,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(store) => store.heartbeat(replica, stale_after).await,
             AnyStore::Redis(store) => store.heartbeat(replica, stale_after).await,
+            AnyStore::Cluster(store) => store.heartbeat(replica, stale_after).await,
         }
     }
 }

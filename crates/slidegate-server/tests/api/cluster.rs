@@ -1,8 +1,16 @@
-//! Redis Cluster is not supported (yet): a replica pointed at a cluster node says so in readiness, and the node's redirects are counted and logged as a misconfiguration.
+//! Redis Cluster: with `mode = "cluster"` every replica decides on the cluster, exactly; a standalone replica pointed at a cluster node says so in readiness, and the node's redirects are counted and logged as a misconfiguration.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::helpers::{Replica, eventually};
+use secrecy::SecretString;
+use slidegate_redis::RedisMode;
+use tokio::sync::Barrier;
+
+use crate::helpers::{
+    Replica, TestApp, TestOptions, eventually, one_load_test_at_a_time, policy, spawn_app,
+    unique_prefix,
+};
 use crate::metrics::{scrape, value};
 use crate::private_redis::PrivateCluster;
 
@@ -143,5 +151,194 @@ async fn a_cluster_node_is_not_ready_and_its_redirects_are_a_logged_misconfigura
             .iter()
             .any(|line| line.to_string().contains("cannot reach Redis")),
         "a redirect is not an outage: {logs:#?}"
+    );
+}
+
+/// `replicas` slidegate replicas on `cluster` (found through every node as a
+/// seed), sharing one key prefix, each ready.
+async fn replicas_on(cluster: &PrivateCluster, replicas: usize, limit: u64) -> Arc<Vec<TestApp>> {
+    let prefix = unique_prefix();
+    let mut apps = Vec::new();
+    for _ in 0..replicas {
+        let mut options = TestOptions::redis(vec![policy("shared", "sliding_log", limit, "1h")]);
+        options.redis_url = None;
+        options.key_prefix = prefix.clone();
+        options.settings.redis.mode = RedisMode::Cluster;
+        options.settings.redis.nodes = (0..cluster.nodes().len())
+            .map(|index| SecretString::from(cluster.url(index)))
+            .collect();
+        let app = spawn_app(options).await;
+        app.eventually(
+            "the replica to be ready on the cluster",
+            Duration::from_secs(15),
+            || app.get("/health/ready"),
+            |reply| reply.status == 200,
+        )
+        .await;
+        apps.push(app);
+    }
+    Arc::new(apps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_a_cluster_admit_exactly_the_limit_of_one_key_under_150_clients() {
+    let _turn = one_load_test_at_a_time().await;
+    let cluster = PrivateCluster::start(3, 1).await;
+    const LIMIT: u64 = 100;
+    const CLIENTS: usize = 150;
+    let apps = replicas_on(&cluster, 3, LIMIT).await;
+    let ready = apps[0].get("/health/ready").await;
+    assert_eq!(ready.body["checks"]["limiter"]["store"], "redis_cluster");
+    assert_eq!(
+        ready.body["checks"]["redis"]["ok"], true,
+        "{:?}",
+        ready.body
+    );
+
+    let start = Arc::new(Barrier::new(CLIENTS));
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let apps = Arc::clone(&apps);
+        let start = Arc::clone(&start);
+        clients.push(tokio::spawn(async move {
+            let app = &apps[client % apps.len()];
+            start.wait().await;
+            let mut statuses = Vec::new();
+            for _ in 0..2 {
+                statuses.push(app.check("shared", "one-key", None).await.status);
+            }
+            statuses
+        }));
+    }
+    let mut statuses = Vec::new();
+    for client in clients {
+        statuses.extend(client.await.unwrap());
+    }
+    let admitted = statuses.iter().filter(|&&status| status == 200).count();
+    let denied = statuses.iter().filter(|&&status| status == 429).count();
+    assert_eq!(
+        (admitted, denied, statuses.len()),
+        (100, 2 * CLIENTS - 100, 2 * CLIENTS),
+        "exactly the limit across the fleet, and only 200/429"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_spread_over_every_master_are_each_admitted_exactly_their_limit() {
+    let _turn = one_load_test_at_a_time().await;
+    let cluster = PrivateCluster::start(3, 0).await;
+    const LIMIT: u64 = 3;
+    const KEYS: usize = 120;
+    let apps = replicas_on(&cluster, 3, LIMIT).await;
+    let mut checks = Vec::new();
+    for key in 0..KEYS {
+        for attempt in 0..=LIMIT as usize {
+            let apps = Arc::clone(&apps);
+            checks.push(tokio::spawn(async move {
+                let app = &apps[(key + attempt) % apps.len()];
+                (
+                    key,
+                    app.check("shared", &format!("k{key}"), None).await.status,
+                )
+            }));
+        }
+    }
+    let mut admitted = vec![0; KEYS];
+    for check in checks {
+        let (key, status) = check.await.unwrap();
+        match status {
+            200 => admitted[key] += 1,
+            429 => {}
+            other => panic!("key {key}: status {other}"),
+        }
+    }
+    assert!(
+        admitted.iter().all(|&count| count == LIMIT),
+        "every key admitted exactly {LIMIT}: {admitted:?}"
+    );
+    // The keys really are spread: every master holds some of them.
+    for (index, node) in cluster.nodes().iter().enumerate() {
+        let mut connection = node.connection().await;
+        let keys: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert!(keys > 0, "master {index} holds none of the keys");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_slot_migration_under_load_answers_every_check_from_redis() {
+    let _turn = one_load_test_at_a_time().await;
+    let cluster = PrivateCluster::start(3, 0).await;
+    // Limits far above the traffic: every answer should be 200, decided by
+    // Redis (the default failure mode is closed, so an error would be a 503).
+    let apps = replicas_on(&cluster, 3, 100_000).await;
+    let node_id = |index: usize| {
+        let output = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &cluster.nodes()[index].port().to_string(),
+                "CLUSTER",
+                "MYID",
+            ])
+            .output()
+            .expect("redis-cli is installed");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let (from, to) = (node_id(0), node_id(1));
+
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut clients = Vec::new();
+    for client in 0..30usize {
+        let apps = Arc::clone(&apps);
+        let running = Arc::clone(&running);
+        clients.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let mut n = client;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let app = &apps[n % apps.len()];
+                let reply = app.check("shared", &format!("k{}", n % 5000), None).await;
+                statuses.push((reply.status, reply.body["fallback"].is_null()));
+                n += 30;
+            }
+            statuses
+        }));
+    }
+    // Moves 2,000 slots (a third of a master's) key by key while checks run:
+    // clients meet ASK during the move and MOVED after it.
+    let port = cluster.nodes()[0].port().to_string();
+    let resharded = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{port}")])
+            .args(["--cluster-from", &from, "--cluster-to", &to])
+            .args(["--cluster-slots", "2000", "--cluster-yes"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("redis-cli is installed")
+    })
+    .await
+    .unwrap();
+    assert!(
+        resharded.status.success(),
+        "redis-cli --cluster reshard: {}",
+        String::from_utf8_lossy(&resharded.stdout)
+    );
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.extend(client.await.unwrap());
+    }
+    let not_from_redis: Vec<_> = answers
+        .iter()
+        .filter(|(status, from_redis)| *status != 200 || !from_redis)
+        .collect();
+    assert!(answers.len() > 300, "too few checks ran: {}", answers.len());
+    assert!(
+        not_from_redis.is_empty(),
+        "{} of {} checks were not a Redis-backed 200, e.g. {:?}",
+        not_from_redis.len(),
+        answers.len(),
+        &not_from_redis[..not_from_redis.len().min(5)]
     );
 }

@@ -388,3 +388,25 @@ fn a_match_rule_in_the_file_is_validated_as_the_admin_api_validates_it() {
         assert!(error.contains(field), "{refused}: {error}");
     }
 }
+
+#[test]
+fn cluster_seed_nodes_come_from_one_comma_separated_variable() {
+    let env = [
+        ("SLIDEGATE__REDIS__MODE".to_owned(), "cluster".to_owned()),
+        (
+            "SLIDEGATE__REDIS__NODES".to_owned(),
+            "redis://10.0.0.1:6379, redis://10.0.0.2:6379,".to_owned(),
+        ),
+    ];
+    let settings = {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        Settings::load_with_env(None, env.into_iter().collect()).unwrap()
+    };
+    assert_eq!(settings.redis.mode, slidegate_redis::RedisMode::Cluster);
+    let options = settings.redis.cluster_options("p:").unwrap();
+    assert_eq!(
+        options.nodes,
+        ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
+    );
+    settings.validate().unwrap();
+}
