@@ -60,6 +60,19 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// Longest wait for one command's reply.
     pub command_timeout: Duration,
+    /// With Sentinel: the sentinels to ask for the current master (`url` is
+    /// then not used); `None`: `url` is the server.
+    pub sentinel: Option<SentinelTarget>,
+}
+
+/// Where Sentinel finds the master: the sentinels' URLs and the master's name.
+#[derive(Clone)]
+pub struct SentinelTarget {
+    /// `redis://[user:password@]host:port` of each sentinel; the credentials
+    /// (and database) are used for the master too.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor it by (`sentinel monitor <name> …`).
+    pub master: String,
 }
 
 /// The URL may carry a password: it is never printed, not even in debug output.
@@ -73,6 +86,7 @@ impl fmt::Debug for RedisOptions {
             pool_size,
             connect_timeout,
             command_timeout,
+            sentinel,
         } = self;
         f.debug_struct("RedisOptions")
             .field("url", &"<redacted>")
@@ -81,6 +95,12 @@ impl fmt::Debug for RedisOptions {
             .field("pool_size", pool_size)
             .field("connect_timeout", connect_timeout)
             .field("command_timeout", command_timeout)
+            .field(
+                "sentinel",
+                &sentinel
+                    .as_ref()
+                    .map(|target| (target.sentinels.len(), &target.master)),
+            )
             .finish()
     }
 }
@@ -287,13 +307,18 @@ impl RedisStore {
     /// When the URL does not parse, or TLS certificates come with a URL that
     /// is not `rediss://`. The message never repeats the URL, which may hold a password.
     pub fn new(options: RedisOptions) -> Result<Self, StoreError> {
-        let client = redis::Client::open(options.url.as_str()).map_err(|error| {
-            StoreError::Unavailable(format!(
-                "the Redis URL is invalid ({:?}); expected redis://host:port or rediss://host:port",
-                error.kind()
-            ))
-        })?;
-        let connector = Connector::new(client, options.tls)?;
+        let connector = match &options.sentinel {
+            Some(target) => Connector::sentinel(target)?,
+            None => {
+                let client = redis::Client::open(options.url.as_str()).map_err(|error| {
+                    StoreError::Unavailable(format!(
+                        "the Redis URL is invalid ({:?}); expected redis://host:port or rediss://host:port",
+                        error.kind()
+                    ))
+                })?;
+                Connector::new(client, options.tls)?
+            }
+        };
         let reachability = Arc::new(Reachability::default());
         let generation = Arc::new(AtomicU64::new(0));
         Ok(Self {
@@ -434,7 +459,11 @@ impl RedisStore {
                 Err(StoreError::InvalidReply(describe(&error)))
             }
             Ok(Err(error)) => {
-                if error.is_unrecoverable_error() || error.is_connection_dropped() {
+                // READONLY: the server this connection reaches was demoted
+                // (a Sentinel failover): retire the connections, so the next
+                // ones are opened to the master the sentinels name now.
+                let demoted = matches!(error.kind(), ErrorKind::Server(ServerErrorKind::ReadOnly));
+                if demoted || error.is_unrecoverable_error() || error.is_connection_dropped() {
                     self.generation.fetch_max(generation + 1, Ordering::AcqRel);
                     self.reachability.down(&describe(&error));
                 }
@@ -758,6 +787,12 @@ impl ManageConnection for TrackedConnectionManager {
 #[derive(Clone)]
 enum Connector {
     Plain(redis::Client),
+    /// The master the sentinels name now, asked on every (re)connection, so
+    /// a failover is followed by the next connection opened.
+    Sentinel {
+        sentinels: Vec<redis::Client>,
+        master: String,
+    },
     Tls {
         host: String,
         port: u16,
@@ -804,6 +839,92 @@ impl Connector {
         })
     }
 
+    /// # Errors
+    /// A sentinel URL that does not parse or is not `redis://` (the message
+    /// never repeats it).
+    fn sentinel(target: &SentinelTarget) -> Result<Self, StoreError> {
+        let sentinels = target
+            .sentinels
+            .iter()
+            .map(|url| {
+                let client = redis::Client::open(url.as_str()).map_err(|error| {
+                    StoreError::Unavailable(format!(
+                        "a sentinel URL is invalid ({:?}); expected redis://host:port",
+                        error.kind()
+                    ))
+                })?;
+                match client.get_connection_info().addr() {
+                    redis::ConnectionAddr::Tcp(..) => Ok(client),
+                    _ => Err(StoreError::Unavailable(
+                        "sentinels are reached over redis:// (TLS to sentinels is not supported yet)"
+                            .to_owned(),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::Sentinel {
+            sentinels,
+            master: target.master.clone(),
+        })
+    }
+
+    /// Asks each sentinel in turn for the current master and connects to it,
+    /// checking with `ROLE` that it is one (a sentinel may name the old
+    /// master for a moment during a failover).
+    async fn connect_via_sentinels(
+        sentinels: &[redis::Client],
+        master: &str,
+        config: &redis::AsyncConnectionConfig,
+    ) -> RedisResult<MultiplexedConnection> {
+        let mut last_error = None;
+        for sentinel in sentinels {
+            let attempt = async {
+                let mut asking = sentinel
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await?;
+                let address: Option<(String, u16)> = redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(master)
+                    .query_async(&mut asking)
+                    .await?;
+                let (host, port) = address.ok_or_else(|| {
+                    RedisError::from((
+                        ErrorKind::Io,
+                        "the sentinel does not know the master",
+                        master.to_owned(),
+                    ))
+                })?;
+                let info = sentinel
+                    .get_connection_info()
+                    .clone()
+                    .set_addr(redis::ConnectionAddr::Tcp(host, port));
+                let mut connection = redis::Client::open(info)?
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await?;
+                let role: Vec<redis::Value> =
+                    redis::cmd("ROLE").query_async(&mut connection).await?;
+                match role.first() {
+                    Some(redis::Value::BulkString(role)) if role == b"master" => Ok(connection),
+                    _ => Err(RedisError::from((
+                        ErrorKind::Io,
+                        "the sentinel named a server that is not a master (a failover is under way)",
+                    ))),
+                }
+            };
+            match tokio::time::timeout(Self::OPEN_TIMEOUT, attempt).await {
+                Ok(Ok(connection)) => return Ok(connection),
+                Ok(Err(error)) => last_error = Some(error),
+                Err(_) => {
+                    last_error = Some(RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    )));
+                }
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| RedisError::from((ErrorKind::Io, "no sentinel configured"))))
+    }
+
     /// Longest an attempt to open a connection may take, TLS handshake and
     /// authentication included (redis-rs's own default for plain ones). A
     /// checkout gives up after `connect_timeout`; this ends the attempt
@@ -825,6 +946,9 @@ impl Connector {
                 client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
+            }
+            Self::Sentinel { sentinels, master } => {
+                Self::connect_via_sentinels(sentinels, master, &config).await
             }
             Self::Tls {
                 host,
@@ -978,6 +1102,7 @@ mod tests {
             pool_size: 2,
             connect_timeout: Duration::from_millis(100),
             command_timeout: Duration::from_millis(50),
+            sentinel: None,
         };
         let debug = format!("{options:?}");
         assert!(!debug.contains("hunter2"), "{debug}");

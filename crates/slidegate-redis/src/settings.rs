@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 use slidegate_core::BreakerOptions;
 use slidegate_core::settings::{self, BreakerSettings, InvalidSetting, check_duration};
 
-use crate::{ClusterOptions, RedisOptions, RedisTls, TlsError};
+use crate::{ClusterOptions, RedisOptions, RedisTls, SentinelTarget, TlsError};
 
 /// Which kind of Redis deployment holds the shared state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -20,6 +20,9 @@ pub enum RedisMode {
     Standalone,
     /// A Redis Cluster: slots spread over masters, found through `redis.nodes`.
     Cluster,
+    /// One master at a time, named by the sentinels in `redis.nodes`
+    /// (`redis.sentinel_master` is its name); followed through failovers.
+    Sentinel,
 }
 
 /// A list of secrets written as a TOML array or, as environment variables
@@ -54,6 +57,8 @@ pub struct RedisSettings {
     /// (env: comma-separated). Any one that answers tells the client the rest.
     #[serde(deserialize_with = "secret_list")]
     pub nodes: Vec<SecretString>,
+    /// With `mode = "sentinel"`: the name the sentinels monitor the master by.
+    pub sentinel_master: Option<String>,
     /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (the
     /// server's certificate is always verified). Unset or empty: the embedded
     /// in-process store, whose limits are per replica.
@@ -84,6 +89,7 @@ impl Default for RedisSettings {
         Self {
             mode: RedisMode::Standalone,
             nodes: Vec::new(),
+            sentinel_master: None,
             url: None,
             tls_ca_file: None,
             tls_cert_file: None,
@@ -139,17 +145,17 @@ impl RedisSettings {
                 ));
             }
             RedisMode::Standalone => {}
-            RedisMode::Cluster => {
+            RedisMode::Cluster | RedisMode::Sentinel => {
                 if self.url().is_some() {
                     return Err(InvalidSetting::new(
                         "redis.url",
-                        "must be unset with mode = \"cluster\": list the cluster's seed nodes in redis.nodes",
+                        "must be unset with mode = \"cluster\" or \"sentinel\": list the seed nodes or the sentinels in redis.nodes",
                     ));
                 }
                 if self.nodes.is_empty() {
                     return Err(InvalidSetting::new(
                         "redis.nodes",
-                        "must list at least one seed node with mode = \"cluster\"",
+                        "must list at least one seed node (cluster) or sentinel (sentinel)",
                     ));
                 }
                 // Never echo a node: it may hold a password.
@@ -157,11 +163,33 @@ impl RedisSettings {
                     if !node.expose_secret().starts_with("redis://") {
                         return Err(InvalidSetting::new(
                             format!("redis.nodes[{index}]"),
-                            "must start with redis:// (TLS to a Redis Cluster, rediss://, is not supported yet)",
+                            "must start with redis:// (rediss:// to a cluster or to sentinels is not supported yet)",
                         ));
                     }
                 }
+                let master = self.sentinel_master.as_deref().map(str::trim);
+                match (self.mode, master) {
+                    (RedisMode::Sentinel, None | Some("")) => {
+                        return Err(InvalidSetting::new(
+                            "redis.sentinel_master",
+                            "must name the master the sentinels monitor (sentinel monitor <name> ...)",
+                        ));
+                    }
+                    (RedisMode::Cluster, Some(_)) => {
+                        return Err(InvalidSetting::new(
+                            "redis.sentinel_master",
+                            "applies only to mode = \"sentinel\"",
+                        ));
+                    }
+                    _ => {}
+                }
             }
+        }
+        if self.mode == RedisMode::Standalone && self.sentinel_master.is_some() {
+            return Err(InvalidSetting::new(
+                "redis.sentinel_master",
+                "applies only to mode = \"sentinel\"",
+            ));
         }
         let known_scheme = |url: &str| {
             ["redis://", "rediss://", "unix://"]
@@ -275,6 +303,29 @@ impl RedisSettings {
     /// passed [`RedisSettings::validate`]; `None` without a `redis.url` (the
     /// embedded store).
     pub fn options(&self, key_prefix: &str, tls: Option<RedisTls>) -> Option<RedisOptions> {
+        if self.mode == RedisMode::Sentinel {
+            return Some(RedisOptions {
+                url: String::new(),
+                tls,
+                key_prefix: key_prefix.to_owned(),
+                pool_size: self.pool_size,
+                connect_timeout: self.connect_timeout,
+                command_timeout: self.command_timeout,
+                sentinel: Some(SentinelTarget {
+                    sentinels: self
+                        .nodes
+                        .iter()
+                        .map(|node| node.expose_secret().to_owned())
+                        .collect(),
+                    master: self
+                        .sentinel_master
+                        .as_deref()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned(),
+                }),
+            });
+        }
         self.url().map(|url| RedisOptions {
             url: url.to_owned(),
             tls,
@@ -282,6 +333,7 @@ impl RedisSettings {
             pool_size: self.pool_size,
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
+            sentinel: None,
         })
     }
 }
@@ -352,6 +404,27 @@ mod tests {
             "cluster mode has no standalone URL"
         );
         assert!(RedisSettings::default().cluster_options("p:").is_none());
+        let sentinel = RedisSettings {
+            mode: RedisMode::Sentinel,
+            ..cluster(&["redis://s1:26379", "redis://s2:26379"])
+        };
+        assert_eq!(refused(sentinel.clone()).field, "redis.sentinel_master");
+        let named = RedisSettings {
+            sentinel_master: Some(" limits ".into()),
+            ..sentinel
+        };
+        named.validate().unwrap();
+        let target = named.options("p:", None).unwrap().sentinel.unwrap();
+        assert_eq!(
+            (target.sentinels.len(), target.master.as_str()),
+            (2, "limits")
+        );
+        assert!(named.cluster_options("p:").is_none());
+        let stray = RedisSettings {
+            sentinel_master: Some("limits".into()),
+            ..RedisSettings::default()
+        };
+        assert_eq!(refused(stray).field, "redis.sentinel_master");
         RedisSettings::default().validate().unwrap();
         assert!(
             RedisSettings::default().options("p:", None).is_none(),

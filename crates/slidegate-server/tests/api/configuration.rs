@@ -316,6 +316,7 @@ fn debug_output_of_the_settings_and_the_store_options_never_shows_a_url_or_a_sec
         pool_size: settings.redis.pool_size,
         connect_timeout: settings.redis.connect_timeout,
         command_timeout: settings.redis.command_timeout,
+        sentinel: None,
     };
     let catalog = slidegate_catalog::CatalogOptions {
         url: settings.postgres.url().unwrap().to_owned(),

@@ -190,6 +190,7 @@ pub fn store_with_prefix(prefix: &str) -> RedisStore {
         pool_size: 1,
         connect_timeout: Duration::from_secs(2),
         command_timeout: Duration::from_secs(2),
+        sentinel: None,
     })
     .unwrap()
 }

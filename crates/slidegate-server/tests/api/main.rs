@@ -23,6 +23,7 @@ mod metrics;
 mod private_redis;
 mod recovery;
 mod scripts;
+mod sentinel;
 mod shutdown;
 mod store_contract;
 mod tls;

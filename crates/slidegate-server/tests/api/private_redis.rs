@@ -52,6 +52,19 @@ impl PrivateRedis {
         Self::start_with(port, "redis", vec!["--port".into(), port.to_string()])
     }
 
+    /// A server replicating `master` (`--replicaof`).
+    pub fn start_replica_of(master: &PrivateRedis) -> Self {
+        let port = free_port();
+        let args = vec![
+            "--port".into(),
+            port.to_string(),
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port().to_string(),
+        ];
+        Self::start_with(port, "redis", args)
+    }
+
     /// A server that speaks only TLS, with `pki`'s server certificate. With
     /// `clients_need_certificates` it refuses clients without a certificate
     /// signed by the test CA (`--tls-auth-clients yes`).
@@ -424,5 +437,122 @@ impl PrivateCluster {
     /// The `redis://` URL of node `index`.
     pub fn url(&self, index: usize) -> String {
         self.nodes[index].url()
+    }
+}
+
+/// A master, its replica and three sentinels watching them (quorum 2, a
+/// master down after 1 s), as `redis-server --sentinel` processes on free
+/// ports; every process is killed when dropped.
+pub struct PrivateSentinels {
+    pub master: PrivateRedis,
+    pub replica: PrivateRedis,
+    sentinels: Vec<(u16, Child)>,
+    _dir: tempfile::TempDir,
+}
+
+/// The name the test sentinels monitor their master by.
+pub const SENTINEL_MASTER: &str = "limits";
+
+impl PrivateSentinels {
+    pub async fn start() -> Self {
+        let master = PrivateRedis::start();
+        let replica = PrivateRedis::start_replica_of(&master);
+        let dir = tempfile::tempdir().unwrap();
+        let mut sentinels = Vec::new();
+        for index in 0..3 {
+            let port = free_port();
+            let config = dir.path().join(format!("sentinel-{index}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 3000\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                    dir = dir.path().display(),
+                    master = master.port()
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-server")
+                .arg(&config)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            sentinels.push((port, child));
+        }
+        let setup = Self {
+            master,
+            replica,
+            sentinels,
+            _dir: dir,
+        };
+        // Ready when every sentinel sees the replica and the other two
+        // sentinels: a failover needs the quorum and an elected leader.
+        for (port, _) in &setup.sentinels {
+            let url = format!("redis://127.0.0.1:{port}");
+            eventually(
+                Duration::from_secs(30),
+                "every sentinel to see the replica and the other sentinels",
+                || async {
+                    let mut connection = redis::Client::open(url.as_str())
+                        .ok()?
+                        .get_multiplexed_async_connection()
+                        .await
+                        .ok()?;
+                    let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
+                        .arg("replicas")
+                        .arg(SENTINEL_MASTER)
+                        .query_async(&mut connection)
+                        .await
+                        .ok()?;
+                    let sentinels: Vec<redis::Value> = redis::cmd("SENTINEL")
+                        .arg("sentinels")
+                        .arg(SENTINEL_MASTER)
+                        .query_async(&mut connection)
+                        .await
+                        .ok()?;
+                    (replicas.len() == 1 && sentinels.len() == 2).then_some(())
+                },
+            )
+            .await;
+        }
+        setup
+    }
+
+    /// `redis://127.0.0.1:<port>` of each sentinel.
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// The port of the master the first sentinel names now.
+    pub async fn master_port(&self) -> Option<u16> {
+        let mut connection = redis::Client::open(self.urls()[0].as_str())
+            .ok()?
+            .get_multiplexed_async_connection()
+            .await
+            .ok()?;
+        let (_, port): (String, u16) = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(SENTINEL_MASTER)
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        Some(port)
+    }
+}
+
+impl Drop for PrivateSentinels {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

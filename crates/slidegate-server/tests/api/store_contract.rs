@@ -23,6 +23,7 @@ fn redis_store() -> RedisStore {
         pool_size: 2,
         connect_timeout: Duration::from_secs(2),
         command_timeout: Duration::from_secs(2),
+        sentinel: None,
     })
     .unwrap()
 }
