@@ -55,6 +55,12 @@ pub struct FailoverOptions {
     pub heartbeat_interval: Duration,
 }
 
+/// Circuit breakers one replica keeps, one per failure domain of its store
+/// (see [`Store::failure_domain`]): a store that fails as one uses the first
+/// only; a Redis Cluster maps each master to one, so a failed master opens
+/// the circuit for its own keys. More masters than this share breakers.
+pub const FAILURE_DOMAINS: usize = 16;
+
 /// Heartbeat periods after which a silent replica stops counting as live.
 pub const STALE_AFTER_HEARTBEATS: u32 = 3;
 
@@ -72,7 +78,8 @@ pub struct Failover {
     settings: FailoverOptions,
     clock: Arc<dyn Clock>,
     counters: Arc<FailureCounters>,
-    breaker: CircuitBreaker,
+    /// One per failure domain; [`Failover::decide`] uses the check's.
+    breakers: Vec<CircuitBreaker>,
     deny_cache: Option<DenyCache>,
     /// The in-process limiter of the `local` mode.
     local: MemoryStore,
@@ -86,7 +93,11 @@ impl Failover {
     pub fn new(settings: FailoverOptions, clock: Arc<dyn Clock>) -> Self {
         let counters = Arc::new(FailureCounters::default());
         Self {
-            breaker: CircuitBreaker::new(settings.breaker, Arc::clone(&clock), counters.clone()),
+            breakers: (0..FAILURE_DOMAINS)
+                .map(|_| {
+                    CircuitBreaker::new(settings.breaker, Arc::clone(&clock), counters.clone())
+                })
+                .collect(),
             deny_cache: settings.deny_cache_max_keys.map(DenyCache::new),
             local: MemoryStore::bounded(Arc::clone(&clock), settings.local_max_keys, "local"),
             live_replicas: AtomicU64::new(1),
@@ -125,7 +136,8 @@ impl Failover {
             bump(&self.counters.deny_cache_hits);
             return Ok(Decision::from_outcome(outcome, policy.limit()));
         }
-        let Some(permit) = self.breaker.try_acquire() else {
+        let breaker = &self.breakers[store.failure_domain(policy, key) % FAILURE_DOMAINS];
+        let Some(permit) = breaker.try_acquire() else {
             return self.fall_back(policy, key, cost, StoreError::CircuitOpen);
         };
         match store.check(policy, key, cost).await {
@@ -192,16 +204,24 @@ impl Failover {
     /// with [`Failover::readiness_probed`]. A replica a load balancer took
     /// out of rotation gets no checks to probe with: without this, its
     /// breaker, and so its readiness, would wait for traffic that is not sent.
-    pub fn readiness_probe(&self) -> Option<Permit<'_>> {
-        self.breaker.try_probe_for_readiness()
+    ///
+    /// One probe per breaker that is probing: readiness's round-trip covers
+    /// the whole store (every master of a cluster answered, or not).
+    pub fn readiness_probe(&self) -> Vec<Permit<'_>> {
+        self.breakers
+            .iter()
+            .filter_map(CircuitBreaker::try_probe_for_readiness)
+            .collect()
     }
 
     /// The result of a readiness probe: whether the store answered it.
-    pub fn readiness_probed(&self, permit: Permit<'_>, answered: bool) {
-        if answered {
-            self.succeeded(permit);
-        } else {
-            let _ = permit.failed();
+    pub fn readiness_probed(&self, permits: Vec<Permit<'_>>, answered: bool) {
+        for permit in permits {
+            if answered {
+                self.succeeded(permit);
+            } else {
+                let _ = permit.failed();
+            }
         }
     }
 
@@ -296,9 +316,26 @@ impl Failover {
         self.local.stats()
     }
 
-    /// The circuit breaker's state now.
+    /// The circuit breakers' state now: the worst of them (open, then
+    /// half-open), so a replica is degraded while any part of its store is.
     pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
+        self.breakers
+            .iter()
+            .map(CircuitBreaker::state)
+            .max_by_key(|state| match state {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            })
+            .unwrap_or(BreakerState::Closed)
+    }
+
+    /// How many failure domains' breakers are not closed.
+    pub fn breakers_not_closed(&self) -> usize {
+        self.breakers
+            .iter()
+            .filter(|breaker| breaker.state() != BreakerState::Closed)
+            .count()
     }
 
     pub fn live_replicas(&self) -> u64 {
@@ -328,11 +365,14 @@ impl Failover {
             failure_mode: self.settings.default_mode,
             failure_modes,
             breaker: BreakerHealth {
-                state: self.breaker.state(),
+                state: self.breaker_state(),
                 cool_down_remaining_ms: self
-                    .breaker
-                    .cool_down_remaining()
+                    .breakers
+                    .iter()
+                    .filter_map(CircuitBreaker::cool_down_remaining)
+                    .max()
                     .map(|left| left.as_millis() as u64),
+                not_closed: self.breakers_not_closed(),
             },
             replica_id: self.replica_id.clone(),
             live_replicas: self.live_replicas(),
@@ -370,9 +410,13 @@ pub struct FailoverHealth {
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct BreakerHealth {
+    /// The worst of the breakers (one per failure domain of the store).
     pub state: BreakerState,
-    /// While open: time until probes may start.
+    /// While one is open: the longest time until its probes may start.
     pub cool_down_remaining_ms: Option<u64>,
+    /// Breakers not closed: with a Redis Cluster, masters whose keys go to
+    /// their failure modes; with one Redis, 0 or 1.
+    pub not_closed: usize,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]

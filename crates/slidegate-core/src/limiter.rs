@@ -426,10 +426,16 @@ impl<S: Store> Limiter<S> {
     /// makes it (see [`crate::probe`]). While the breaker is probing, the
     /// round-trip is one of its probes (see [`Failover::readiness_probe`]).
     pub async fn probe_store(&self) -> StoreHealth {
-        let probe = self.failover.as_ref().and_then(Failover::readiness_probe);
+        let probes = self
+            .failover
+            .as_ref()
+            .map(Failover::readiness_probe)
+            .unwrap_or_default();
         let store = self.store.health().await;
-        if let (Some(failover), Some(probe)) = (&self.failover, probe) {
-            failover.readiness_probed(probe, store.ok);
+        if let Some(failover) = &self.failover
+            && !probes.is_empty()
+        {
+            failover.readiness_probed(probes, store.ok);
         }
         store
     }

@@ -40,6 +40,17 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Which independent part of the store decides `key` under `policy`, in
+    /// `0..`[`FAILURE_DOMAINS`](crate::failover::FAILURE_DOMAINS): the
+    /// failover keeps a circuit breaker per part, so one part failing (a
+    /// Redis Cluster master) sends only its own keys to their failure modes.
+    /// Called on every check: it must be cheap and must not wait. A store
+    /// that fails as one answers 0.
+    fn failure_domain(&self, policy: &Policy, key: LimiterKey<'_>) -> usize {
+        let _ = (policy, key);
+        0
+    }
+
     /// Records that `replica` is alive and returns how many replicas share
     /// this store: those that recorded themselves within `stale_after`,
     /// judged by the store's clock. A store private to one process answers 1.

@@ -9,8 +9,10 @@
 //! standalone store keeps, would multiply the connections by the nodes for
 //! no gain: the client already pipelines concurrent commands per node).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
@@ -18,6 +20,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisResult, Value};
 use tokio::sync::OnceCell;
 
+use slidegate_core::failover::FAILURE_DOMAINS;
 use slidegate_core::{
     DependencyHealth, LimiterKey, Outcome, Policy, PoolStats, Store, StoreError, StoreHealth,
 };
@@ -56,6 +59,14 @@ pub struct ClusterStore {
     /// then shared: a clone per check is a handle on the same connections.
     connection: OnceCell<ClusterConnection>,
     last_connect_error: Mutex<Option<String>>,
+    /// Which failure domain each slot's master is (see [`Store::failure_domain`]),
+    /// as the last `CLUSTER SLOTS` (the background probe's) said; all 0
+    /// until it first answers. Read on every check without a lock.
+    slot_domains: ArcSwap<Vec<u8>>,
+    /// Every master address seen, in the order first seen: its index, modulo
+    /// [`FAILURE_DOMAINS`], is its failure domain. A promoted replica is a
+    /// new address, so its domain (and breaker) is a fresh one.
+    masters_seen: Mutex<Vec<(String, u16)>>,
     scripts: Scripts,
     key_prefix: String,
     connect_timeout: Duration,
@@ -82,6 +93,8 @@ impl ClusterStore {
             client,
             connection: OnceCell::new(),
             last_connect_error: Mutex::new(None),
+            slot_domains: ArcSwap::from_pointee(vec![0; SLOTS as usize]),
+            masters_seen: Mutex::new(Vec::new()),
             scripts: Scripts::new(),
             key_prefix: options.key_prefix,
             connect_timeout: options.connect_timeout,
@@ -137,6 +150,33 @@ impl ClusterStore {
         }
     }
 
+    /// Remembers which failure domain each slot's master is.
+    fn learn(&self, topology: &Topology) {
+        let mut seen = self
+            .masters_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut domain_of_master = Vec::with_capacity(topology.masters.len());
+        for (host, port, _) in &topology.masters {
+            let index = match seen.iter().position(|(h, p)| h == host && p == port) {
+                Some(index) => index,
+                None => {
+                    seen.push((host.clone(), *port));
+                    seen.len() - 1
+                }
+            };
+            domain_of_master.push(u8::try_from(index % FAILURE_DOMAINS).unwrap_or(0));
+        }
+        let mut domains = vec![0u8; SLOTS as usize];
+        for &(start, end, master) in &topology.ranges {
+            let domain = domain_of_master.get(master).copied().unwrap_or(0);
+            for slot in start..=end.min(SLOTS - 1) {
+                domains[slot as usize] = domain;
+            }
+        }
+        self.slot_domains.store(Arc::new(domains));
+    }
+
     /// The sorted set of live replicas, `<prefix>{replicas}`: one slot.
     pub fn replicas_key(&self) -> String {
         format!("{}{{replicas}}", self.key_prefix)
@@ -167,6 +207,8 @@ struct Topology {
     /// `host:port` and slot count, in the order first seen.
     masters: Vec<(String, u16, u32)>,
     covered_slots: u32,
+    /// Each slot range and the index (in `masters`) of its master.
+    ranges: Vec<(u32, u32, usize)>,
 }
 
 /// Every slot of a Redis Cluster.
@@ -198,14 +240,21 @@ impl Topology {
             let port = u16::try_from(number(master.get(1)?)?).ok()?;
             let count = end.checked_sub(start)?.checked_add(1)?;
             topology.covered_slots = topology.covered_slots.saturating_add(count);
-            match topology
+            let index = match topology
                 .masters
-                .iter_mut()
-                .find(|(h, p, _)| *h == host && *p == port)
+                .iter()
+                .position(|(h, p, _)| *h == host && *p == port)
             {
-                Some(entry) => entry.2 += count,
-                None => topology.masters.push((host, port, count)),
-            }
+                Some(index) => {
+                    topology.masters[index].2 += count;
+                    index
+                }
+                None => {
+                    topology.masters.push((host, port, count));
+                    topology.masters.len() - 1
+                }
+            };
+            topology.ranges.push((start, end, index));
         }
         Some(topology)
     }
@@ -253,6 +302,23 @@ impl Store for ClusterStore {
         "redis_cluster"
     }
 
+    /// The domain of the master that serves the key's slot: CRC16 of the
+    /// hash tag `{<policy>[@<tenant>]:<key>}`, as Redis computes it.
+    fn failure_domain(&self, policy: &Policy, key: LimiterKey<'_>) -> usize {
+        let mut crc = crc16::State::<crc16::XMODEM>::new();
+        crc.update(policy.name().as_str().as_bytes());
+        if let Some(tenant) = key.tenant() {
+            crc.update(b"@");
+            crc.update(tenant.as_bytes());
+        }
+        crc.update(b":");
+        // Redis's tag ends at the first '}' after the '{': a key may hold one.
+        let key = key.as_str();
+        crc.update(key.split('}').next().unwrap_or(key).as_bytes());
+        let slot = usize::from(crc.get()) % SLOTS as usize;
+        usize::from(self.slot_domains.load()[slot])
+    }
+
     fn pools(&self) -> Vec<PoolStats> {
         Vec::new()
     }
@@ -277,6 +343,7 @@ impl Store for ClusterStore {
             let info: String = redis::from_redis_value(info)
                 .map_err(|error| StoreError::InvalidReply(format!("CLUSTER INFO: {error}")))?;
             let topology = self.topology(&mut connection).await?;
+            self.learn(&topology);
             let mut problems = Vec::new();
             if !cluster_state_ok(&info) {
                 problems.push("cluster_state is not ok".to_owned());
@@ -387,6 +454,13 @@ mod tests {
             "cluster_state:ok\r\ncluster_slots_assigned:16384\r\n"
         ));
         assert!(!cluster_state_ok("cluster_state:fail\r\n"));
+    }
+
+    #[test]
+    fn a_keys_slot_is_redis_s_crc16_of_its_hash_tag() {
+        // `CLUSTER KEYSLOT foo` is 12182 (the Redis Cluster specification's example).
+        let slot = crc16::State::<crc16::XMODEM>::calculate(b"foo") % 16_384;
+        assert_eq!(slot, 12_182);
     }
 
     #[test]

@@ -68,6 +68,13 @@ impl Store for AnyStore {
         }
     }
 
+    fn failure_domain(&self, policy: &Policy, key: LimiterKey<'_>) -> usize {
+        match self {
+            AnyStore::Memory(_) | AnyStore::Redis(_) => 0,
+            AnyStore::Cluster(store) => store.failure_domain(policy, key),
+        }
+    }
+
     async fn heartbeat(&self, replica: &str, stale_after: Duration) -> Result<u64, StoreError> {
         match self {
             AnyStore::Memory(store) => store.heartbeat(replica, stale_after).await,

@@ -157,10 +157,25 @@ async fn a_cluster_node_is_not_ready_and_its_redirects_are_a_logged_misconfigura
 /// `replicas` slidegate replicas on `cluster` (found through every node as a
 /// seed), sharing one key prefix, each ready.
 async fn replicas_on(cluster: &PrivateCluster, replicas: usize, limit: u64) -> Arc<Vec<TestApp>> {
-    let prefix = unique_prefix();
+    replicas_with(
+        cluster,
+        replicas,
+        policy("shared", "sliding_log", limit, "1h"),
+        &unique_prefix(),
+    )
+    .await
+}
+
+async fn replicas_with(
+    cluster: &PrivateCluster,
+    replicas: usize,
+    shared: slidegate_core::PolicySpec,
+    prefix: &str,
+) -> Arc<Vec<TestApp>> {
+    let prefix = prefix.to_owned();
     let mut apps = Vec::new();
     for _ in 0..replicas {
-        let mut options = TestOptions::redis(vec![policy("shared", "sliding_log", limit, "1h")]);
+        let mut options = TestOptions::redis(vec![shared.clone()]);
         options.redis_url = None;
         options.key_prefix = prefix.clone();
         options.settings.redis.mode = RedisMode::Cluster;
@@ -340,5 +355,153 @@ async fn a_live_slot_migration_under_load_answers_every_check_from_redis() {
         not_from_redis.len(),
         answers.len(),
         &not_from_redis[..not_from_redis.len().min(5)]
+    );
+}
+
+/// The slot of `key` as Redis computes it, asked of node `index`.
+async fn keyslot(cluster: &PrivateCluster, index: usize, key: &str) -> i64 {
+    let mut connection = cluster.nodes()[index].connection().await;
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+/// The port of the master serving `slot`, as node `index` sees it now.
+async fn master_of(cluster: &PrivateCluster, index: usize, slot: i64) -> Option<u16> {
+    let mut connection = cluster.nodes()[index].connection().await;
+    // Each range: start, end, [host, port, id], then its replicas.
+    let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut connection)
+        .await
+        .ok()?;
+    let int = |value: &redis::Value| match value {
+        redis::Value::Int(number) => Some(*number),
+        _ => None,
+    };
+    ranges.iter().find_map(|range| {
+        let (start, end) = (int(range.first()?)?, int(range.get(1)?)?);
+        let redis::Value::Array(master) = range.get(2)? else {
+            return None;
+        };
+        ((start..=end).contains(&slot))
+            .then(|| int(master.get(1)?).and_then(|port| u16::try_from(port).ok()))
+            .flatten()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_sends_only_its_own_keys_to_their_failure_mode_until_its_replica_is_promoted()
+ {
+    let _turn = one_load_test_at_a_time().await;
+    // As operators who want a failed master to stop only its own slots run
+    // it: cluster-require-full-coverage no.
+    let mut cluster = PrivateCluster::start_serving_partial(3, 1).await;
+    let prefix = unique_prefix();
+    let open = slidegate_core::PolicySpec {
+        failure_mode: Some("open".into()),
+        ..policy("shared", "sliding_log", 100_000, "1h")
+    };
+    let apps = replicas_with(&cluster, 1, open, &prefix).await;
+    let victim = cluster.nodes()[0].port();
+    // Which keys the killed master serves: Redis's own slot of each key name.
+    const KEYS: usize = 90;
+    let mut on_victim = [false; KEYS];
+    for (key, on) in on_victim.iter_mut().enumerate() {
+        let slot = keyslot(&cluster, 1, &format!("{prefix}{{shared:k{key}}}:wlog")).await;
+        *on = master_of(&cluster, 1, slot).await == Some(victim);
+    }
+    assert!(on_victim.iter().any(|&on| on) && on_victim.iter().any(|&on| !on));
+    let victim_slot = keyslot(
+        &cluster,
+        1,
+        &format!(
+            "{prefix}{{shared:k{}}}:wlog",
+            on_victim.iter().position(|&on| on).unwrap()
+        ),
+    )
+    .await;
+
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let started = std::time::Instant::now();
+    let mut clients = Vec::new();
+    for client in 0..15usize {
+        let apps = Arc::clone(&apps);
+        let running = Arc::clone(&running);
+        clients.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut n = client;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = n % KEYS;
+                let sent = started.elapsed();
+                let reply = apps[0].check("shared", &format!("k{key}"), None).await;
+                answers.push((key, sent, reply.status, reply.body["fallback"].is_null()));
+                n += 15;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            answers
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = started.elapsed();
+    cluster.kill(0);
+    // Its replica is promoted once the others see it failed (node timeout 2 s).
+    let promoted = eventually(
+        Duration::from_secs(30),
+        "the killed master's replica to be promoted",
+        || async {
+            let master = master_of(&cluster, 1, victim_slot).await?;
+            (master != victim).then(|| started.elapsed())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.extend(client.await.unwrap());
+    }
+    println!(
+        "killed at {killed:?}, promoted at {promoted:?}, {} checks",
+        answers.len()
+    );
+    let errors: Vec<_> = answers.iter().filter(|answer| answer.2 != 200).collect();
+    assert!(
+        errors.is_empty(),
+        "open mode answers 200: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    let elsewhere_degraded: Vec<_> = answers
+        .iter()
+        .filter(|(key, _, _, from_redis)| !on_victim[*key] && !from_redis)
+        .collect();
+    assert!(
+        elsewhere_degraded.is_empty(),
+        "{} checks of keys on other masters were not decided by Redis, e.g. {:?}",
+        elsewhere_degraded.len(),
+        &elsewhere_degraded[..elsewhere_degraded.len().min(5)]
+    );
+    let victim_degraded = answers
+        .iter()
+        .filter(|(key, _, _, from_redis)| on_victim[*key] && !from_redis)
+        .count();
+    assert!(
+        victim_degraded > 0,
+        "the killed master's keys went to their failure mode"
+    );
+    // A few seconds after the promotion its keys are decided by Redis again.
+    let late = promoted + Duration::from_secs(4);
+    let late_degraded: Vec<_> = answers
+        .iter()
+        .filter(|(key, sent, _, from_redis)| on_victim[*key] && *sent > late && !from_redis)
+        .collect();
+    assert!(
+        late_degraded.is_empty(),
+        "{} checks of the failed master's keys sent 4 s after the promotion were not decided by Redis, e.g. {:?}",
+        late_degraded.len(),
+        &late_degraded[..late_degraded.len().min(5)]
     );
 }

@@ -104,7 +104,9 @@ impl PrivateRedis {
 
     /// A cluster-enabled server on `port` (its bus on port + 10000), keeping its
     /// cluster state in `dir`; not part of a cluster until one is created.
-    pub fn start_cluster_node(port: u16, dir: &Path) -> Self {
+    /// With `full_coverage` (Redis's default) every master stops answering
+    /// while any slot has no master; without, a failed master stops only its own.
+    pub fn start_cluster_node(port: u16, dir: &Path, full_coverage: bool) -> Self {
         let args = vec![
             "--port".into(),
             port.to_string(),
@@ -114,6 +116,12 @@ impl PrivateRedis {
             dir.join("nodes.conf").display().to_string(),
             "--cluster-node-timeout".into(),
             "2000".into(),
+            "--cluster-require-full-coverage".into(),
+            if full_coverage { "yes" } else { "no" }.into(),
+            // Replicas sync at once rather than after the default 5 s batch
+            // delay: a replica that never synced cannot be promoted.
+            "--repl-diskless-sync-delay".into(),
+            "0".into(),
             "--dir".into(),
             dir.display().to_string(),
         ];
@@ -373,14 +381,28 @@ pub struct PrivateCluster {
 impl PrivateCluster {
     /// `masters` masters (at least 3, as `redis-cli --cluster create` wants)
     /// with `replicas_per_master` replicas each; returns once every node
-    /// reports `cluster_state:ok` and every replica is attached.
+    /// reports `cluster_state:ok` and every replica is attached and synced.
     pub async fn start(masters: usize, replicas_per_master: usize) -> Self {
+        Self::start_with(masters, replicas_per_master, true).await
+    }
+
+    /// As [`PrivateCluster::start`], with `cluster-require-full-coverage no`:
+    /// a failed master stops only the keys of its own slots.
+    pub async fn start_serving_partial(masters: usize, replicas_per_master: usize) -> Self {
+        Self::start_with(masters, replicas_per_master, false).await
+    }
+
+    async fn start_with(masters: usize, replicas_per_master: usize, full_coverage: bool) -> Self {
         let dirs = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         for index in 0..masters * (1 + replicas_per_master) {
             let dir = dirs.path().join(format!("node-{index}"));
             std::fs::create_dir(&dir).unwrap();
-            nodes.push(PrivateRedis::start_cluster_node(free_cluster_port(), &dir));
+            nodes.push(PrivateRedis::start_cluster_node(
+                free_cluster_port(),
+                &dir,
+                full_coverage,
+            ));
         }
         let cluster = Self { nodes, _dirs: dirs };
         let addresses: Vec<String> = cluster
@@ -419,7 +441,16 @@ impl PrivateCluster {
                         .await
                         .ok()?;
                     let replicas = nodes.lines().filter(|line| line.contains("slave")).count();
-                    (info.contains("cluster_state:ok") && replicas == expected_replicas)
+                    // A replica counts once its link to its master is up
+                    // (synced): only then can it be promoted.
+                    let replication: String = redis::cmd("INFO")
+                        .arg("replication")
+                        .query_async(&mut connection)
+                        .await
+                        .ok()?;
+                    let synced = !replication.contains("role:slave")
+                        || replication.contains("master_link_status:up");
+                    (info.contains("cluster_state:ok") && replicas == expected_replicas && synced)
                         .then_some(())
                 },
             )
@@ -437,6 +468,11 @@ impl PrivateCluster {
     /// The `redis://` URL of node `index`.
     pub fn url(&self, index: usize) -> String {
         self.nodes[index].url()
+    }
+
+    /// SIGKILL of node `index`, as a crash.
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
     }
 }
 
