@@ -120,6 +120,30 @@ pub struct DependencyHealth {
     /// What went wrong, without secrets.
     pub error: Option<String>,
     pub pool: Option<PoolHealth>,
+    /// For a Redis Cluster: its state and masters, as the probe found them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<ClusterTopology>,
+}
+
+/// A Redis Cluster as readiness reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterTopology {
+    /// `cluster_state` from `CLUSTER INFO` (`ok`, `fail`), if it answered.
+    pub cluster_state: Option<String>,
+    /// Slots with a master, of 16,384.
+    pub covered_slots: u32,
+    pub masters: Vec<MasterHealth>,
+}
+
+/// One master of a Redis Cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct MasterHealth {
+    /// `host:port`.
+    pub address: String,
+    /// It answered the probe's `PING`.
+    pub reachable: bool,
+    /// Slots it serves.
+    pub slots: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]

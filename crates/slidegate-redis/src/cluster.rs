@@ -22,7 +22,8 @@ use tokio::sync::OnceCell;
 
 use slidegate_core::failover::FAILURE_DOMAINS;
 use slidegate_core::{
-    DependencyHealth, LimiterKey, Outcome, Policy, PoolStats, Store, StoreError, StoreHealth,
+    ClusterTopology, DependencyHealth, LimiterKey, MasterHealth, Outcome, Policy, PoolStats, Store,
+    StoreError, StoreHealth,
 };
 
 use crate::{Scripts, add_keys, describe, is_unreadable_reply};
@@ -260,8 +261,11 @@ impl Topology {
     }
 }
 
-fn cluster_state_ok(info: &str) -> bool {
-    info.lines().any(|line| line.trim() == "cluster_state:ok")
+/// `cluster_state` from `CLUSTER INFO`.
+fn cluster_state(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("cluster_state:"))
+        .map(str::to_owned)
 }
 
 impl Store for ClusterStore {
@@ -327,6 +331,7 @@ impl Store for ClusterStore {
     /// master, and every master answers `PING`; the error names what is not.
     async fn health(&self) -> StoreHealth {
         let started = Instant::now();
+        let mut found: Option<ClusterTopology> = None;
         let probe = async {
             let mut connection = self.connection().await?;
             let mut info = redis::cmd("CLUSTER");
@@ -342,10 +347,11 @@ impl Store for ClusterStore {
                 .await?;
             let info: String = redis::from_redis_value(info)
                 .map_err(|error| StoreError::InvalidReply(format!("CLUSTER INFO: {error}")))?;
+            let state = cluster_state(&info);
             let topology = self.topology(&mut connection).await?;
             self.learn(&topology);
             let mut problems = Vec::new();
-            if !cluster_state_ok(&info) {
+            if state.as_deref() != Some("ok") {
                 problems.push("cluster_state is not ok".to_owned());
             }
             if topology.covered_slots < SLOTS {
@@ -354,6 +360,7 @@ impl Store for ClusterStore {
                     SLOTS - topology.covered_slots
                 ));
             }
+            let mut masters = Vec::with_capacity(topology.masters.len());
             for (host, port, slots) in &topology.masters {
                 let ping = connection.route_command(
                     redis::cmd("PING"),
@@ -362,10 +369,24 @@ impl Store for ClusterStore {
                         port: *port,
                     }),
                 );
-                if let Err(error) = self.reply("waiting for PING", ping).await {
-                    problems.push(format!("master {host}:{port} ({slots} slots): {error}"));
-                }
+                let reachable = match self.reply("waiting for PING", ping).await {
+                    Ok(_) => true,
+                    Err(error) => {
+                        problems.push(format!("master {host}:{port} ({slots} slots): {error}"));
+                        false
+                    }
+                };
+                masters.push(MasterHealth {
+                    address: format!("{host}:{port}"),
+                    reachable,
+                    slots: *slots,
+                });
             }
+            found = Some(ClusterTopology {
+                cluster_state: state,
+                covered_slots: topology.covered_slots.min(SLOTS),
+                masters,
+            });
             if problems.is_empty() {
                 Ok(started.elapsed())
             } else {
@@ -399,6 +420,7 @@ impl Store for ClusterStore {
                 latency_ms: result.ok().map(|latency| latency.as_secs_f64() * 1000.0),
                 error,
                 pool: None,
+                topology: found,
             }],
             scripts: slidegate_core::Algorithm::ALL
                 .into_iter()
@@ -450,10 +472,15 @@ mod tests {
         let partial = Topology::from_slots(&Value::Array(vec![range(0, 99, "h", 1)])).unwrap();
         assert_eq!(partial.covered_slots, 100);
         assert!(Topology::from_slots(&Value::Int(1)).is_none());
-        assert!(cluster_state_ok(
-            "cluster_state:ok\r\ncluster_slots_assigned:16384\r\n"
-        ));
-        assert!(!cluster_state_ok("cluster_state:fail\r\n"));
+        assert_eq!(
+            cluster_state("cluster_state:ok\r\ncluster_slots_assigned:16384\r\n").as_deref(),
+            Some("ok")
+        );
+        assert_eq!(
+            cluster_state("cluster_state:fail\r\n").as_deref(),
+            Some("fail")
+        );
+        assert_eq!(cluster_state("cluster_enabled:0\r\n"), None);
     }
 
     #[test]

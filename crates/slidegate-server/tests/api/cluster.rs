@@ -209,6 +209,18 @@ async fn three_replicas_on_a_cluster_admit_exactly_the_limit_of_one_key_under_15
         "{:?}",
         ready.body
     );
+    // Readiness reports the topology: the state, every master, its slots.
+    let topology = &ready.body["checks"]["redis"]["topology"];
+    assert_eq!(topology["cluster_state"], "ok", "{topology}");
+    assert_eq!(topology["covered_slots"], 16_384);
+    let masters = topology["masters"].as_array().unwrap();
+    assert_eq!(masters.len(), 3, "{topology}");
+    assert!(masters.iter().all(|master| master["reachable"] == true));
+    let slots: u64 = masters
+        .iter()
+        .map(|master| master["slots"].as_u64().unwrap())
+        .sum();
+    assert_eq!(slots, 16_384);
 
     let start = Arc::new(Barrier::new(CLIENTS));
     let mut clients = Vec::new();
