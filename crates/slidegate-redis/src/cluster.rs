@@ -9,6 +9,7 @@
 //! standalone store keeps, would multiply the connections by the nodes for
 //! no gain: the client already pipelines concurrent commands per node).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,8 @@ use tokio::sync::OnceCell;
 
 use slidegate_core::failover::FAILURE_DOMAINS;
 use slidegate_core::{
-    ClusterTopology, DependencyHealth, LimiterKey, MasterHealth, Outcome, Policy, PoolStats, Store,
-    StoreError, StoreHealth,
+    ClusterStats, ClusterTopology, DependencyHealth, LimiterKey, MasterHealth, NodeStats, Outcome,
+    Policy, PoolStats, Store, StoreError, StoreHealth,
 };
 
 use crate::{Scripts, add_keys, describe, is_unreadable_reply};
@@ -68,6 +69,9 @@ pub struct ClusterStore {
     /// [`FAILURE_DOMAINS`], is its failure domain. A promoted replica is a
     /// new address, so its domain (and breaker) is a fresh one.
     masters_seen: Mutex<Vec<(String, u16)>>,
+    /// Per failure domain: the checks sent to its master, counted when they end.
+    node_counters: [NodeCounters; FAILURE_DOMAINS],
+    topology_changes: AtomicU64,
     scripts: Scripts,
     key_prefix: String,
     connect_timeout: Duration,
@@ -96,6 +100,8 @@ impl ClusterStore {
             last_connect_error: Mutex::new(None),
             slot_domains: ArcSwap::from_pointee(vec![0; SLOTS as usize]),
             masters_seen: Mutex::new(Vec::new()),
+            node_counters: std::array::from_fn(|_| NodeCounters::default()),
+            topology_changes: AtomicU64::new(0),
             scripts: Scripts::new(),
             key_prefix: options.key_prefix,
             connect_timeout: options.connect_timeout,
@@ -175,6 +181,9 @@ impl ClusterStore {
                 domains[slot as usize] = domain;
             }
         }
+        if **self.slot_domains.load() != domains {
+            self.topology_changes.fetch_add(1, Ordering::Relaxed);
+        }
         self.slot_domains.store(Arc::new(domains));
     }
 
@@ -199,6 +208,30 @@ impl ClusterStore {
             .await?;
         Topology::from_slots(&reply)
             .ok_or_else(|| StoreError::InvalidReply("CLUSTER SLOTS: unexpected shape".into()))
+    }
+}
+
+/// One failure domain's checks; atomics only, as they are bumped per check.
+#[derive(Debug, Default)]
+struct NodeCounters {
+    decided: AtomicU64,
+    timeouts: AtomicU64,
+    failed: AtomicU64,
+    latency_micros: AtomicU64,
+}
+
+impl NodeCounters {
+    fn record(&self, result: &Result<Outcome, StoreError>, elapsed: Duration) {
+        let counter = match result {
+            Ok(_) | Err(StoreError::InvalidReply(_)) => &self.decided,
+            Err(StoreError::Timeout { .. }) => &self.timeouts,
+            Err(_) => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.latency_micros.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -268,8 +301,9 @@ fn cluster_state(info: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-impl Store for ClusterStore {
-    async fn check(
+impl ClusterStore {
+    /// One decision: `EVALSHA` of the policy's script on the master of the key's slot.
+    async fn decide(
         &self,
         policy: &Policy,
         key: LimiterKey<'_>,
@@ -299,6 +333,49 @@ impl Store for ClusterStore {
             remaining: non_negative(remaining)?,
             reset_after_us: non_negative(reset_after)?,
             retry_after_us: non_negative(retry_after)?,
+        })
+    }
+}
+
+impl Store for ClusterStore {
+    async fn check(
+        &self,
+        policy: &Policy,
+        key: LimiterKey<'_>,
+        cost: u64,
+    ) -> Result<Outcome, StoreError> {
+        let started = Instant::now();
+        let result = self.decide(policy, key, cost).await;
+        self.node_counters[self.failure_domain(policy, key)].record(&result, started.elapsed());
+        result
+    }
+
+    fn cluster_stats(&self) -> Option<ClusterStats> {
+        let seen = self
+            .masters_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A domain is named by the newest master that maps to it.
+        let mut names: [Option<String>; FAILURE_DOMAINS] = std::array::from_fn(|_| None);
+        for (index, (host, port)) in seen.iter().enumerate() {
+            names[index % FAILURE_DOMAINS] = Some(format!("{host}:{port}"));
+        }
+        let nodes = names
+            .into_iter()
+            .zip(&self.node_counters)
+            .filter_map(|(name, counters)| {
+                Some(NodeStats {
+                    node: name?,
+                    decided: counters.decided.load(Ordering::Relaxed),
+                    timeouts: counters.timeouts.load(Ordering::Relaxed),
+                    failed: counters.failed.load(Ordering::Relaxed),
+                    latency_micros: counters.latency_micros.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        Some(ClusterStats {
+            topology_changes: self.topology_changes.load(Ordering::Relaxed),
+            nodes,
         })
     }
 
