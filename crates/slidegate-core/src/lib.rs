@@ -60,7 +60,8 @@ pub use policy::{Algorithm, FailureMode, Policy, PolicyError, PolicyName, Policy
 pub use settings::{BreakerSettings, InvalidSetting};
 pub use spec::{MatchSpec, PolicySpec};
 pub use store::{
-    DependencyHealth, MemoryStats, PoolHealth, PoolStats, Store, StoreError, StoreHealth,
+    ClusterStats, ClusterTopology, DependencyHealth, MasterHealth, MemoryStats, NodeStats,
+    PoolHealth, PoolStats, Store, StoreError, StoreHealth,
 };
 pub use tenant::{
     ApiKeyDigest, InvalidTenant, MAX_PRESENTED_API_KEY_LEN, PresentedApiKey, TenantKey, TenantName,

@@ -191,6 +191,7 @@ mod tests {
             latency_ms: Some(0.3),
             error: None,
             pool: None,
+            topology: None,
         }
     }
 

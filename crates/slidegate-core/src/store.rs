@@ -40,6 +40,12 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// For a store of several nodes (a Redis Cluster): per-node counters and
+    /// how often its topology changed, read when metrics are scraped.
+    fn cluster_stats(&self) -> Option<ClusterStats> {
+        None
+    }
+
     /// Which independent part of the store decides `key` under `policy`, in
     /// `0..`[`FAILURE_DOMAINS`](crate::failover::FAILURE_DOMAINS): the
     /// failover keeps a circuit breaker per part, so one part failing (a
@@ -120,6 +126,30 @@ pub struct DependencyHealth {
     /// What went wrong, without secrets.
     pub error: Option<String>,
     pub pool: Option<PoolHealth>,
+    /// For a Redis Cluster: its state and masters, as the probe found them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<ClusterTopology>,
+}
+
+/// A Redis Cluster as readiness reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterTopology {
+    /// `cluster_state` from `CLUSTER INFO` (`ok`, `fail`), if it answered.
+    pub cluster_state: Option<String>,
+    /// Slots with a master, of 16,384.
+    pub covered_slots: u32,
+    pub masters: Vec<MasterHealth>,
+}
+
+/// One master of a Redis Cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct MasterHealth {
+    /// `host:port`.
+    pub address: String,
+    /// It answered the probe's `PING`.
+    pub reachable: bool,
+    /// Slots it serves.
+    pub slots: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -159,4 +189,26 @@ pub struct MemoryStats {
     pub evicted_idle: u64,
     /// Keys still counting removed to make room (each may be admitted early), since start.
     pub evicted_active: u64,
+}
+
+/// What a store of several nodes counted, for metrics. Labels are nodes
+/// (bounded by the failure domains), never keys.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterStats {
+    /// Times the slot map the store routes by changed (a failover, a reshard).
+    pub topology_changes: u64,
+    pub nodes: Vec<NodeStats>,
+}
+
+/// One node's checks, as the store that sent them counted them.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStats {
+    /// `host:port` of the master that serves this node's failure domain now.
+    pub node: String,
+    pub decided: u64,
+    pub timeouts: u64,
+    /// Failed otherwise: refused, dropped, or the cluster down for the key.
+    pub failed: u64,
+    /// Time spent on the checks above, in microseconds.
+    pub latency_micros: u64,
 }

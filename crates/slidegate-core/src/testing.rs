@@ -108,6 +108,7 @@ impl Store for ScriptedStore {
                 latency_ms: fault.is_none().then_some(0.1),
                 error: fault.map(|fault| fault.error().to_string()),
                 pool: None,
+                topology: None,
             }],
             scripts: Vec::new(),
         }

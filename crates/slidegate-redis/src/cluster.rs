@@ -9,6 +9,7 @@
 //! standalone store keeps, would multiply the connections by the nodes for
 //! no gain: the client already pipelines concurrent commands per node).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,8 @@ use tokio::sync::OnceCell;
 
 use slidegate_core::failover::FAILURE_DOMAINS;
 use slidegate_core::{
-    DependencyHealth, LimiterKey, Outcome, Policy, PoolStats, Store, StoreError, StoreHealth,
+    ClusterStats, ClusterTopology, DependencyHealth, LimiterKey, MasterHealth, NodeStats, Outcome,
+    Policy, PoolStats, Store, StoreError, StoreHealth,
 };
 
 use crate::{Scripts, add_keys, describe, is_unreadable_reply};
@@ -67,6 +69,9 @@ pub struct ClusterStore {
     /// [`FAILURE_DOMAINS`], is its failure domain. A promoted replica is a
     /// new address, so its domain (and breaker) is a fresh one.
     masters_seen: Mutex<Vec<(String, u16)>>,
+    /// Per failure domain: the checks sent to its master, counted when they end.
+    node_counters: [NodeCounters; FAILURE_DOMAINS],
+    topology_changes: AtomicU64,
     scripts: Scripts,
     key_prefix: String,
     connect_timeout: Duration,
@@ -95,6 +100,8 @@ impl ClusterStore {
             last_connect_error: Mutex::new(None),
             slot_domains: ArcSwap::from_pointee(vec![0; SLOTS as usize]),
             masters_seen: Mutex::new(Vec::new()),
+            node_counters: std::array::from_fn(|_| NodeCounters::default()),
+            topology_changes: AtomicU64::new(0),
             scripts: Scripts::new(),
             key_prefix: options.key_prefix,
             connect_timeout: options.connect_timeout,
@@ -174,6 +181,9 @@ impl ClusterStore {
                 domains[slot as usize] = domain;
             }
         }
+        if **self.slot_domains.load() != domains {
+            self.topology_changes.fetch_add(1, Ordering::Relaxed);
+        }
         self.slot_domains.store(Arc::new(domains));
     }
 
@@ -198,6 +208,30 @@ impl ClusterStore {
             .await?;
         Topology::from_slots(&reply)
             .ok_or_else(|| StoreError::InvalidReply("CLUSTER SLOTS: unexpected shape".into()))
+    }
+}
+
+/// One failure domain's checks; atomics only, as they are bumped per check.
+#[derive(Debug, Default)]
+struct NodeCounters {
+    decided: AtomicU64,
+    timeouts: AtomicU64,
+    failed: AtomicU64,
+    latency_micros: AtomicU64,
+}
+
+impl NodeCounters {
+    fn record(&self, result: &Result<Outcome, StoreError>, elapsed: Duration) {
+        let counter = match result {
+            Ok(_) | Err(StoreError::InvalidReply(_)) => &self.decided,
+            Err(StoreError::Timeout { .. }) => &self.timeouts,
+            Err(_) => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.latency_micros.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -260,12 +294,16 @@ impl Topology {
     }
 }
 
-fn cluster_state_ok(info: &str) -> bool {
-    info.lines().any(|line| line.trim() == "cluster_state:ok")
+/// `cluster_state` from `CLUSTER INFO`.
+fn cluster_state(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("cluster_state:"))
+        .map(str::to_owned)
 }
 
-impl Store for ClusterStore {
-    async fn check(
+impl ClusterStore {
+    /// One decision: `EVALSHA` of the policy's script on the master of the key's slot.
+    async fn decide(
         &self,
         policy: &Policy,
         key: LimiterKey<'_>,
@@ -295,6 +333,49 @@ impl Store for ClusterStore {
             remaining: non_negative(remaining)?,
             reset_after_us: non_negative(reset_after)?,
             retry_after_us: non_negative(retry_after)?,
+        })
+    }
+}
+
+impl Store for ClusterStore {
+    async fn check(
+        &self,
+        policy: &Policy,
+        key: LimiterKey<'_>,
+        cost: u64,
+    ) -> Result<Outcome, StoreError> {
+        let started = Instant::now();
+        let result = self.decide(policy, key, cost).await;
+        self.node_counters[self.failure_domain(policy, key)].record(&result, started.elapsed());
+        result
+    }
+
+    fn cluster_stats(&self) -> Option<ClusterStats> {
+        let seen = self
+            .masters_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A domain is named by the newest master that maps to it.
+        let mut names: [Option<String>; FAILURE_DOMAINS] = std::array::from_fn(|_| None);
+        for (index, (host, port)) in seen.iter().enumerate() {
+            names[index % FAILURE_DOMAINS] = Some(format!("{host}:{port}"));
+        }
+        let nodes = names
+            .into_iter()
+            .zip(&self.node_counters)
+            .filter_map(|(name, counters)| {
+                Some(NodeStats {
+                    node: name?,
+                    decided: counters.decided.load(Ordering::Relaxed),
+                    timeouts: counters.timeouts.load(Ordering::Relaxed),
+                    failed: counters.failed.load(Ordering::Relaxed),
+                    latency_micros: counters.latency_micros.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        Some(ClusterStats {
+            topology_changes: self.topology_changes.load(Ordering::Relaxed),
+            nodes,
         })
     }
 
@@ -327,6 +408,7 @@ impl Store for ClusterStore {
     /// master, and every master answers `PING`; the error names what is not.
     async fn health(&self) -> StoreHealth {
         let started = Instant::now();
+        let mut found: Option<ClusterTopology> = None;
         let probe = async {
             let mut connection = self.connection().await?;
             let mut info = redis::cmd("CLUSTER");
@@ -342,10 +424,11 @@ impl Store for ClusterStore {
                 .await?;
             let info: String = redis::from_redis_value(info)
                 .map_err(|error| StoreError::InvalidReply(format!("CLUSTER INFO: {error}")))?;
+            let state = cluster_state(&info);
             let topology = self.topology(&mut connection).await?;
             self.learn(&topology);
             let mut problems = Vec::new();
-            if !cluster_state_ok(&info) {
+            if state.as_deref() != Some("ok") {
                 problems.push("cluster_state is not ok".to_owned());
             }
             if topology.covered_slots < SLOTS {
@@ -354,6 +437,7 @@ impl Store for ClusterStore {
                     SLOTS - topology.covered_slots
                 ));
             }
+            let mut masters = Vec::with_capacity(topology.masters.len());
             for (host, port, slots) in &topology.masters {
                 let ping = connection.route_command(
                     redis::cmd("PING"),
@@ -362,10 +446,24 @@ impl Store for ClusterStore {
                         port: *port,
                     }),
                 );
-                if let Err(error) = self.reply("waiting for PING", ping).await {
-                    problems.push(format!("master {host}:{port} ({slots} slots): {error}"));
-                }
+                let reachable = match self.reply("waiting for PING", ping).await {
+                    Ok(_) => true,
+                    Err(error) => {
+                        problems.push(format!("master {host}:{port} ({slots} slots): {error}"));
+                        false
+                    }
+                };
+                masters.push(MasterHealth {
+                    address: format!("{host}:{port}"),
+                    reachable,
+                    slots: *slots,
+                });
             }
+            found = Some(ClusterTopology {
+                cluster_state: state,
+                covered_slots: topology.covered_slots.min(SLOTS),
+                masters,
+            });
             if problems.is_empty() {
                 Ok(started.elapsed())
             } else {
@@ -399,6 +497,7 @@ impl Store for ClusterStore {
                 latency_ms: result.ok().map(|latency| latency.as_secs_f64() * 1000.0),
                 error,
                 pool: None,
+                topology: found,
             }],
             scripts: slidegate_core::Algorithm::ALL
                 .into_iter()
@@ -450,10 +549,15 @@ mod tests {
         let partial = Topology::from_slots(&Value::Array(vec![range(0, 99, "h", 1)])).unwrap();
         assert_eq!(partial.covered_slots, 100);
         assert!(Topology::from_slots(&Value::Int(1)).is_none());
-        assert!(cluster_state_ok(
-            "cluster_state:ok\r\ncluster_slots_assigned:16384\r\n"
-        ));
-        assert!(!cluster_state_ok("cluster_state:fail\r\n"));
+        assert_eq!(
+            cluster_state("cluster_state:ok\r\ncluster_slots_assigned:16384\r\n").as_deref(),
+            Some("ok")
+        );
+        assert_eq!(
+            cluster_state("cluster_state:fail\r\n").as_deref(),
+            Some("fail")
+        );
+        assert_eq!(cluster_state("cluster_enabled:0\r\n"), None);
     }
 
     #[test]

@@ -679,6 +679,7 @@ impl Store for RedisStore {
                     .map(|latency| latency.as_secs_f64() * 1000.0),
                 error: result.err().map(|error| error.to_string()),
                 pool,
+                topology: None,
             }],
             scripts: self.script_hashes(),
         }

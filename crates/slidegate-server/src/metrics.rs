@@ -28,8 +28,8 @@ use prometheus_client::registry::Registry;
 use crate::telemetry::{self, SpanExportStats};
 use slidegate_catalog::{CatalogStats, CatalogSync};
 use slidegate_core::{
-    BreakerState, Decision, Failover, MemoryStats, Observer, PolicyRecorder, PoolStats, StoreError,
-    StoreErrorRecorder,
+    BreakerState, ClusterStats, Decision, Failover, MemoryStats, Observer, PolicyRecorder,
+    PoolStats, StoreError, StoreErrorRecorder,
 };
 
 /// `Content-Type` of [`Metrics::render`]'s output: the Prometheus text format 0.0.4.
@@ -170,10 +170,14 @@ impl Metrics {
         failover: Option<&Failover>,
         catalog: Option<(CatalogSync, CatalogStats)>,
         memory: &[MemoryStats],
+        cluster: Option<&ClusterStats>,
     ) -> String {
         let mut scraped = Registry::with_prefix(PREFIX);
         register_pools(&mut scraped, pools);
         register_memory(&mut scraped, memory);
+        if let Some(cluster) = cluster {
+            register_cluster(&mut scraped, cluster);
+        }
         if let Some(failover) = failover {
             register_failover(&mut scraped, failover);
         }
@@ -252,6 +256,59 @@ struct EvictedLabels {
 }
 
 /// The in-process stores: the embedded one, and the `local` failure mode's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeResultLabels {
+    node: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+/// A Redis Cluster's per-master counters (labels: masters, never keys) and its topology changes.
+fn register_cluster(registry: &mut Registry, cluster: &ClusterStats) {
+    let checks = Family::<NodeResultLabels, Counter>::default();
+    let seconds = Family::<NodeLabels, Counter<f64, AtomicU64>>::default();
+    for node in &cluster.nodes {
+        for (result, value) in [
+            ("decided", node.decided),
+            ("timeout", node.timeouts),
+            ("failed", node.failed),
+        ] {
+            checks
+                .get_or_create(&NodeResultLabels {
+                    node: node.node.clone(),
+                    result,
+                })
+                .inc_by(value);
+        }
+        seconds
+            .get_or_create(&NodeLabels {
+                node: node.node.clone(),
+            })
+            .inc_by(node.latency_micros as f64 / 1_000_000.0);
+    }
+    registry.register(
+        "cluster_node_checks",
+        "Checks sent to each Redis Cluster master, by result (decided: it answered; timeout; failed: refused, dropped or the cluster down for the key)",
+        checks,
+    );
+    registry.register(
+        "cluster_node_check_seconds",
+        "Time the checks sent to each Redis Cluster master took, in all (divide by slidegate_cluster_node_checks_total for the mean)",
+        seconds,
+    );
+    let changes = Counter::<u64>::default();
+    changes.inc_by(cluster.topology_changes);
+    registry.register(
+        "cluster_topology_changes",
+        "Times the slot map the replica routes by changed (a failover, a reshard), as the background probe found",
+        changes,
+    );
+}
+
 fn register_memory(registry: &mut Registry, stores: &[MemoryStats]) {
     if stores.is_empty() {
         return;
@@ -742,7 +799,7 @@ mod tests {
         // A failure mode decided: degraded, shadow or not, admitted or not.
         policy.record(&decision(true, Some(FailureMode::Open)), false, elapsed);
         policy.record(&decision(false, Some(FailureMode::Local)), true, elapsed);
-        let out = metrics.render(&[], None, None, &[]);
+        let out = metrics.render(&[], None, None, &[], None);
         for (outcome, count) in [
             ("allowed", 2),
             ("denied", 1),

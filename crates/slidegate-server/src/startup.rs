@@ -470,6 +470,7 @@ fn unprobed(name: &'static str) -> DependencyHealth {
         latency_ms: None,
         error: Some("not probed yet".to_owned()),
         pool: None,
+        topology: None,
     }
 }
 

@@ -6,7 +6,8 @@ pub use slidegate_redis::{ClusterStore, RedisOptions, RedisStore, RedisTls, TlsE
 use std::time::Duration;
 
 use slidegate_core::{
-    LimiterKey, MemoryStats, Outcome, Policy, PoolStats, Store, StoreError, StoreHealth,
+    ClusterStats, LimiterKey, MemoryStats, Outcome, Policy, PoolStats, Store, StoreError,
+    StoreHealth,
 };
 
 /// The store a replica runs on, chosen by configuration at start-up.
@@ -65,6 +66,13 @@ impl Store for AnyStore {
             AnyStore::Memory(store) => store.memory_stats(),
             AnyStore::Redis(store) => store.memory_stats(),
             AnyStore::Cluster(store) => store.memory_stats(),
+        }
+    }
+
+    fn cluster_stats(&self) -> Option<ClusterStats> {
+        match self {
+            AnyStore::Memory(_) | AnyStore::Redis(_) => None,
+            AnyStore::Cluster(store) => store.cluster_stats(),
         }
     }
 

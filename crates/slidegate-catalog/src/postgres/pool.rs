@@ -150,6 +150,7 @@ impl Catalog {
                 connections: state.connections,
                 idle: state.idle_connections,
             }),
+            topology: None,
         }
     }
 

@@ -153,6 +153,7 @@ async fn scrape<S: Store>(state: web::Data<HttpState<S>>) -> HttpResponse {
         state.limiter.failover(),
         catalog,
         &state.limiter.memory_stats(),
+        state.limiter.store().cluster_stats().as_ref(),
     );
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)

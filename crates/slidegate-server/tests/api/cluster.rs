@@ -209,6 +209,18 @@ async fn three_replicas_on_a_cluster_admit_exactly_the_limit_of_one_key_under_15
         "{:?}",
         ready.body
     );
+    // Readiness reports the topology: the state, every master, its slots.
+    let topology = &ready.body["checks"]["redis"]["topology"];
+    assert_eq!(topology["cluster_state"], "ok", "{topology}");
+    assert_eq!(topology["covered_slots"], 16_384);
+    let masters = topology["masters"].as_array().unwrap();
+    assert_eq!(masters.len(), 3, "{topology}");
+    assert!(masters.iter().all(|master| master["reachable"] == true));
+    let slots: u64 = masters
+        .iter()
+        .map(|master| master["slots"].as_u64().unwrap())
+        .sum();
+    assert_eq!(slots, 16_384);
 
     let start = Arc::new(Barrier::new(CLIENTS));
     let mut clients = Vec::new();
@@ -498,6 +510,24 @@ async fn a_killed_master_sends_only_its_own_keys_to_their_failure_mode_until_its
         .iter()
         .filter(|(key, sent, _, from_redis)| on_victim[*key] && *sent > late && !from_redis)
         .collect();
+    // The metrics say which master failed, and that the topology changed.
+    // (The replica's admin routes are on its public listener in tests.)
+    let samples = scrape(&apps[0].address).await;
+    let node = |port: u16, result: &str| {
+        value(
+            &samples,
+            "slidegate_cluster_node_checks_total",
+            &[("node", &format!("127.0.0.1:{port}")), ("result", result)],
+        )
+    };
+    assert!(
+        node(victim, "failed") + node(victim, "timeout") > 0.0,
+        "the killed master's failed checks are counted under its address"
+    );
+    let other = cluster.nodes()[1].port();
+    assert!(node(other, "decided") > 0.0);
+    assert_eq!(node(other, "failed") + node(other, "timeout"), 0.0);
+    assert!(value(&samples, "slidegate_cluster_topology_changes_total", &[]) >= 1.0);
     assert!(
         late_degraded.is_empty(),
         "{} checks of the failed master's keys sent 4 s after the promotion were not decided by Redis, e.g. {:?}",

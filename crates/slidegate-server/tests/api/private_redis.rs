@@ -185,9 +185,30 @@ impl PrivateRedis {
         }
     }
 
-    /// SIGSTOP: the server keeps its connections open and answers nothing, as a hung server does.
+    /// SIGSTOP: the server keeps its connections open and answers nothing, as
+    /// a hung server does. Returns once the kernel reports it stopped: the
+    /// signal is delivered asynchronously, and on a loaded machine the server
+    /// could otherwise answer a command sent just after this returns.
     pub fn pause(&self) {
         self.signal("-STOP");
+        let pid = self.process.as_ref().expect("the server runs").id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the parenthesised command name: T = stopped.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            if state == Some("T") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server {pid} did not stop: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT: the paused server carries on, answering everything queued meanwhile.
