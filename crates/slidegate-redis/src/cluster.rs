@@ -27,7 +27,7 @@ use slidegate_core::{
     Policy, PoolStats, Store, StoreError, StoreHealth,
 };
 
-use crate::{Scripts, add_keys, describe, is_unreadable_reply};
+use crate::{Scripts, decision_call, describe, is_unreadable_reply, outcome, traced_decision};
 
 /// What a [`ClusterStore`] is built from.
 #[derive(Clone)]
@@ -310,30 +310,16 @@ impl ClusterStore {
         cost: u64,
     ) -> Result<Outcome, StoreError> {
         let mut connection = self.connection().await?;
-        let mut invocation = self.scripts.get(policy.algorithm()).prepare_invoke();
-        add_keys(&self.key_prefix, &mut invocation, policy, key);
-        invocation
-            .arg(policy.window().as_micros())
-            .arg(policy.limit())
-            .arg(cost);
+        let invocation = decision_call(&self.scripts, &self.key_prefix, policy, key, cost);
         // Routed by the first key's slot; NOSCRIPT (a fresh node after a
         // failover) loads the script on that node and repeats the call.
-        let (allowed, remaining, reset_after, retry_after) = self
+        let reply = self
             .reply(
                 "running a limiter script",
                 invocation.invoke_async::<(u8, i64, i64, i64)>(&mut connection),
             )
             .await?;
-        let non_negative = |value: i64| {
-            u64::try_from(value)
-                .map_err(|_| StoreError::InvalidReply(format!("negative value {value}")))
-        };
-        Ok(Outcome {
-            allowed: allowed == 1,
-            remaining: non_negative(remaining)?,
-            reset_after_us: non_negative(reset_after)?,
-            retry_after_us: non_negative(retry_after)?,
-        })
+        outcome(reply)
     }
 }
 
@@ -345,7 +331,7 @@ impl Store for ClusterStore {
         cost: u64,
     ) -> Result<Outcome, StoreError> {
         let started = Instant::now();
-        let result = self.decide(policy, key, cost).await;
+        let result = traced_decision(policy, self.decide(policy, key, cost)).await;
         self.node_counters[self.failure_domain(policy, key)].record(&result, started.elapsed());
         result
     }

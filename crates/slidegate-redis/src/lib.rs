@@ -359,17 +359,6 @@ impl RedisStore {
         })
     }
 
-    /// Adds the Redis keys of `key` under `policy` to `invocation`, in the
-    /// order the script expects them as `KEYS`.
-    fn add_keys(
-        &self,
-        invocation: &mut ScriptInvocation<'_>,
-        policy: &Policy,
-        key: LimiterKey<'_>,
-    ) {
-        add_keys(&self.key_prefix, invocation, policy, key);
-    }
-
     /// The sorted set of live replicas, `<prefix>{replicas}`.
     pub fn replicas_key(&self) -> String {
         format!("{}{{replicas}}", self.key_prefix)
@@ -534,65 +523,92 @@ impl RedisStore {
         cost: u64,
     ) -> Result<Outcome, StoreError> {
         let (mut connection, generation) = self.connection().await?;
-        let mut invocation = self.scripts.get(policy.algorithm()).prepare_invoke();
-        self.add_keys(&mut invocation, policy, key);
-        invocation
-            .arg(policy.window().as_micros())
-            .arg(policy.limit())
-            .arg(cost);
+        let invocation = decision_call(&self.scripts, &self.key_prefix, policy, key, cost);
         // `invoke_async` sends EVALSHA and, on NOSCRIPT (a restart, a failover,
         // SCRIPT FLUSH), loads the script and repeats the call once.
-        let (allowed, remaining, reset_after, retry_after) = self
+        let reply = self
             .reply(
                 generation,
                 "running a limiter script",
                 invocation.invoke_async::<(u8, i64, i64, i64)>(&mut connection),
             )
             .await?;
-        let non_negative = |value: i64| {
-            u64::try_from(value)
-                .map_err(|_| StoreError::InvalidReply(format!("negative value {value}")))
-        };
-        Ok(Outcome {
-            allowed: allowed == 1,
-            remaining: non_negative(remaining)?,
-            reset_after_us: non_negative(reset_after)?,
-            retry_after_us: non_negative(retry_after)?,
-        })
+        outcome(reply)
     }
 }
 
+/// The script call of one decision: the policy's script, the key's Redis
+/// keys as `KEYS`, then window, limit and cost as `ARGV`.
+fn decision_call<'s>(
+    scripts: &'s Scripts,
+    key_prefix: &str,
+    policy: &Policy,
+    key: LimiterKey<'_>,
+    cost: u64,
+) -> ScriptInvocation<'s> {
+    let mut invocation = scripts.get(policy.algorithm()).prepare_invoke();
+    add_keys(key_prefix, &mut invocation, policy, key);
+    invocation
+        .arg(policy.window().as_micros())
+        .arg(policy.limit())
+        .arg(cost);
+    invocation
+}
+
+/// A script's reply `{allowed, remaining, reset_after_us, retry_after_us}`;
+/// a negative number is a reply the limiter cannot read.
+fn outcome(
+    (allowed, remaining, reset_after, retry_after): (u8, i64, i64, i64),
+) -> Result<Outcome, StoreError> {
+    let non_negative = |value: i64| {
+        u64::try_from(value)
+            .map_err(|_| StoreError::InvalidReply(format!("negative value {value}")))
+    };
+    Ok(Outcome {
+        allowed: allowed == 1,
+        remaining: non_negative(remaining)?,
+        reset_after_us: non_negative(reset_after)?,
+        retry_after_us: non_negative(retry_after)?,
+    })
+}
+
+/// The client span of one decision, `EVALSHA`, with the database and the
+/// algorithm but never the Redis keys (they contain the limiter key); marks
+/// a failed one with its error's kind.
+async fn traced_decision(
+    policy: &Policy,
+    decide: impl Future<Output = Result<Outcome, StoreError>>,
+) -> Result<Outcome, StoreError> {
+    let span = tracing::debug_span!(
+        "redis.evalsha",
+        otel.name = "EVALSHA",
+        otel.kind = "client",
+        db.system = "redis",
+        db.system.name = "redis",
+        db.operation.name = "EVALSHA",
+        slidegate.algorithm = policy.algorithm().as_str(),
+        error.type = Empty,
+        otel.status_code = Empty,
+    );
+    let result = decide.instrument(span.clone()).await;
+    if let Err(error) = &result
+        && !span.is_disabled()
+    {
+        span.record("error.type", error.kind());
+        span.record("otel.status_code", "ERROR");
+    }
+    result
+}
+
 impl Store for RedisStore {
-    /// Traced as one client span, `EVALSHA`, with the database and the
-    /// algorithm but never the Redis keys (they contain the limiter key).
+    /// Traced as one client span, `EVALSHA` (see [`traced_decision`]).
     async fn check(
         &self,
         policy: &Policy,
         key: LimiterKey<'_>,
         cost: u64,
     ) -> Result<Outcome, StoreError> {
-        let span = tracing::debug_span!(
-            "redis.evalsha",
-            otel.name = "EVALSHA",
-            otel.kind = "client",
-            db.system = "redis",
-            db.system.name = "redis",
-            db.operation.name = "EVALSHA",
-            slidegate.algorithm = policy.algorithm().as_str(),
-            error.type = Empty,
-            otel.status_code = Empty,
-        );
-        let result = self
-            .evalsha(policy, key, cost)
-            .instrument(span.clone())
-            .await;
-        if let Err(error) = &result
-            && !span.is_disabled()
-        {
-            span.record("error.type", error.kind());
-            span.record("otel.status_code", "ERROR");
-        }
-        result
+        traced_decision(policy, self.evalsha(policy, key, cost)).await
     }
 
     fn kind(&self) -> &'static str {
