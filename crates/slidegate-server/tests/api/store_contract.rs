@@ -63,11 +63,21 @@ async fn assert_same_on_both_stores(policy: &Policy, costs: &[u64]) -> Vec<Outco
 
 /// Runs `steps` on both stores and asserts the same decisions, step by step.
 pub async fn assert_steps_same_on_both_stores(steps: &[(&Policy, u64)]) -> Vec<Outcome> {
+    assert_steps_decided_as_in_memory(&redis_store(), "contract", steps).await
+}
+
+/// Runs `steps` for `key` on `shared` (a Redis store, standalone or cluster)
+/// and on a fresh embedded store, and asserts the same decisions, step by step.
+pub async fn assert_steps_decided_as_in_memory(
+    shared: &impl Store,
+    key: &str,
+    steps: &[(&Policy, u64)],
+) -> Vec<Outcome> {
     let started = Instant::now();
-    let memory = run(&memory_store(), "contract", steps).await;
+    let memory = run(&memory_store(), key, steps).await;
     let memory_took = started.elapsed();
     let started = Instant::now();
-    let redis = run(&redis_store(), "contract", steps).await;
+    let redis = run(shared, key, steps).await;
     let redis_took = started.elapsed();
     // Each run reads its own clock as it goes (this process's, Redis's), so
     // a duration at step k can differ between them by what either clock
@@ -269,5 +279,47 @@ async fn a_cost_of_the_largest_limit_is_one_decision_in_both_stores() {
         assert_eq!(allowed, [true, false, false, false, false], "{algorithm}");
         assert_eq!(outcomes[0].remaining, 0, "{algorithm}");
         assert_eq!(outcomes[3].remaining, 0, "{algorithm}");
+    }
+}
+
+/// The same contract on a Redis Cluster: the cluster store runs the same
+/// scripts, so it must decide as the embedded store does, limit changes
+/// included. One cluster for all cases (starting one takes seconds); each
+/// case has its own key, so the keys land on different masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_store_decides_as_the_embedded_store_does() {
+    use slidegate_redis::{ClusterOptions, ClusterStore};
+    let cluster = crate::private_redis::PrivateCluster::start(3, 0).await;
+    let store = ClusterStore::new(ClusterOptions {
+        nodes: (0..cluster.nodes().len())
+            .map(|index| cluster.url(index))
+            .collect(),
+        key_prefix: unique_prefix(),
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    for algorithm in Algorithm::ALL {
+        let plain = policy(algorithm, 10, window_for(algorithm));
+        let steps: Vec<(&Policy, u64)> = COSTS.iter().map(|&cost| (&plain, cost)).collect();
+        assert_steps_decided_as_in_memory(&store, &format!("costs-{algorithm}"), &steps).await;
+
+        let (old, new) = held_then(algorithm, window_for(algorithm));
+        let mut lowered = vec![(&old, 10); 5];
+        lowered.extend([(&new, 1), (&new, 0), (&new, 10), (&new, 1)]);
+        let outcomes =
+            assert_steps_decided_as_in_memory(&store, &format!("lowered-{algorithm}"), &lowered)
+                .await;
+        assert!(outcomes[5..].iter().all(|o| !o.allowed), "{algorithm}");
+
+        let mut raised = vec![(&new, 10)];
+        raised.extend([(&old, 1), (&old, 89)]);
+        let outcomes =
+            assert_steps_decided_as_in_memory(&store, &format!("raised-{algorithm}"), &raised)
+                .await;
+        assert!(
+            outcomes.iter().all(|o| o.allowed),
+            "{algorithm}: {outcomes:?}"
+        );
     }
 }
