@@ -8,10 +8,11 @@
 //! Keys look like `<prefix>{<policy>:<key>}:<algorithm>`, or
 //! `<prefix>{<policy>@<tenant>:<key>}:<algorithm>` for a key checked with an API key. The braces are a
 //! Redis Cluster hash tag: every key one script call touches shares the slot
-//! of `<policy>:<key>`. That is a precondition for Redis Cluster, not support
-//! for it: this store speaks to one standalone server. A cluster node is
+//! of `<policy>:<key>`, so the cluster store ([`ClusterStore`], `cluster`)
+//! runs each decision on one master. This store speaks to one server (found
+//! directly, or through Sentinel); a cluster node it is pointed at is
 //! recognised (readiness, and `MOVED`-style replies) and reported as a
-//! misconfiguration rather than half-working.
+//! misconfiguration naming `redis.mode = "cluster"`, rather than half-working.
 //!
 //! `rediss://` URLs connect over TLS (the system's OpenSSL through
 //! native-tls), verifying the server's certificate against the system's
@@ -436,7 +437,7 @@ impl RedisStore {
             // outage, and no reason to retire connections.
             Ok(Err(error)) if is_cluster_reply(&error) => {
                 let problem = format!(
-                    "Redis answered {} ({}): it is a Redis Cluster node, and cluster mode is not supported (yet); point redis.url at a standalone Redis",
+                    "Redis answered {} ({}): it is a Redis Cluster node, which redis.mode = \"standalone\" cannot use; set redis.mode = \"cluster\" and list the nodes in redis.nodes",
                     error.code().unwrap_or("a cluster error"),
                     error.category()
                 );
@@ -660,7 +661,7 @@ impl Store for RedisStore {
                 .await
             {
                 Ok(info) if cluster_enabled(&info) => {
-                    let problem = "Redis is a cluster node (cluster_enabled:1); cluster mode is not supported (yet): point redis.url at a standalone Redis";
+                    let problem = "Redis is a cluster node (cluster_enabled:1), which redis.mode = \"standalone\" cannot use: set redis.mode = \"cluster\" and list the nodes in redis.nodes";
                     self.misconfiguration.report(problem);
                     Err(StoreError::Misconfigured(problem.to_owned()))
                 }

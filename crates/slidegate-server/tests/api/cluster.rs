@@ -59,7 +59,7 @@ async fn a_cluster_node_is_not_ready_and_its_redirects_are_a_logged_misconfigura
     assert_eq!(ready["ready"], false, "{ready}");
     let error = ready["checks"]["redis"]["error"].as_str().unwrap();
     assert!(
-        error.contains("Redis is a cluster node") && error.contains("not supported"),
+        error.contains("Redis is a cluster node") && error.contains("redis.mode = \"cluster\""),
         "{error}"
     );
 
