@@ -44,6 +44,9 @@ pub struct PrivateRedis {
     args: Vec<String>,
     scheme: &'static str,
     process: Option<Child>,
+    /// The server's working directory, where a replica writes the snapshot
+    /// it syncs from its master: never the test's own directory.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl PrivateRedis {
@@ -128,12 +131,20 @@ impl PrivateRedis {
         Self::start_with(port, "redis", args)
     }
 
-    fn start_with(port: u16, scheme: &'static str, args: Vec<String>) -> Self {
+    fn start_with(port: u16, scheme: &'static str, mut args: Vec<String>) -> Self {
+        let dir = if args.iter().any(|arg| arg == "--dir") {
+            None
+        } else {
+            let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
+            args.extend(["--dir".into(), dir.path().display().to_string()]);
+            Some(dir)
+        };
         let mut redis = Self {
             port,
             args,
             scheme,
             process: None,
+            _dir: dir,
         };
         redis.restart();
         redis
