@@ -120,6 +120,15 @@ pub struct RedisTls {
     connector: native_tls::TlsConnector,
     private_ca: bool,
     client_certificate: bool,
+    /// The PEM input itself, for the Redis Cluster client, which opens its
+    /// node connections itself and takes certificates, not a connector.
+    pem: Arc<TlsPem>,
+}
+
+/// The PEM files [`RedisTls::new`] was given (never printed).
+pub(crate) struct TlsPem {
+    pub(crate) ca: Option<Vec<u8>>,
+    pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Which PEM input of [`RedisTls::new`] cannot be used, and why (never its contents).
@@ -194,6 +203,10 @@ impl RedisTls {
             connector,
             private_ca: ca.is_some(),
             client_certificate: client.is_some(),
+            pem: Arc::new(TlsPem {
+                ca: ca.map(<[u8]>::to_vec),
+                client: client.map(|(cert, key)| (cert.to_vec(), key.to_vec())),
+            }),
         })
     }
 }

@@ -37,12 +37,18 @@ pub fn free_cluster_port() -> u16 {
     }
 }
 
+/// The password of a TLS cluster's nodes ([`PrivateCluster::start_tls`]).
+pub const CLUSTER_PASSWORD: &str = "cluster-secret";
+
 /// A `redis-server` owned by one test, stopped when dropped (also when the test fails).
 pub struct PrivateRedis {
     port: u16,
     /// Everything but `--bind` and the persistence switches.
     args: Vec<String>,
     scheme: &'static str,
+    /// A TLS cluster node's plain-text port, which the test's own
+    /// connections use (the node serves TLS on `port`).
+    plain_port: Option<u16>,
     process: Option<Child>,
     /// The server's working directory, where a replica writes the snapshot
     /// it syncs from its master: never the test's own directory.
@@ -131,6 +137,62 @@ impl PrivateRedis {
         Self::start_with(port, "redis", args)
     }
 
+    /// As [`PrivateRedis::start_cluster_node`], speaking TLS with `pki`'s
+    /// server certificate on `port` (clients need no certificate), on the
+    /// cluster bus and for replication; and plain text on a second port, for
+    /// the test's own connections. A TLS client is told the TLS ports of the
+    /// other nodes, a plain one their plain ports. Clients must present a
+    /// certificate signed by the CA and authenticate with [`CLUSTER_PASSWORD`];
+    /// the nodes present `certificate` to each other.
+    pub fn start_tls_cluster_node(
+        port: u16,
+        dir: &Path,
+        pki: &TestPki,
+        certificate: &Certificate,
+    ) -> Self {
+        let plain_port = free_port();
+        let path = |path: &Path| path.display().to_string();
+        let args = vec![
+            "--port".into(),
+            plain_port.to_string(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&certificate.cert),
+            "--tls-key-file".into(),
+            path(&certificate.key),
+            "--tls-ca-cert-file".into(),
+            path(&pki.ca.cert),
+            // The nodes present their certificate to each other as clients
+            // of the bus and of replication.
+            "--tls-client-cert-file".into(),
+            path(&certificate.cert),
+            "--tls-client-key-file".into(),
+            path(&certificate.key),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+            "--requirepass".into(),
+            CLUSTER_PASSWORD.into(),
+            "--masterauth".into(),
+            CLUSTER_PASSWORD.into(),
+            "--tls-cluster".into(),
+            "yes".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            dir.join("nodes.conf").display().to_string(),
+            "--cluster-node-timeout".into(),
+            "2000".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+        ];
+        let mut node = Self::start_with(port, "rediss", args);
+        node.plain_port = Some(plain_port);
+        node
+    }
+
     fn start_with(port: u16, scheme: &'static str, mut args: Vec<String>) -> Self {
         let dir = if args.iter().any(|arg| arg == "--dir") {
             None
@@ -143,6 +205,7 @@ impl PrivateRedis {
             port,
             args,
             scheme,
+            plain_port: None,
             process: None,
             _dir: dir,
         };
@@ -238,7 +301,11 @@ impl PrivateRedis {
 
     /// A plain connection (not for a TLS server).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        let url = match self.plain_port {
+            Some(port) => format!("redis://:{CLUSTER_PASSWORD}@127.0.0.1:{port}"),
+            None => self.url(),
+        };
+        redis::Client::open(url)
             .unwrap()
             .get_multiplexed_async_connection()
             .await
@@ -424,17 +491,43 @@ impl PrivateCluster {
         Self::start_with(masters, replicas_per_master, false).await
     }
 
+    /// As [`PrivateCluster::start`], every node speaking TLS with `pki`'s
+    /// server certificate (see [`PrivateRedis::start_tls_cluster_node`]).
+    pub async fn start_tls(masters: usize, replicas_per_master: usize, pki: &TestPki) -> Self {
+        Self::start_with_tls(masters, replicas_per_master, true, Some(pki)).await
+    }
+
     async fn start_with(masters: usize, replicas_per_master: usize, full_coverage: bool) -> Self {
+        Self::start_with_tls(masters, replicas_per_master, full_coverage, None).await
+    }
+
+    async fn start_with_tls(
+        masters: usize,
+        replicas_per_master: usize,
+        full_coverage: bool,
+        tls: Option<&TestPki>,
+    ) -> Self {
         let dirs = tempfile::tempdir().unwrap();
+        // Each node is a server to clients and a client to the other nodes.
+        let node_certificate = tls.map(|pki| {
+            pki.issue(
+                "cluster-node",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            )
+        });
         let mut nodes = Vec::new();
         for index in 0..masters * (1 + replicas_per_master) {
             let dir = dirs.path().join(format!("node-{index}"));
             std::fs::create_dir(&dir).unwrap();
-            nodes.push(PrivateRedis::start_cluster_node(
-                free_cluster_port(),
-                &dir,
-                full_coverage,
-            ));
+            nodes.push(match tls {
+                Some(pki) => PrivateRedis::start_tls_cluster_node(
+                    free_cluster_port(),
+                    &dir,
+                    pki,
+                    node_certificate.as_ref().unwrap(),
+                ),
+                None => PrivateRedis::start_cluster_node(free_cluster_port(), &dir, full_coverage),
+            });
         }
         let cluster = Self { nodes, _dirs: dirs };
         let addresses: Vec<String> = cluster
@@ -442,7 +535,14 @@ impl PrivateCluster {
             .iter()
             .map(|node| format!("127.0.0.1:{}", node.port()))
             .collect();
-        let created = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(pki) = tls {
+            create.arg("--tls").arg("--cacert").arg(&pki.ca.cert);
+            create.arg("--cert").arg(&pki.client.cert);
+            create.arg("--key").arg(&pki.client.key);
+            create.args(["-a", CLUSTER_PASSWORD, "--no-auth-warning"]);
+        }
+        let created = create
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", &replicas_per_master.to_string()])
