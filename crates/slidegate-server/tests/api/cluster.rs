@@ -461,15 +461,21 @@ async fn a_killed_master_sends_only_its_own_keys_to_their_failure_mode_until_its
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // A replica holds no scripts (EVALSHA reaches masters only, and Redis
+    // does not replicate its script cache): the promoted one answers the
+    // first decision NOSCRIPT, and the store must load the script there.
+    for replica in &cluster.nodes()[3..] {
+        assert_eq!(cached_scripts(replica).await, 0, "a replica holds a script");
+    }
     let killed = started.elapsed();
     cluster.kill(0);
     // Its replica is promoted once the others see it failed (node timeout 2 s).
-    let promoted = eventually(
+    let (promoted, new_master) = eventually(
         Duration::from_secs(30),
         "the killed master's replica to be promoted",
         || async {
             let master = master_of(&cluster, 1, victim_slot).await?;
-            (master != victim).then(|| started.elapsed())
+            (master != victim).then(|| (started.elapsed(), master))
         },
     )
     .await;
@@ -537,6 +543,28 @@ async fn a_killed_master_sends_only_its_own_keys_to_their_failure_mode_until_its
         late_degraded.len(),
         &late_degraded[..late_degraded.len().min(5)]
     );
+    let promoted_node = cluster
+        .nodes()
+        .iter()
+        .find(|node| node.port() == new_master)
+        .unwrap();
+    assert!(
+        cached_scripts(promoted_node).await >= 1,
+        "the promoted master decided without the script loaded on it"
+    );
+}
+
+/// How many scripts `node`'s script cache holds (`INFO memory`).
+async fn cached_scripts(node: &crate::private_redis::PrivateRedis) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut node.connection().await)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("number_of_cached_scripts:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("INFO memory reports number_of_cached_scripts")
 }
 
 /// A replica on `cluster` (TLS, password protected) with `tls` as its
