@@ -158,29 +158,24 @@ impl RedisSettings {
                         "must list at least one seed node (cluster) or sentinel (sentinel)",
                     ));
                 }
-                // Never echo a node: it may hold a password. A cluster
-                // speaks TLS on every node or on none, so the first node's
-                // scheme is every node's.
+                // Never echo a node: it may hold a password. TLS is on for
+                // every node or for none (a cluster's nodes, the sentinels
+                // and the master they name), so the first node's scheme is
+                // every node's.
                 let first_is_tls = self.nodes[0].expose_secret().starts_with("rediss://");
                 for (index, node) in self.nodes.iter().enumerate() {
                     let node = node.expose_secret();
-                    let scheme_ok = match (self.mode, first_is_tls) {
-                        (RedisMode::Cluster, true) => node.starts_with("rediss://"),
-                        _ => node.starts_with("redis://"),
-                    };
-                    if !scheme_ok {
-                        let reason = match self.mode {
-                            RedisMode::Cluster if first_is_tls => {
-                                "must start with rediss://, as redis.nodes[0] does: a cluster speaks TLS on every node or on none"
-                            }
-                            RedisMode::Cluster => {
-                                "must start with redis://, as redis.nodes[0] does (rediss:// on every node for TLS)"
-                            }
-                            _ => {
-                                "must start with redis:// (rediss:// to sentinels is not supported yet)"
-                            }
-                        };
-                        return Err(InvalidSetting::new(format!("redis.nodes[{index}]"), reason));
+                    if first_is_tls && !node.starts_with("rediss://") {
+                        return Err(InvalidSetting::new(
+                            format!("redis.nodes[{index}]"),
+                            "must start with rediss://, as redis.nodes[0] does: TLS is on for every node or for none",
+                        ));
+                    }
+                    if !first_is_tls && !node.starts_with("redis://") {
+                        return Err(InvalidSetting::new(
+                            format!("redis.nodes[{index}]"),
+                            "must start with redis://, as redis.nodes[0] does (rediss:// on every node for TLS)",
+                        ));
                     }
                     if node.contains('#') {
                         return Err(InvalidSetting::new(
@@ -237,7 +232,7 @@ impl RedisSettings {
             }
         }
         let tls = self.url().is_some_and(|url| url.starts_with("rediss://"))
-            || (self.mode == RedisMode::Cluster
+            || (self.mode != RedisMode::Standalone
                 && self
                     .nodes
                     .first()
@@ -247,7 +242,7 @@ impl RedisSettings {
             if path.is_some() && !tls {
                 return Err(InvalidSetting::new(
                     field,
-                    "applies only to a rediss:// redis.url or rediss:// cluster nodes (TLS)",
+                    "applies only to a rediss:// redis.url or rediss:// redis.nodes (TLS)",
                 ));
             }
         }
@@ -439,9 +434,16 @@ mod tests {
         let tls_sentinels = RedisSettings {
             mode: RedisMode::Sentinel,
             sentinel_master: Some("limits".into()),
-            ..cluster(&["rediss://a:1"])
+            tls_ca_file: ca(),
+            ..cluster(&["rediss://a:1", "rediss://b:2"])
         };
-        assert_eq!(refused(tls_sentinels).field, "redis.nodes[0]");
+        tls_sentinels.validate().unwrap();
+        let mixed_sentinels = RedisSettings {
+            mode: RedisMode::Sentinel,
+            sentinel_master: Some("limits".into()),
+            ..cluster(&["rediss://a:1", "redis://b:2"])
+        };
+        assert_eq!(refused(mixed_sentinels).field, "redis.nodes[1]");
         let both = RedisSettings {
             url: Some("redis://127.0.0.1".to_owned().into()),
             ..cluster(&["redis://a:1"])
