@@ -27,14 +27,20 @@ use slidegate_core::{
     Policy, PoolStats, Store, StoreError, StoreHealth,
 };
 
-use crate::{Scripts, decision_call, describe, is_unreadable_reply, outcome, traced_decision};
+use crate::{
+    RedisTls, Scripts, decision_call, describe, is_unreadable_reply, outcome, traced_decision,
+};
 
 /// What a [`ClusterStore`] is built from.
 #[derive(Clone)]
 pub struct ClusterOptions {
-    /// Seed nodes, `redis://[user:password@]host:port`; any reachable one
-    /// tells the client the rest.
+    /// Seed nodes, `redis://[user:password@]host:port` (`rediss://` for a
+    /// cluster that speaks TLS, every node alike); any reachable one tells
+    /// the client the rest.
     pub nodes: Vec<String>,
+    /// A private CA and a client certificate for `rediss://` nodes; `None`:
+    /// the system's roots, no client certificate.
+    pub tls: Option<RedisTls>,
     pub key_prefix: String,
     /// Longest wait for the first connection to the cluster, and for each node's.
     pub connect_timeout: Duration,
@@ -47,6 +53,7 @@ impl std::fmt::Debug for ClusterOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterOptions")
             .field("nodes", &self.nodes.len())
+            .field("tls", &self.tls)
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
@@ -84,16 +91,37 @@ impl ClusterStore {
     /// # Errors
     /// When a node URL does not parse (the message never repeats it).
     pub fn new(options: ClusterOptions) -> Result<Self, StoreError> {
-        let client = ClusterClientBuilder::new(options.nodes.iter().map(String::as_str))
+        let mut builder = ClusterClientBuilder::new(options.nodes.iter().map(String::as_str))
             .connection_timeout(options.connect_timeout)
-            .response_timeout(options.command_timeout)
-            .build()
-            .map_err(|error| {
-                StoreError::Unavailable(format!(
-                    "the Redis Cluster node URLs are invalid ({:?}); expected redis://host:port",
-                    error.kind()
-                ))
-            })?;
+            .response_timeout(options.command_timeout);
+        if options
+            .nodes
+            .iter()
+            .any(|node| node.starts_with("rediss://"))
+        {
+            // redis-rs verifies every node's certificate with rustls; the
+            // provider is chosen here, once, rather than left to whichever
+            // crypto features the dependency tree happens to enable.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            if let Some(tls) = &options.tls {
+                builder =
+                    builder.certs(redis::TlsCertificates {
+                        client_tls: tls.pem.client.as_ref().map(|(cert, key)| {
+                            redis::ClientTlsConfig {
+                                client_cert: cert.clone(),
+                                client_key: key.clone(),
+                            }
+                        }),
+                        root_cert: tls.pem.ca.clone(),
+                    });
+            }
+        }
+        let client = builder.build().map_err(|error| {
+            StoreError::Unavailable(format!(
+                "the Redis Cluster node URLs are invalid ({:?}); expected redis://host:port",
+                error.kind()
+            ))
+        })?;
         Ok(Self {
             client,
             connection: OnceCell::new(),
@@ -557,6 +585,7 @@ mod tests {
     fn debug_output_of_the_options_shows_no_url() {
         let options = ClusterOptions {
             nodes: vec!["redis://:topsecret@10.0.0.1:6379".into()],
+            tls: None,
             key_prefix: "p:".into(),
             connect_timeout: Duration::from_millis(100),
             command_timeout: Duration::from_millis(50),

@@ -120,6 +120,15 @@ pub struct RedisTls {
     connector: native_tls::TlsConnector,
     private_ca: bool,
     client_certificate: bool,
+    /// The PEM input itself, for the Redis Cluster client, which opens its
+    /// node connections itself and takes certificates, not a connector.
+    pem: Arc<TlsPem>,
+}
+
+/// The PEM files [`RedisTls::new`] was given (never printed).
+pub(crate) struct TlsPem {
+    pub(crate) ca: Option<Vec<u8>>,
+    pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Which PEM input of [`RedisTls::new`] cannot be used, and why (never its contents).
@@ -194,6 +203,10 @@ impl RedisTls {
             connector,
             private_ca: ca.is_some(),
             client_certificate: client.is_some(),
+            pem: Arc::new(TlsPem {
+                ca: ca.map(<[u8]>::to_vec),
+                client: client.map(|(cert, key)| (cert.to_vec(), key.to_vec())),
+            }),
         })
     }
 }
@@ -309,7 +322,7 @@ impl RedisStore {
     /// is not `rediss://`. The message never repeats the URL, which may hold a password.
     pub fn new(options: RedisOptions) -> Result<Self, StoreError> {
         let connector = match &options.sentinel {
-            Some(target) => Connector::sentinel(target)?,
+            Some(target) => Connector::sentinel(target, options.tls.clone())?,
             None => {
                 let client = redis::Client::open(options.url.as_str()).map_err(|error| {
                     StoreError::Unavailable(format!(
@@ -810,6 +823,9 @@ enum Connector {
     Sentinel {
         sentinels: Vec<redis::Client>,
         master: String,
+        /// With `rediss://` sentinels: the sentinels and the master they
+        /// name are reached over TLS, through this connector.
+        tls: Option<tokio_native_tls::TlsConnector>,
     },
     Tls {
         host: String,
@@ -860,7 +876,11 @@ impl Connector {
     /// # Errors
     /// A sentinel URL that does not parse or is not `redis://` (the message
     /// never repeats it).
-    fn sentinel(target: &SentinelTarget) -> Result<Self, StoreError> {
+    fn sentinel(target: &SentinelTarget, tls: Option<RedisTls>) -> Result<Self, StoreError> {
+        let over_tls = target
+            .sentinels
+            .first()
+            .is_some_and(|url| url.starts_with("rediss://"));
         let sentinels = target
             .sentinels
             .iter()
@@ -871,19 +891,74 @@ impl Connector {
                         error.kind()
                     ))
                 })?;
-                match client.get_connection_info().addr() {
-                    redis::ConnectionAddr::Tcp(..) => Ok(client),
+                match (client.get_connection_info().addr(), over_tls) {
+                    (redis::ConnectionAddr::Tcp(..), false) => Ok(client),
+                    (redis::ConnectionAddr::TcpTls { insecure: false, .. }, true) => Ok(client),
                     _ => Err(StoreError::Unavailable(
-                        "sentinels are reached over redis:// (TLS to sentinels is not supported yet)"
+                        "every sentinel is reached alike: all redis://, or all rediss:// (verified)"
                             .to_owned(),
                     )),
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = if over_tls {
+            let tls = match tls {
+                Some(tls) => tls,
+                None => RedisTls::new(None, None)
+                    .map_err(|error| StoreError::Unavailable(error.to_string()))?,
+            };
+            Some(tokio_native_tls::TlsConnector::from(tls.connector))
+        } else {
+            None
+        };
         Ok(Self::Sentinel {
             sentinels,
             master: target.master.clone(),
+            tls,
         })
+    }
+
+    /// A connection to `host:port` over TLS through `tls` (the chain and the
+    /// host's name verified), authenticated as `redis` says.
+    async fn open_tls(
+        host: &str,
+        port: u16,
+        redis: &redis::RedisConnectionInfo,
+        tls: &tokio_native_tls::TlsConnector,
+        config: &redis::AsyncConnectionConfig,
+    ) -> RedisResult<MultiplexedConnection> {
+        let open = async {
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            // Verifies the chain and that the certificate names `host`
+            // (a DNS name, or an IP address in its subjectAltName).
+            let stream = tls.connect(host, tcp).await?;
+            MultiplexedConnection::new_with_config(redis, stream, config.clone()).await
+        };
+        let (connection, driver) = tokio::time::timeout(Self::OPEN_TIMEOUT, open)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        // It ends when the last clone of the connection is dropped.
+        tokio::spawn(driver);
+        Ok(connection)
+    }
+
+    /// A connection to `client`'s address: over TLS through `tls` when given.
+    async fn open(
+        client: &redis::Client,
+        tls: Option<&tokio_native_tls::TlsConnector>,
+        config: &redis::AsyncConnectionConfig,
+    ) -> RedisResult<MultiplexedConnection> {
+        let info = client.get_connection_info();
+        match (info.addr(), tls) {
+            (redis::ConnectionAddr::TcpTls { host, port, .. }, Some(tls)) => {
+                Self::open_tls(host, *port, info.redis_settings(), tls, config).await
+            }
+            _ => {
+                client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await
+            }
+        }
     }
 
     /// Asks each sentinel in turn for the current master and connects to it,
@@ -892,14 +967,13 @@ impl Connector {
     async fn connect_via_sentinels(
         sentinels: &[redis::Client],
         master: &str,
+        tls: Option<&tokio_native_tls::TlsConnector>,
         config: &redis::AsyncConnectionConfig,
     ) -> RedisResult<MultiplexedConnection> {
         let mut last_error = None;
         for sentinel in sentinels {
             let attempt = async {
-                let mut asking = sentinel
-                    .get_multiplexed_async_connection_with_config(config)
-                    .await?;
+                let mut asking = Self::open(sentinel, tls, config).await?;
                 let address: Option<(String, u16)> = redis::cmd("SENTINEL")
                     .arg("get-master-addr-by-name")
                     .arg(master)
@@ -912,13 +986,22 @@ impl Connector {
                         master.to_owned(),
                     ))
                 })?;
-                let info = sentinel
-                    .get_connection_info()
-                    .clone()
-                    .set_addr(redis::ConnectionAddr::Tcp(host, port));
-                let mut connection = redis::Client::open(info)?
-                    .get_multiplexed_async_connection_with_config(config)
-                    .await?;
+                // The master is reached as the sentinels are: with the
+                // same credentials, over TLS when they are.
+                let info = sentinel.get_connection_info();
+                let mut connection = match tls {
+                    Some(tls) => {
+                        Self::open_tls(&host, port, info.redis_settings(), tls, config).await?
+                    }
+                    None => {
+                        let info = info
+                            .clone()
+                            .set_addr(redis::ConnectionAddr::Tcp(host, port));
+                        redis::Client::open(info)?
+                            .get_multiplexed_async_connection_with_config(config)
+                            .await?
+                    }
+                };
                 let role: Vec<redis::Value> =
                     redis::cmd("ROLE").query_async(&mut connection).await?;
                 match role.first() {
@@ -965,30 +1048,17 @@ impl Connector {
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
             }
-            Self::Sentinel { sentinels, master } => {
-                Self::connect_via_sentinels(sentinels, master, &config).await
-            }
+            Self::Sentinel {
+                sentinels,
+                master,
+                tls,
+            } => Self::connect_via_sentinels(sentinels, master, tls.as_ref(), &config).await,
             Self::Tls {
                 host,
                 port,
                 redis,
                 tls,
-            } => {
-                let open = async {
-                    let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                    // Verifies the chain and that the certificate names `host`
-                    // (a DNS name, or an IP address in its subjectAltName).
-                    let stream = tls.connect(host, tcp).await?;
-                    MultiplexedConnection::new_with_config(redis, stream, config).await
-                };
-                let (connection, driver) =
-                    tokio::time::timeout(Self::OPEN_TIMEOUT, open)
-                        .await
-                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-                // It ends when the last clone of the connection is dropped.
-                tokio::spawn(driver);
-                Ok(connection)
-            }
+            } => Self::open_tls(host, *port, redis, tls, &config).await,
         }
     }
 }

@@ -158,12 +158,30 @@ impl RedisSettings {
                         "must list at least one seed node (cluster) or sentinel (sentinel)",
                     ));
                 }
-                // Never echo a node: it may hold a password.
+                // Never echo a node: it may hold a password. TLS is on for
+                // every node or for none (a cluster's nodes, the sentinels
+                // and the master they name), so the first node's scheme is
+                // every node's.
+                let first_is_tls = self.nodes[0].expose_secret().starts_with("rediss://");
                 for (index, node) in self.nodes.iter().enumerate() {
-                    if !node.expose_secret().starts_with("redis://") {
+                    let node = node.expose_secret();
+                    if first_is_tls && !node.starts_with("rediss://") {
                         return Err(InvalidSetting::new(
                             format!("redis.nodes[{index}]"),
-                            "must start with redis:// (rediss:// to a cluster or to sentinels is not supported yet)",
+                            "must start with rediss://, as redis.nodes[0] does: TLS is on for every node or for none",
+                        ));
+                    }
+                    if !first_is_tls && !node.starts_with("redis://") {
+                        return Err(InvalidSetting::new(
+                            format!("redis.nodes[{index}]"),
+                            "must start with redis://, as redis.nodes[0] does (rediss:// on every node for TLS)",
+                        ));
+                    }
+                    if node.contains('#') {
+                        return Err(InvalidSetting::new(
+                            format!("redis.nodes[{index}]"),
+                            "must not have a #fragment (#insecure would turn certificate verification off); \
+                             to trust a private CA, set redis.tls_ca_file",
                         ));
                     }
                 }
@@ -213,13 +231,18 @@ impl RedisSettings {
                 ));
             }
         }
-        let tls = self.url().is_some_and(|url| url.starts_with("rediss://"));
+        let tls = self.url().is_some_and(|url| url.starts_with("rediss://"))
+            || (self.mode != RedisMode::Standalone
+                && self
+                    .nodes
+                    .first()
+                    .is_some_and(|node| node.expose_secret().starts_with("rediss://")));
         let [_, cert, key] = self.tls_files();
         for (field, path) in self.tls_files() {
             if path.is_some() && !tls {
                 return Err(InvalidSetting::new(
                     field,
-                    "applies only to a rediss:// redis.url (TLS)",
+                    "applies only to a rediss:// redis.url or rediss:// redis.nodes (TLS)",
                 ));
             }
         }
@@ -286,8 +309,13 @@ impl RedisSettings {
     /// What [`ClusterStore::new`](crate::ClusterStore::new) takes, for
     /// settings that passed [`RedisSettings::validate`]; `None` unless
     /// `mode = "cluster"`.
-    pub fn cluster_options(&self, key_prefix: &str) -> Option<ClusterOptions> {
+    pub fn cluster_options(
+        &self,
+        key_prefix: &str,
+        tls: Option<RedisTls>,
+    ) -> Option<ClusterOptions> {
         (self.mode == RedisMode::Cluster).then(|| ClusterOptions {
+            tls,
             nodes: self
                 .nodes
                 .iter()
@@ -386,6 +414,36 @@ mod tests {
         let tls_node = refused(cluster(&["redis://a:1", "rediss://:topsecret@b:2"]));
         assert_eq!(tls_node.field, "redis.nodes[1]");
         assert!(!tls_node.to_string().contains("topsecret"), "{tls_node}");
+        let plain_after_tls = refused(cluster(&["rediss://a:1", "redis://:topsecret@b:2"]));
+        assert_eq!(plain_after_tls.field, "redis.nodes[1]");
+        assert!(plain_after_tls.to_string().contains("rediss://"));
+        let insecure = refused(cluster(&["rediss://a:1/#insecure"]));
+        assert_eq!(insecure.field, "redis.nodes[0]");
+        // TLS files go with rediss:// nodes, and only with them.
+        let ca = || Some(PathBuf::from("ca.pem"));
+        let tls_cluster = RedisSettings {
+            tls_ca_file: ca(),
+            ..cluster(&["rediss://a:1", "rediss://b:2"])
+        };
+        tls_cluster.validate().unwrap();
+        let files_without_tls = RedisSettings {
+            tls_ca_file: ca(),
+            ..cluster(&["redis://a:1"])
+        };
+        assert_eq!(refused(files_without_tls).field, "redis.tls_ca_file");
+        let tls_sentinels = RedisSettings {
+            mode: RedisMode::Sentinel,
+            sentinel_master: Some("limits".into()),
+            tls_ca_file: ca(),
+            ..cluster(&["rediss://a:1", "rediss://b:2"])
+        };
+        tls_sentinels.validate().unwrap();
+        let mixed_sentinels = RedisSettings {
+            mode: RedisMode::Sentinel,
+            sentinel_master: Some("limits".into()),
+            ..cluster(&["rediss://a:1", "redis://b:2"])
+        };
+        assert_eq!(refused(mixed_sentinels).field, "redis.nodes[1]");
         let both = RedisSettings {
             url: Some("redis://127.0.0.1".to_owned().into()),
             ..cluster(&["redis://a:1"])
@@ -398,12 +456,16 @@ mod tests {
         assert_eq!(refused(stray_nodes).field, "redis.nodes");
         let seeds = cluster(&["redis://a:1", "redis://b:2"]);
         seeds.validate().unwrap();
-        assert_eq!(seeds.cluster_options("p:").unwrap().nodes.len(), 2);
+        assert_eq!(seeds.cluster_options("p:", None).unwrap().nodes.len(), 2);
         assert!(
             seeds.options("p:", None).is_none(),
             "cluster mode has no standalone URL"
         );
-        assert!(RedisSettings::default().cluster_options("p:").is_none());
+        assert!(
+            RedisSettings::default()
+                .cluster_options("p:", None)
+                .is_none()
+        );
         let sentinel = RedisSettings {
             mode: RedisMode::Sentinel,
             ..cluster(&["redis://s1:26379", "redis://s2:26379"])
@@ -419,7 +481,7 @@ mod tests {
             (target.sentinels.len(), target.master.as_str()),
             (2, "limits")
         );
-        assert!(named.cluster_options("p:").is_none());
+        assert!(named.cluster_options("p:", None).is_none());
         let stray = RedisSettings {
             sentinel_master: Some("limits".into()),
             ..RedisSettings::default()

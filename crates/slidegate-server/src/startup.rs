@@ -85,7 +85,7 @@ impl Application {
         };
         let draining = Arc::new(AtomicBool::new(false));
         let prefix = &settings.limiter.key_prefix;
-        let shared = match settings.redis.cluster_options(prefix) {
+        let shared = match settings.redis.cluster_options(prefix, redis_tls.clone()) {
             Some(options) => Some(AnyStore::Cluster(Box::new(ClusterStore::new(options)?))),
             None => match settings.redis.options(prefix, redis_tls) {
                 Some(options) => Some(AnyStore::Redis(Box::new(RedisStore::new(options)?))),

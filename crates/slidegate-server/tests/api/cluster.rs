@@ -461,15 +461,21 @@ async fn a_killed_master_sends_only_its_own_keys_to_their_failure_mode_until_its
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // A replica holds no scripts (EVALSHA reaches masters only, and Redis
+    // does not replicate its script cache): the promoted one answers the
+    // first decision NOSCRIPT, and the store must load the script there.
+    for replica in &cluster.nodes()[3..] {
+        assert_eq!(cached_scripts(replica).await, 0, "a replica holds a script");
+    }
     let killed = started.elapsed();
     cluster.kill(0);
     // Its replica is promoted once the others see it failed (node timeout 2 s).
-    let promoted = eventually(
+    let (promoted, new_master) = eventually(
         Duration::from_secs(30),
         "the killed master's replica to be promoted",
         || async {
             let master = master_of(&cluster, 1, victim_slot).await?;
-            (master != victim).then(|| started.elapsed())
+            (master != victim).then(|| (started.elapsed(), master))
         },
     )
     .await;
@@ -537,4 +543,143 @@ async fn a_killed_master_sends_only_its_own_keys_to_their_failure_mode_until_its
         late_degraded.len(),
         &late_degraded[..late_degraded.len().min(5)]
     );
+    let promoted_node = cluster
+        .nodes()
+        .iter()
+        .find(|node| node.port() == new_master)
+        .unwrap();
+    assert!(
+        cached_scripts(promoted_node).await >= 1,
+        "the promoted master decided without the script loaded on it"
+    );
+}
+
+/// How many scripts `node`'s script cache holds (`INFO memory`).
+async fn cached_scripts(node: &crate::private_redis::PrivateRedis) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut node.connection().await)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("number_of_cached_scripts:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("INFO memory reports number_of_cached_scripts")
+}
+
+/// A replica on `cluster` (TLS, password protected) with `tls` as its
+/// `redis.tls_*` files and `password` in every node URL; not waited on.
+async fn tls_replica_on(
+    cluster: &PrivateCluster,
+    password: &str,
+    ca: Option<&std::path::Path>,
+    client: Option<&crate::private_redis::Certificate>,
+) -> TestApp {
+    let mut options = TestOptions::redis(vec![policy("shared", "sliding_log", 3, "1h")]);
+    options.redis_url = None;
+    options.key_prefix = unique_prefix();
+    options.settings.redis.mode = RedisMode::Cluster;
+    options.settings.redis.nodes = cluster
+        .nodes()
+        .iter()
+        .map(|node| SecretString::from(format!("rediss://:{password}@127.0.0.1:{}", node.port())))
+        .collect();
+    options.settings.redis.tls_ca_file = ca.map(std::path::Path::to_path_buf);
+    options.settings.redis.tls_cert_file = client.map(|client| client.cert.clone());
+    options.settings.redis.tls_key_file = client.map(|client| client.key.clone());
+    spawn_app(options).await
+}
+
+/// Readiness's Redis error once it names `reason` (past a probe that ran out
+/// of time on a loaded machine, also a true answer).
+async fn redis_error_naming(app: &TestApp, reason: &str) -> String {
+    app.eventually(
+        &format!("readiness to name {reason:?}"),
+        Duration::from_secs(15),
+        || app.get("/health/ready"),
+        |reply| {
+            reply.status == 503
+                && reply.body["checks"]["redis"]["error"]
+                    .as_str()
+                    .is_some_and(|error| error.contains(reason))
+        },
+    )
+    .await
+    .body["checks"]["redis"]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_with_a_password_is_decided_exactly_and_refuses_what_it_should() {
+    use crate::private_redis::{CLUSTER_PASSWORD, TestPki};
+    let pki = TestPki::new();
+    let cluster = PrivateCluster::start_tls(3, 0, &pki).await;
+
+    // The CA, a client certificate and the password: ready, every master
+    // reached over TLS, and each key admitted exactly its limit.
+    let app = tls_replica_on(
+        &cluster,
+        CLUSTER_PASSWORD,
+        Some(&pki.ca.cert),
+        Some(&pki.client),
+    )
+    .await;
+    let ready = app
+        .eventually(
+            "the replica to be ready on the TLS cluster",
+            Duration::from_secs(15),
+            || app.get("/health/ready"),
+            |reply| reply.status == 200,
+        )
+        .await;
+    let topology = &ready.body["checks"]["redis"]["topology"];
+    assert_eq!(topology["cluster_state"], "ok", "{topology}");
+    let masters = topology["masters"].as_array().unwrap();
+    assert_eq!(masters.len(), 3, "{topology}");
+    assert!(masters.iter().all(|master| master["reachable"] == true));
+    // The TLS ports: the cluster told a TLS client where its TLS listeners are.
+    let tls_ports: Vec<u16> = cluster.nodes().iter().map(|node| node.port()).collect();
+    for master in masters {
+        let address = master["address"].as_str().unwrap();
+        let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(tls_ports.contains(&port), "{address} is not a TLS port");
+    }
+    for key in 0..30 {
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(app.check("shared", &format!("k{key}"), None).await.status);
+        }
+        assert_eq!(statuses, [200, 200, 200, 429], "key k{key}");
+    }
+    for (index, node) in cluster.nodes().iter().enumerate() {
+        let keys: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut node.connection().await)
+            .await
+            .unwrap();
+        assert!(keys > 0, "master {index} holds none of the keys");
+    }
+
+    // No private CA: the system's roots do not know the test CA.
+    let untrusting = tls_replica_on(&cluster, CLUSTER_PASSWORD, None, Some(&pki.client)).await;
+    let error = redis_error_naming(&untrusting, "invalid peer certificate: UnknownIssuer").await;
+    assert!(!error.contains(CLUSTER_PASSWORD), "{error}");
+    assert_eq!(untrusting.check("shared", "k0", None).await.status, 503);
+
+    // No client certificate: the nodes refuse the handshake.
+    let anonymous = tls_replica_on(&cluster, CLUSTER_PASSWORD, Some(&pki.ca.cert), None).await;
+    let error = redis_error_naming(&anonymous, "CertificateRequired").await;
+    assert!(!error.contains(CLUSTER_PASSWORD), "{error}");
+
+    // The wrong password: refused, and the password is never repeated.
+    let wrong = tls_replica_on(
+        &cluster,
+        "not-the-password",
+        Some(&pki.ca.cert),
+        Some(&pki.client),
+    )
+    .await;
+    let error = redis_error_naming(&wrong, "AuthenticationFailed").await;
+    assert!(!error.contains("not-the-password"), "{error}");
 }

@@ -404,7 +404,7 @@ fn cluster_seed_nodes_come_from_one_comma_separated_variable() {
         Settings::load_with_env(None, env.into_iter().collect()).unwrap()
     };
     assert_eq!(settings.redis.mode, slidegate_redis::RedisMode::Cluster);
-    let options = settings.redis.cluster_options("p:").unwrap();
+    let options = settings.redis.cluster_options("p:", None).unwrap();
     assert_eq!(
         options.nodes,
         ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]

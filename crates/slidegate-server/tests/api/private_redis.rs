@@ -37,12 +37,20 @@ pub fn free_cluster_port() -> u16 {
     }
 }
 
+/// The password of a TLS cluster's nodes ([`PrivateCluster::start_tls`]).
+pub const CLUSTER_PASSWORD: &str = "cluster-secret";
+
 /// A `redis-server` owned by one test, stopped when dropped (also when the test fails).
 pub struct PrivateRedis {
     port: u16,
     /// Everything but `--bind` and the persistence switches.
     args: Vec<String>,
     scheme: &'static str,
+    /// A TLS cluster node's plain-text port, which the test's own
+    /// connections use (the node serves TLS on `port`).
+    plain_port: Option<u16>,
+    /// The password the server wants (`--requirepass`), for the test's own connections.
+    password: Option<&'static str>,
     process: Option<Child>,
     /// The server's working directory, where a replica writes the snapshot
     /// it syncs from its master: never the test's own directory.
@@ -131,6 +139,101 @@ impl PrivateRedis {
         Self::start_with(port, "redis", args)
     }
 
+    /// As [`PrivateRedis::start_cluster_node`], speaking TLS with `pki`'s
+    /// server certificate on `port` (clients need no certificate), on the
+    /// cluster bus and for replication; and plain text on a second port, for
+    /// the test's own connections. A TLS client is told the TLS ports of the
+    /// other nodes, a plain one their plain ports. Clients must present a
+    /// certificate signed by the CA and authenticate with [`CLUSTER_PASSWORD`];
+    /// the nodes present `certificate` to each other.
+    pub fn start_tls_cluster_node(
+        port: u16,
+        dir: &Path,
+        pki: &TestPki,
+        certificate: &Certificate,
+    ) -> Self {
+        let plain_port = free_port();
+        let path = |path: &Path| path.display().to_string();
+        let args = vec![
+            "--port".into(),
+            plain_port.to_string(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&certificate.cert),
+            "--tls-key-file".into(),
+            path(&certificate.key),
+            "--tls-ca-cert-file".into(),
+            path(&pki.ca.cert),
+            // The nodes present their certificate to each other as clients
+            // of the bus and of replication.
+            "--tls-client-cert-file".into(),
+            path(&certificate.cert),
+            "--tls-client-key-file".into(),
+            path(&certificate.key),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+            "--requirepass".into(),
+            CLUSTER_PASSWORD.into(),
+            "--masterauth".into(),
+            CLUSTER_PASSWORD.into(),
+            "--tls-cluster".into(),
+            "yes".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            dir.join("nodes.conf").display().to_string(),
+            "--cluster-node-timeout".into(),
+            "2000".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+        ];
+        let mut node = Self::start_with(port, "rediss", args);
+        node.plain_port = Some(plain_port);
+        node.password = Some(CLUSTER_PASSWORD);
+        node
+    }
+
+    /// A server speaking TLS with `pki`'s server certificate on its port
+    /// (clients need no certificate), replicating over TLS, and plain text
+    /// on a second port for the test's own connections; a replica of
+    /// `master` when given.
+    pub fn start_tls_replicating(pki: &TestPki, master: Option<&PrivateRedis>) -> Self {
+        let port = free_port();
+        let plain_port = free_port();
+        let path = |path: &Path| path.display().to_string();
+        let mut args = vec![
+            "--port".into(),
+            plain_port.to_string(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&pki.server.cert),
+            "--tls-key-file".into(),
+            path(&pki.server.key),
+            "--tls-ca-cert-file".into(),
+            path(&pki.ca.cert),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+            "--repl-diskless-sync-delay".into(),
+            "0".into(),
+        ];
+        if let Some(master) = master {
+            args.extend([
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master.port().to_string(),
+            ]);
+        }
+        let mut node = Self::start_with(port, "rediss", args);
+        node.plain_port = Some(plain_port);
+        node
+    }
+
     fn start_with(port: u16, scheme: &'static str, mut args: Vec<String>) -> Self {
         let dir = if args.iter().any(|arg| arg == "--dir") {
             None
@@ -143,6 +246,8 @@ impl PrivateRedis {
             port,
             args,
             scheme,
+            plain_port: None,
+            password: None,
             process: None,
             _dir: dir,
         };
@@ -238,7 +343,14 @@ impl PrivateRedis {
 
     /// A plain connection (not for a TLS server).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        let auth = self
+            .password
+            .map_or_else(String::new, |password| format!(":{password}@"));
+        let url = match self.plain_port {
+            Some(port) => format!("redis://{auth}127.0.0.1:{port}"),
+            None => format!("{}://{auth}127.0.0.1:{}", self.scheme, self.port),
+        };
+        redis::Client::open(url)
             .unwrap()
             .get_multiplexed_async_connection()
             .await
@@ -424,17 +536,43 @@ impl PrivateCluster {
         Self::start_with(masters, replicas_per_master, false).await
     }
 
+    /// As [`PrivateCluster::start`], every node speaking TLS with `pki`'s
+    /// server certificate (see [`PrivateRedis::start_tls_cluster_node`]).
+    pub async fn start_tls(masters: usize, replicas_per_master: usize, pki: &TestPki) -> Self {
+        Self::start_with_tls(masters, replicas_per_master, true, Some(pki)).await
+    }
+
     async fn start_with(masters: usize, replicas_per_master: usize, full_coverage: bool) -> Self {
+        Self::start_with_tls(masters, replicas_per_master, full_coverage, None).await
+    }
+
+    async fn start_with_tls(
+        masters: usize,
+        replicas_per_master: usize,
+        full_coverage: bool,
+        tls: Option<&TestPki>,
+    ) -> Self {
         let dirs = tempfile::tempdir().unwrap();
+        // Each node is a server to clients and a client to the other nodes.
+        let node_certificate = tls.map(|pki| {
+            pki.issue(
+                "cluster-node",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            )
+        });
         let mut nodes = Vec::new();
         for index in 0..masters * (1 + replicas_per_master) {
             let dir = dirs.path().join(format!("node-{index}"));
             std::fs::create_dir(&dir).unwrap();
-            nodes.push(PrivateRedis::start_cluster_node(
-                free_cluster_port(),
-                &dir,
-                full_coverage,
-            ));
+            nodes.push(match tls {
+                Some(pki) => PrivateRedis::start_tls_cluster_node(
+                    free_cluster_port(),
+                    &dir,
+                    pki,
+                    node_certificate.as_ref().unwrap(),
+                ),
+                None => PrivateRedis::start_cluster_node(free_cluster_port(), &dir, full_coverage),
+            });
         }
         let cluster = Self { nodes, _dirs: dirs };
         let addresses: Vec<String> = cluster
@@ -442,7 +580,14 @@ impl PrivateCluster {
             .iter()
             .map(|node| format!("127.0.0.1:{}", node.port()))
             .collect();
-        let created = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(pki) = tls {
+            create.arg("--tls").arg("--cacert").arg(&pki.ca.cert);
+            create.arg("--cert").arg(&pki.client.cert);
+            create.arg("--key").arg(&pki.client.key);
+            create.args(["-a", CLUSTER_PASSWORD, "--no-auth-warning"]);
+        }
+        let created = create
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", &replicas_per_master.to_string()])
@@ -515,6 +660,8 @@ pub struct PrivateSentinels {
     pub master: PrivateRedis,
     pub replica: PrivateRedis,
     sentinels: Vec<(u16, Child)>,
+    /// The test CA's certificate (PEM) when everything speaks TLS.
+    tls_ca: Option<Vec<u8>>,
     _dir: tempfile::TempDir,
 }
 
@@ -523,17 +670,48 @@ pub const SENTINEL_MASTER: &str = "limits";
 
 impl PrivateSentinels {
     pub async fn start() -> Self {
-        let master = PrivateRedis::start();
-        let replica = PrivateRedis::start_replica_of(&master);
+        Self::start_with(None).await
+    }
+
+    /// As [`PrivateSentinels::start`], with the master, its replica and the
+    /// sentinels speaking only TLS to clients (`pki`'s server certificate,
+    /// no client certificates), and to each other.
+    pub async fn start_tls(pki: &TestPki) -> Self {
+        Self::start_with(Some(pki)).await
+    }
+
+    async fn start_with(pki: Option<&TestPki>) -> Self {
+        let (master, replica) = match pki {
+            Some(pki) => {
+                let master = PrivateRedis::start_tls_replicating(pki, None);
+                let replica = PrivateRedis::start_tls_replicating(pki, Some(&master));
+                (master, replica)
+            }
+            None => {
+                let master = PrivateRedis::start();
+                let replica = PrivateRedis::start_replica_of(&master);
+                (master, replica)
+            }
+        };
         let dir = tempfile::tempdir().unwrap();
         let mut sentinels = Vec::new();
         for index in 0..3 {
             let port = free_port();
             let config = dir.path().join(format!("sentinel-{index}.conf"));
+            let listen = match pki {
+                Some(pki) => format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\n\
+                     tls-ca-cert-file {ca}\ntls-auth-clients no\ntls-replication yes\n",
+                    cert = pki.server.cert.display(),
+                    key = pki.server.key.display(),
+                    ca = pki.ca.cert.display(),
+                ),
+                None => format!("port {port}\n"),
+            };
             std::fs::write(
                 &config,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                    "{listen}bind 127.0.0.1\ndir {dir}\n\
                      sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master} 2\n\
                      sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
                      sentinel failover-timeout {SENTINEL_MASTER} 3000\n\
@@ -556,21 +734,17 @@ impl PrivateSentinels {
             master,
             replica,
             sentinels,
+            tls_ca: pki.map(|pki| std::fs::read(&pki.ca.cert).unwrap()),
             _dir: dir,
         };
         // Ready when every sentinel sees the replica and the other two
         // sentinels: a failover needs the quorum and an elected leader.
-        for (port, _) in &setup.sentinels {
-            let url = format!("redis://127.0.0.1:{port}");
+        for index in 0..setup.sentinels.len() {
             eventually(
                 Duration::from_secs(30),
                 "every sentinel to see the replica and the other sentinels",
                 || async {
-                    let mut connection = redis::Client::open(url.as_str())
-                        .ok()?
-                        .get_multiplexed_async_connection()
-                        .await
-                        .ok()?;
+                    let mut connection = setup.sentinel_connection(index).await?;
                     let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
                         .arg("replicas")
                         .arg(SENTINEL_MASTER)
@@ -591,21 +765,39 @@ impl PrivateSentinels {
         setup
     }
 
-    /// `redis://127.0.0.1:<port>` of each sentinel.
+    /// `redis://127.0.0.1:<port>` of each sentinel (`rediss://` with TLS).
     pub fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.sentinels
             .iter()
-            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .map(|(port, _)| format!("{scheme}://127.0.0.1:{port}"))
             .collect()
+    }
+
+    /// A connection to sentinel `index`, over TLS trusting the test CA when
+    /// the sentinels speak TLS.
+    async fn sentinel_connection(&self, index: usize) -> Option<redis::aio::MultiplexedConnection> {
+        let url = self.urls()[index].clone();
+        let client = match &self.tls_ca {
+            Some(ca) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(url),
+        };
+        client.ok()?.get_multiplexed_async_connection().await.ok()
     }
 
     /// The port of the master the first sentinel names now.
     pub async fn master_port(&self) -> Option<u16> {
-        let mut connection = redis::Client::open(self.urls()[0].as_str())
-            .ok()?
-            .get_multiplexed_async_connection()
-            .await
-            .ok()?;
+        let mut connection = self.sentinel_connection(0).await?;
         let (_, port): (String, u16) = redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
             .arg(SENTINEL_MASTER)

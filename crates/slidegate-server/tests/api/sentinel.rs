@@ -7,11 +7,13 @@ use slidegate_core::{FailureMode, PolicySpec};
 use slidegate_redis::RedisMode;
 
 use crate::helpers::{TestApp, TestOptions, eventually, policy, spawn_app};
-use crate::private_redis::{PrivateSentinels, SENTINEL_MASTER};
+use crate::private_redis::{PrivateSentinels, SENTINEL_MASTER, TestPki};
 
 const LIMIT: u64 = 5;
 
-async fn replica_on(sentinels: &PrivateSentinels) -> TestApp {
+/// A replica finding its master through `sentinels`; trusting `ca` (the
+/// sentinels' and the master's TLS certificates) when given.
+async fn replica_on(sentinels: &PrivateSentinels, ca: Option<&std::path::Path>) -> TestApp {
     let mut options = TestOptions::redis(vec![PolicySpec {
         failure_mode: Some(FailureMode::Open.as_str().to_owned()),
         ..policy("p", "sliding_log", LIMIT, "1h")
@@ -24,6 +26,7 @@ async fn replica_on(sentinels: &PrivateSentinels) -> TestApp {
         .map(SecretString::from)
         .collect();
     options.settings.redis.sentinel_master = Some(SENTINEL_MASTER.to_owned());
+    options.settings.redis.tls_ca_file = ca.map(std::path::Path::to_path_buf);
     let app = spawn_app(options).await;
     app.eventually(
         "the replica to be ready through the sentinels",
@@ -37,8 +40,49 @@ async fn replica_on(sentinels: &PrivateSentinels) -> TestApp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_is_followed_to_the_promoted_replica_with_the_counts_it_replicated() {
-    let mut sentinels = PrivateSentinels::start().await;
-    let app = replica_on(&sentinels).await;
+    let sentinels = PrivateSentinels::start().await;
+    let app = replica_on(&sentinels, None).await;
+    failover_is_followed(sentinels, app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_sentinels_and_the_master_are_verified_and_a_failover_is_followed() {
+    let pki = TestPki::new();
+    let sentinels = PrivateSentinels::start_tls(&pki).await;
+    // Without the test CA the sentinels' certificates do not verify: not
+    // ready, and saying why.
+    let untrusting = {
+        let mut options = TestOptions::redis(vec![policy("p", "sliding_log", LIMIT, "1h")]);
+        options.redis_url = None;
+        options.settings.redis.mode = RedisMode::Sentinel;
+        options.settings.redis.nodes = sentinels
+            .urls()
+            .into_iter()
+            .map(SecretString::from)
+            .collect();
+        options.settings.redis.sentinel_master = Some(SENTINEL_MASTER.to_owned());
+        spawn_app(options).await
+    };
+    untrusting
+        .eventually(
+            "readiness to name the refused certificate",
+            Duration::from_secs(15),
+            || untrusting.get("/health/ready"),
+            |reply| {
+                reply.status == 503
+                    && reply.body["checks"]["redis"]["error"]
+                        .as_str()
+                        .is_some_and(|error| error.contains("certificate verify failed"))
+            },
+        )
+        .await;
+    let app = replica_on(&sentinels, Some(&pki.ca.cert)).await;
+    failover_is_followed(sentinels, app).await;
+}
+
+/// Checks decided by the master, the master killed, the replica promoted:
+/// the app follows it, in its failure mode meanwhile, and the counts held.
+async fn failover_is_followed(mut sentinels: PrivateSentinels, app: TestApp) {
     for _ in 0..3 {
         let reply = app.check("p", "k", None).await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);

@@ -294,6 +294,7 @@ async fn the_cluster_store_decides_as_the_embedded_store_does() {
         nodes: (0..cluster.nodes().len())
             .map(|index| cluster.url(index))
             .collect(),
+        tls: None,
         key_prefix: unique_prefix(),
         connect_timeout: Duration::from_secs(2),
         command_timeout: Duration::from_secs(2),
