@@ -150,6 +150,11 @@ pub struct MasterHealth {
     pub reachable: bool,
     /// Slots it serves.
     pub slots: u32,
+    /// `MOVED` replies it has sent, to every client, since it started
+    /// (`INFO errorstats`): a client routing by a stale slot map.
+    pub moved_replies: u64,
+    /// `ASK` replies likewise: keys asked for while their slot migrates.
+    pub ask_replies: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -198,6 +203,9 @@ pub struct ClusterStats {
     /// Times the slot map the store routes by changed (a failover, a reshard).
     pub topology_changes: u64,
     pub nodes: Vec<NodeStats>,
+    /// Each master as the last background probe found it, with the
+    /// redirections it has answered.
+    pub masters: Vec<MasterHealth>,
 }
 
 /// One node's checks, as the store that sent them counted them.

@@ -79,6 +79,8 @@ pub struct ClusterStore {
     /// Per failure domain: the checks sent to its master, counted when they end.
     node_counters: [NodeCounters; FAILURE_DOMAINS],
     topology_changes: AtomicU64,
+    /// The masters as the last background probe found them (for metrics).
+    last_masters: Mutex<Vec<MasterHealth>>,
     scripts: Scripts,
     key_prefix: String,
     connect_timeout: Duration,
@@ -130,6 +132,7 @@ impl ClusterStore {
             masters_seen: Mutex::new(Vec::new()),
             node_counters: std::array::from_fn(|_| NodeCounters::default()),
             topology_changes: AtomicU64::new(0),
+            last_masters: Mutex::new(Vec::new()),
             scripts: Scripts::new(),
             key_prefix: options.key_prefix,
             connect_timeout: options.connect_timeout,
@@ -322,6 +325,22 @@ impl Topology {
     }
 }
 
+/// The count of `kind` error replies in `INFO errorstats`
+/// (`errorstat_MOVED:count=12`); 0 when it sent none.
+fn error_count(info: &str, kind: &str) -> u64 {
+    info.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix("errorstat_")?.strip_prefix(kind)?;
+            rest.strip_prefix(":count=")?
+                .split(',')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// `cluster_state` from `CLUSTER INFO`.
 fn cluster_state(info: &str) -> Option<String> {
     info.lines()
@@ -390,6 +409,11 @@ impl Store for ClusterStore {
         Some(ClusterStats {
             topology_changes: self.topology_changes.load(Ordering::Relaxed),
             nodes,
+            masters: self
+                .last_masters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         })
     }
 
@@ -453,26 +477,42 @@ impl Store for ClusterStore {
             }
             let mut masters = Vec::with_capacity(topology.masters.len());
             for (host, port, slots) in &topology.masters {
-                let ping = connection.route_command(
-                    redis::cmd("PING"),
+                // One command tells both that the master answers and how
+                // many redirections it has sent: redis-rs follows MOVED and
+                // ASK without telling its caller, so the nodes' own counts
+                // are what can be reported.
+                let mut errorstats = redis::cmd("INFO");
+                errorstats.arg("errorstats");
+                let asked = connection.route_command(
+                    errorstats,
                     RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                         host: host.clone(),
                         port: *port,
                     }),
                 );
-                let reachable = match self.reply("waiting for PING", ping).await {
-                    Ok(_) => true,
-                    Err(error) => {
-                        problems.push(format!("master {host}:{port} ({slots} slots): {error}"));
-                        false
-                    }
-                };
+                let (reachable, moved_replies, ask_replies) =
+                    match self.reply("waiting for INFO errorstats", asked).await {
+                        Ok(reply) => {
+                            let info: String = redis::from_redis_value(reply).unwrap_or_default();
+                            (true, error_count(&info, "MOVED"), error_count(&info, "ASK"))
+                        }
+                        Err(error) => {
+                            problems.push(format!("master {host}:{port} ({slots} slots): {error}"));
+                            (false, 0, 0)
+                        }
+                    };
                 masters.push(MasterHealth {
                     address: format!("{host}:{port}"),
                     reachable,
                     slots: *slots,
+                    moved_replies,
+                    ask_replies,
                 });
             }
+            *self
+                .last_masters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = masters.clone();
             found = Some(ClusterTopology {
                 cluster_state: state,
                 covered_slots: topology.covered_slots.min(SLOTS),
@@ -579,6 +619,16 @@ mod tests {
         // `CLUSTER KEYSLOT foo` is 12182 (the Redis Cluster specification's example).
         let slot = crc16::State::<crc16::XMODEM>::calculate(b"foo") % 16_384;
         assert_eq!(slot, 12_182);
+    }
+
+    #[test]
+    fn redirections_are_read_from_info_errorstats() {
+        let info = "# Errorstats\r\nerrorstat_ASK:count=3\r\nerrorstat_MOVED:count=1204\r\n\
+                    errorstat_NOSCRIPT:count=2\r\n";
+        assert_eq!(error_count(info, "MOVED"), 1204);
+        assert_eq!(error_count(info, "ASK"), 3);
+        assert_eq!(error_count(info, "CROSSSLOT"), 0);
+        assert_eq!(error_count("# Errorstats\r\n", "MOVED"), 0);
     }
 
     #[test]

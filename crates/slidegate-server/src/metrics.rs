@@ -267,6 +267,12 @@ struct NodeLabels {
     node: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeKindLabels {
+    node: String,
+    kind: &'static str,
+}
+
 /// A Redis Cluster's per-master counters (labels: masters, never keys) and its topology changes.
 fn register_cluster(registry: &mut Registry, cluster: &ClusterStats) {
     let checks = Family::<NodeResultLabels, Counter>::default();
@@ -299,6 +305,24 @@ fn register_cluster(registry: &mut Registry, cluster: &ClusterStats) {
         "cluster_node_check_seconds",
         "Time the checks sent to each Redis Cluster master took, in all (divide by slidegate_cluster_node_checks_total for the mean)",
         seconds,
+    );
+    // Gauges, not counters: they are the masters' own counts, which start
+    // over when a master restarts and belong to every client of it.
+    let redirections = Family::<NodeKindLabels, Gauge>::default();
+    for master in &cluster.masters {
+        for (kind, value) in [("moved", master.moved_replies), ("ask", master.ask_replies)] {
+            redirections
+                .get_or_create(&NodeKindLabels {
+                    node: master.address.clone(),
+                    kind,
+                })
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "cluster_node_redirect_replies",
+        "MOVED and ASK replies each Redis Cluster master has sent to all its clients since it started (INFO errorstats, as of the last probe): a reshard in progress, or clients with a stale slot map",
+        redirections,
     );
     let changes = Counter::<u64>::default();
     changes.inc_by(cluster.topology_changes);

@@ -371,6 +371,41 @@ async fn a_live_slot_migration_under_load_answers_every_check_from_redis() {
         answers.len(),
         &not_from_redis[..not_from_redis.len().min(5)]
     );
+    // The redirections the replicas were sent are reported, in readiness
+    // and in the metrics, under the master that sent them (the source).
+    let source = format!("127.0.0.1:{}", cluster.nodes()[0].port());
+    let redirected = |master: &serde_json::Value| {
+        master["moved_replies"].as_u64().unwrap_or(0) + master["ask_replies"].as_u64().unwrap_or(0)
+    };
+    let ready = apps[0]
+        .eventually(
+            "readiness to report the source's redirections",
+            Duration::from_secs(15),
+            || apps[0].get("/health/ready"),
+            |reply| {
+                reply.body["checks"]["redis"]["topology"]["masters"]
+                    .as_array()
+                    .is_some_and(|masters| {
+                        masters.iter().any(|master| {
+                            master["address"] == source.as_str() && redirected(master) > 0
+                        })
+                    })
+            },
+        )
+        .await;
+    let samples = scrape(&apps[0].address).await;
+    let sent = |kind: &str| {
+        value(
+            &samples,
+            "slidegate_cluster_node_redirect_replies",
+            &[("node", source.as_str()), ("kind", kind)],
+        )
+    };
+    assert!(
+        sent("moved") + sent("ask") > 0.0,
+        "metrics show no redirection from the source; readiness: {}",
+        ready.body["checks"]["redis"]["topology"]
+    );
 }
 
 /// The slot of `key` as Redis computes it, asked of node `index`.
