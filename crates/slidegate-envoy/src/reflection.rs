@@ -1,11 +1,15 @@
-//! Server reflection: the descriptor sets the reflection service answers from, so grpcurl can list and describe services without .proto files.
+//! Server reflection: the descriptor sets the reflection service answers from, so grpcurl can list, describe and call the services without .proto files.
 //!
 //! envoy-types ships Envoy's generated messages but no encoded descriptor
-//! set, so the rate-limit service is not described here (yet): reflection
-//! lists the health service and itself. See docs/envoy.md for calling the
-//! rate-limit service with grpcurl and Envoy's .proto files.
+//! set, so `build.rs` compiles the vendored .proto files (`proto/`, copied
+//! from envoy-types) into one.
 
-/// The gRPC reflection service over every descriptor set this crate has.
+/// Envoy's rate-limit service and every file it imports, encoded.
+pub const RLS_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/rls_descriptor_set.bin"));
+
+/// The gRPC reflection service over the rate-limit service, the health
+/// service and itself.
 ///
 /// # Errors
 /// When a descriptor set does not decode (a build problem, never the request's).
@@ -16,6 +20,7 @@ pub fn service() -> Result<
     tonic_reflection::server::Error,
 > {
     tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(RLS_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
 }

@@ -207,6 +207,13 @@ async fn reflection_lists_the_services() {
         ask(MessageRequest::FileContainingSymbol(
             "envoy.service.ratelimit.v3.RateLimitService".into(),
         )),
+        // What grpcurl asks next: each imported file by name.
+        ask(MessageRequest::FileByFilename(
+            "envoy/extensions/common/ratelimit/v3/ratelimit.proto".into(),
+        )),
+        ask(MessageRequest::FileByFilename(
+            "google/protobuf/duration.proto".into(),
+        )),
     ];
     let mut answers = reflection
         .server_reflection_info(tokio_stream_of(requests))
@@ -231,12 +238,32 @@ async fn reflection_lists_the_services() {
         names.contains(&"envoy.service.ratelimit.v3.RateLimitService".to_owned()),
         "{names:?}"
     );
-    let Some(MessageResponse::FileDescriptorResponse(files)) =
-        answers.message().await.unwrap().unwrap().message_response
-    else {
-        panic!("expected the file describing the rate-limit service");
-    };
-    assert!(!files.file_descriptor_proto.is_empty());
+    // The service's file, then the files it imports, so grpcurl can build requests.
+    for expected in [
+        "envoy/service/ratelimit/v3/rls.proto",
+        "envoy/extensions/common/ratelimit/v3/ratelimit.proto",
+        "google/protobuf/duration.proto",
+    ] {
+        let Some(MessageResponse::FileDescriptorResponse(files)) =
+            answers.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("expected the file {expected}");
+        };
+        let names: Vec<String> = files
+            .file_descriptor_proto
+            .iter()
+            .map(|file| {
+                envoy_types::pb::google::protobuf::FileDescriptorProto::decode(file.as_slice())
+                    .unwrap()
+                    .name
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert!(
+            names.iter().any(|name| name == expected),
+            "{expected} is not in {names:?}"
+        );
+    }
 }
 
 /// A finite stream of `items` (what a client-streaming call sends).
