@@ -57,8 +57,9 @@ pub async fn serve_on<S: Store>(
         .set_serving::<RateLimitServiceServer<RlsService<S>>>()
         .await;
     let reflection = reflection::service()?;
-    let local = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "envoy rate limit service listening");
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(address = %local, "envoy rate limit service listening");
+    }
     // Nagle's delay would add up to 40 ms to small answers Envoy waits on.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
