@@ -70,6 +70,52 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
+/// A shared store is still one store: two limiters (the HTTP front end's and
+/// the Envoy front end's) deciding on one `Arc` share its pools, breakers'
+/// failure domains and counts.
+impl<S: Store> Store for std::sync::Arc<S> {
+    fn check(
+        &self,
+        policy: &Policy,
+        key: LimiterKey<'_>,
+        cost: u64,
+    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send {
+        (**self).check(policy, key, cost)
+    }
+
+    fn health(&self) -> impl Future<Output = StoreHealth> + Send {
+        (**self).health()
+    }
+
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+
+    fn pools(&self) -> Vec<PoolStats> {
+        (**self).pools()
+    }
+
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        (**self).memory_stats()
+    }
+
+    fn cluster_stats(&self) -> Option<ClusterStats> {
+        (**self).cluster_stats()
+    }
+
+    fn failure_domain(&self, policy: &Policy, key: LimiterKey<'_>) -> usize {
+        (**self).failure_domain(policy, key)
+    }
+
+    fn heartbeat(
+        &self,
+        replica: &str,
+        stale_after: Duration,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).heartbeat(replica, stale_after)
+    }
+}
+
 /// The store could not decide. Never carries secrets: connection URLs are not part of it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

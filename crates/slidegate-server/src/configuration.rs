@@ -76,6 +76,8 @@ pub struct Settings {
     pub forward_auth: ForwardAuthSettings,
     pub postgres: PostgresSettings,
     pub admin: AdminSettings,
+    /// The Envoy rate-limit gRPC listener and its rule files; off unless `bind` is set.
+    pub envoy_rls: slidegate_envoy::EnvoyRlsSettings,
     /// Policies in force. Absent: one demo policy, so a bare `cargo run` answers checks.
     pub policies: Option<Vec<PolicySpec>>,
 }
@@ -471,6 +473,12 @@ pub struct Validated {
     pub client_ip: ClientIpRules,
     /// The certificates the `redis.tls_*` files name, read and parsed.
     pub redis_tls: Option<RedisTls>,
+    /// With `envoy_rls.bind`: the rule files, read and parsed (and the
+    /// files they came from, for the watcher to tell changes by).
+    pub envoy_rules: Option<(
+        slidegate_envoy::RuleSet,
+        Vec<slidegate_envoy::rules::Source>,
+    )>,
 }
 
 impl Settings {
@@ -529,12 +537,23 @@ impl Settings {
         let forward_auth_rules = self.rules(&policies)?;
         let client_ip = self.forward_auth.client_ip_rules()?;
         let redis_tls = self.redis.tls()?;
+        let envoy_rules = match (&self.envoy_rls.bind, &self.envoy_rls.rules) {
+            // A rule file that does not parse stops the start: there are no
+            // last good rules to keep yet. The error names the file, the
+            // path in it and the reason.
+            (Some(_), Some(path)) => Some(
+                slidegate_envoy::watch::load_initial(path)
+                    .map_err(|error| ConfigurationError::invalid("envoy_rls.rules", error))?,
+            ),
+            _ => None,
+        };
         Ok(Validated {
             settings: self,
             policies,
             forward_auth_rules,
             client_ip,
             redis_tls,
+            envoy_rules,
         })
     }
 
@@ -601,6 +620,7 @@ impl Settings {
             ));
         }
         self.postgres.validate()?;
+        self.envoy_rls.validate()?;
         self.validate_admin()?;
         let prefix = &self.limiter.key_prefix;
         if prefix.contains(['{', '}']) || prefix.len() > 64 {

@@ -77,6 +77,8 @@ struct PoolLabels {
 /// own, so tests running several replicas in one process read their own numbers.
 #[derive(Debug)]
 pub struct Metrics {
+    /// The Envoy front end's rule reloads, when it runs.
+    envoy_reloads: std::sync::OnceLock<Arc<slidegate_envoy::ReloadCounters>>,
     registry: Registry,
     policies: PolicyMetricsSource,
     store_errors: Family<StoreErrorLabels, Counter>,
@@ -127,6 +129,7 @@ impl Metrics {
             ]),
         );
         Self {
+            envoy_reloads: std::sync::OnceLock::new(),
             registry,
             policies: PolicyMetricsSource {
                 decisions,
@@ -184,12 +187,30 @@ impl Metrics {
         if let Some((sync, stats)) = catalog {
             register_catalog(&mut scraped, sync, stats);
         }
+        if let Some(reloads) = self.envoy_reloads.get() {
+            let family = Family::<ResultLabels, Counter>::default();
+            for (result, value) in [("ok", reloads.ok()), ("invalid", reloads.invalid())] {
+                family.get_or_create(&ResultLabels { result }).inc_by(value);
+            }
+            scraped.register(
+                "envoy_rls_rule_reloads",
+                "Changes to the Envoy rule files, by result (ok: put in force; invalid: refused, the last good rules kept)",
+                family,
+            );
+        }
         register_spans(&mut scraped, telemetry::span_export_stats());
         let mut body = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_text::encode(&mut body, &self.registry)
             .and_then(|()| prometheus_text::encode(&mut body, &scraped));
         body
+    }
+}
+
+impl Metrics {
+    /// Exports `reloads` from now on (the Envoy front end's watcher counts them).
+    pub fn count_envoy_reloads(&self, reloads: Arc<slidegate_envoy::ReloadCounters>) {
+        let _ = self.envoy_reloads.set(reloads);
     }
 }
 

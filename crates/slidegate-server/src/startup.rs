@@ -37,6 +37,16 @@ pub enum StartupError {
     },
 }
 
+/// The Envoy rate-limit gRPC server of a replica, stopped with the HTTP ones.
+struct EnvoyRls {
+    address: SocketAddr,
+    /// Sent once: stop taking calls, finish those in flight.
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: JoinHandle<Result<(), slidegate_envoy::ServeError>>,
+    /// Re-reads the rule files; stopped when dropped.
+    _watcher: slidegate_envoy::RulesWatcher,
+}
+
 /// A replica, bound to its port (and its admin port) and ready to run.
 pub struct Application {
     address: SocketAddr,
@@ -50,6 +60,8 @@ pub struct Application {
     signals: StopSignals,
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
+    shutdown_timeout: Duration,
+    envoy_rls: Option<EnvoyRls>,
 }
 
 impl Application {
@@ -76,6 +88,7 @@ impl Application {
             forward_auth_rules,
             client_ip,
             redis_tls,
+            envoy_rules,
         } = valid;
         let settings = &settings;
         let forward_auth = ForwardAuth {
@@ -99,32 +112,50 @@ impl Application {
             ),
             None => (
                 AnyStore::Memory(MemoryStore::bounded(
-                    clock,
+                    Arc::clone(&clock),
                     settings.limiter.max_keys,
                     "embedded",
                 )),
                 None,
             ),
         };
+        // One store for every front end: the Envoy limiter shares its pools.
+        let store = Arc::new(store);
         let store_kind = store.kind();
         let catalog = Self::open_catalog(settings).await?;
         let metrics = Metrics::new(store_kind, policies.len());
         let (limiter, catalog, loaded) = match catalog {
             Some((catalog, loaded)) => (
-                Limiter::awaiting_bundle(store, metrics.observer()),
+                Limiter::awaiting_bundle(Arc::clone(&store), metrics.observer()),
                 Some(catalog),
                 loaded,
             ),
             None => (
-                Limiter::new(policies, store, metrics.observer()),
+                Limiter::new(policies, Arc::clone(&store), metrics.observer()),
                 None,
                 None,
             ),
         };
         // Failover first: a catalog loaded into the limiter takes its default failure mode.
+        let shared_store = failover.is_some();
         let limiter = match failover {
             Some(failover) => limiter.with_failover(failover),
             None => limiter,
+        };
+        let envoy_rls = match (settings.envoy_rls.bind, envoy_rules) {
+            (Some(bind), Some((rules, sources))) => Some(
+                Self::start_envoy_rls(
+                    settings,
+                    bind,
+                    rules,
+                    sources,
+                    &store,
+                    shared_store.then(|| Arc::clone(&clock)),
+                    &metrics,
+                )
+                .await?,
+            ),
+            _ => None,
         };
         if let (Some(update), Some(catalog)) = (loaded, &catalog) {
             catalog.apply(update, |bundle| limiter.replace(bundle));
@@ -206,7 +237,7 @@ impl Application {
         let mut tasks = vec![every(sweep_interval, move || {
             let state = sweep_state.clone();
             async move {
-                if let AnyStore::Memory(store) = state.limiter.store() {
+                if let AnyStore::Memory(store) = &**state.limiter.store() {
                     let evicted = store.evict_idle();
                     tracing::trace!(evicted, remaining = store.len(), "swept idle keys");
                 }
@@ -247,7 +278,71 @@ impl Application {
             signals: StopSignals::install(),
             draining,
             drain_delay: settings.server.drain_delay,
+            shutdown_timeout: settings.server.shutdown_timeout,
+            envoy_rls,
         })
+    }
+
+    /// The Envoy front end: its own limiter over the same store (its
+    /// policies are the rules', swapped on reload; its failover has the
+    /// rules' failure mode), the rule watcher and the gRPC server on `bind`.
+    async fn start_envoy_rls(
+        settings: &Settings,
+        bind: SocketAddr,
+        rules: slidegate_envoy::RuleSet,
+        sources: Vec<slidegate_envoy::rules::Source>,
+        store: &Arc<AnyStore>,
+        shared_clock: Option<Arc<dyn Clock>>,
+        metrics: &Metrics,
+    ) -> Result<EnvoyRls, StartupError> {
+        let envoy = &settings.envoy_rls;
+        let limiter = Limiter::awaiting_bundle(Arc::clone(store), metrics.observer());
+        let limiter = match shared_clock {
+            Some(clock) => {
+                let mut options = settings.failover();
+                if let Some(mode) = envoy.failure_mode {
+                    options.default_mode = mode;
+                }
+                limiter.with_failover(Failover::new(options, clock))
+            }
+            None => limiter,
+        };
+        let engine = Arc::new(slidegate_envoy::Engine::new(limiter, rules));
+        let path = envoy.rules.clone().unwrap_or_default();
+        let watcher = slidegate_envoy::RulesWatcher::start(
+            Arc::clone(&engine),
+            path,
+            envoy.reload_interval,
+            sources,
+            None,
+        );
+        metrics.count_envoy_reloads(Arc::clone(watcher.counters()));
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|source| StartupError::Bind {
+                address: bind.to_string(),
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| StartupError::Bind {
+            address: bind.to_string(),
+            source,
+        })?;
+        let service = slidegate_envoy::RlsService::new(engine, envoy.response_headers);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(slidegate_envoy::serve_on(listener, service, async {
+            let _ = stopped.await;
+        }));
+        Ok(EnvoyRls {
+            address,
+            stop,
+            server,
+            _watcher: watcher,
+        })
+    }
+
+    /// The Envoy rate-limit gRPC listener's address, with `envoy_rls.bind` set.
+    pub fn envoy_rls_address(&self) -> Option<SocketAddr> {
+        self.envoy_rls.as_ref().map(|envoy| envoy.address)
     }
 
     /// With `postgres.url` set: the catalog, migrated, and loaded once if
@@ -342,7 +437,23 @@ impl Application {
             }
         }
         // Every listener closes at once and shares the one shutdown_timeout.
-        futures_util::future::join_all(handles.iter().map(|handle| handle.stop(true))).await;
+        let envoy_stopped = async {
+            if let Some(envoy) = self.envoy_rls {
+                let _ = envoy.stop.send(());
+                match tokio::time::timeout(self.shutdown_timeout, envoy.server).await {
+                    Ok(Ok(Err(error))) => tracing::error!(%error, "the Envoy gRPC server failed"),
+                    Ok(_) => {}
+                    Err(_) => {
+                        tracing::warn!("Envoy gRPC calls still running after shutdown_timeout")
+                    }
+                }
+            }
+        };
+        futures_util::future::join(
+            futures_util::future::join_all(handles.iter().map(|handle| handle.stop(true))),
+            envoy_stopped,
+        )
+        .await;
         while let Some(finished) = servers.join_next().await {
             let finished = flatten(finished);
             if result.is_ok() {
@@ -375,7 +486,7 @@ fn bind(address: &str) -> Result<(TcpListener, SocketAddr), StartupError> {
 
 /// What every listener's server shares.
 struct Serving<'a> {
-    state: &'a web::Data<HttpState<AnyStore>>,
+    state: &'a web::Data<HttpState<Arc<AnyStore>>>,
     draining: &'a Arc<AtomicBool>,
     traced: bool,
     settings: &'a ServerSettings,
@@ -412,7 +523,7 @@ impl Serving<'_> {
                 })
                 .wrap(Condition::new(traced, TracingLogger::<RootSpan>::new()))
                 .app_data(state.clone())
-                .configure(|config| http::routes::<AnyStore>(routes, config))
+                .configure(|config| http::routes::<Arc<AnyStore>>(routes, config))
         })
         // Signals are ours (see `run_until`): actix would stop accepting at
         // once, before load balancers have noticed the replica is leaving.

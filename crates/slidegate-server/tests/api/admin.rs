@@ -531,6 +531,7 @@ async fn neither_an_api_key_nor_the_admin_token_ever_reaches_the_logs() {
     let app = crate::helpers::TestApp {
         address: replica.address.clone(),
         admin_address: replica.admin_address.clone(),
+        envoy_address: None,
         client: replica.client.clone(),
     };
     app.admin(Method::POST, "/policies", Some(policy_body("api", 5)))

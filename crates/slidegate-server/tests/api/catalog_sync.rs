@@ -452,6 +452,7 @@ async fn each_catalog_version_applied_is_logged_once_with_its_policy_count() {
     let app = TestApp {
         address: replica.address.clone(),
         admin_address: replica.admin_address.clone(),
+        envoy_address: None,
         client: replica.client.clone(),
     };
     assert_eq!(

@@ -116,6 +116,8 @@ pub struct TestApp {
     pub address: String,
     /// The admin listener, when the test set `server.admin_bind` (its address becomes port 0).
     pub admin_address: Option<String>,
+    /// The Envoy rate-limit gRPC listener, with `envoy_rls.bind` set (it becomes port 0).
+    pub envoy_address: Option<std::net::SocketAddr>,
     pub client: reqwest::Client,
 }
 
@@ -217,6 +219,9 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
         settings.server.admin_bind = Some("127.0.0.1:0".into());
     }
     settings.server.workers = Some(2);
+    if settings.envoy_rls.bind.is_some() {
+        settings.envoy_rls.bind = Some(([127, 0, 0, 1], 0).into());
+    }
     settings.redis.url = options.redis_url.map(Into::into);
     settings.limiter.key_prefix = options.key_prefix;
     settings.policies = Some(options.policies);
@@ -232,10 +237,12 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
     let admin_address = application
         .admin_address()
         .map(|admin| format!("http://{admin}"));
+    let envoy_address = application.envoy_rls_address();
     tokio::spawn(application.run_until_stopped());
     TestApp {
         address,
         admin_address,
+        envoy_address,
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(200)
             .build()

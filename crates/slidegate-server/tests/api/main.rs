@@ -10,6 +10,7 @@ mod cluster;
 mod configuration;
 mod deny_cache;
 mod deploy;
+mod envoy_rls;
 mod exactness;
 mod failure_modes;
 mod fault_proxy;
