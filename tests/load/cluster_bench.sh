@@ -61,13 +61,6 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/cluster_bench.XXXXXX")
 SERVER_PIDS=()
 REPLICA_PID=""
 
-stop_replica() {
-  [[ -n $REPLICA_PID ]] || return 0
-  kill -TERM "$REPLICA_PID" 2>/dev/null || true
-  wait "$REPLICA_PID" 2>/dev/null || true
-  REPLICA_PID=""
-}
-
 cleanup() {
   local status=$?
   trap - EXIT INT TERM

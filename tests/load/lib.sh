@@ -67,3 +67,23 @@ ensure_k6() {
     hash -r
   fi
 }
+
+# Stops the replica REPLICA_PID (if set) with SIGTERM, and SIGKILL after 5 s.
+REPLICA_PID=${REPLICA_PID:-}
+stop_replica() {
+  [[ -n $REPLICA_PID ]] || return 0
+  if kill -0 "$REPLICA_PID" 2>/dev/null; then
+    kill -TERM "$REPLICA_PID" 2>/dev/null || true
+    local waited=0
+    while kill -0 "$REPLICA_PID" 2>/dev/null && ((waited < 50)); do
+      sleep 0.1
+      waited=$((waited + 1))
+    done
+    if kill -0 "$REPLICA_PID" 2>/dev/null; then
+      log "replica $REPLICA_PID ignored SIGTERM for 5 s; killing it"
+      kill -KILL "$REPLICA_PID" 2>/dev/null || true
+    fi
+  fi
+  wait "$REPLICA_PID" 2>/dev/null || true
+  REPLICA_PID=""
+}

@@ -37,6 +37,33 @@ pub fn free_cluster_port() -> u16 {
     }
 }
 
+/// `redis-server` arguments for plain text on `port` (0: none) and TLS on
+/// `tls_port`, presenting `certificate`, trusting `pki`'s CA for client
+/// certificates, which `auth_clients` (`yes`, `no`, `optional`) asks for.
+fn tls_listener_args(
+    port: u16,
+    tls_port: u16,
+    pki: &TestPki,
+    certificate: &Certificate,
+    auth_clients: &str,
+) -> Vec<String> {
+    let path = |path: &Path| path.display().to_string();
+    vec![
+        "--port".into(),
+        port.to_string(),
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        path(&certificate.cert),
+        "--tls-key-file".into(),
+        path(&certificate.key),
+        "--tls-ca-cert-file".into(),
+        path(&pki.ca.cert),
+        "--tls-auth-clients".into(),
+        auth_clients.into(),
+    ]
+}
+
 /// The password of a TLS cluster's nodes ([`PrivateCluster::start_tls`]).
 pub const CLUSTER_PASSWORD: &str = "cluster-secret";
 
@@ -90,26 +117,17 @@ impl PrivateRedis {
         clients_need_certificates: bool,
     ) -> Self {
         let port = free_port();
-        let path = |path: &Path| path.display().to_string();
-        let args = vec![
-            "--port".into(),
-            "0".into(),
-            "--tls-port".into(),
-            port.to_string(),
-            "--tls-cert-file".into(),
-            path(&certificate.cert),
-            "--tls-key-file".into(),
-            path(&certificate.key),
-            "--tls-ca-cert-file".into(),
-            path(&pki.ca.cert),
-            "--tls-auth-clients".into(),
+        let args = tls_listener_args(
+            0,
+            port,
+            pki,
+            certificate,
             if clients_need_certificates {
                 "yes"
             } else {
                 "no"
-            }
-            .into(),
-        ];
+            },
+        );
         Self::start_with(port, "rediss", args)
     }
 
@@ -154,25 +172,14 @@ impl PrivateRedis {
     ) -> Self {
         let plain_port = free_port();
         let path = |path: &Path| path.display().to_string();
-        let args = vec![
-            "--port".into(),
-            plain_port.to_string(),
-            "--tls-port".into(),
-            port.to_string(),
-            "--tls-cert-file".into(),
-            path(&certificate.cert),
-            "--tls-key-file".into(),
-            path(&certificate.key),
-            "--tls-ca-cert-file".into(),
-            path(&pki.ca.cert),
+        let mut args = tls_listener_args(plain_port, port, pki, certificate, "yes");
+        args.extend([
             // The nodes present their certificate to each other as clients
             // of the bus and of replication.
             "--tls-client-cert-file".into(),
             path(&certificate.cert),
             "--tls-client-key-file".into(),
             path(&certificate.key),
-            "--tls-auth-clients".into(),
-            "yes".into(),
             "--requirepass".into(),
             CLUSTER_PASSWORD.into(),
             "--masterauth".into(),
@@ -189,7 +196,7 @@ impl PrivateRedis {
             "2000".into(),
             "--dir".into(),
             dir.display().to_string(),
-        ];
+        ]);
         let mut node = Self::start_with(port, "rediss", args);
         node.plain_port = Some(plain_port);
         node.password = Some(CLUSTER_PASSWORD);
@@ -203,25 +210,13 @@ impl PrivateRedis {
     pub fn start_tls_replicating(pki: &TestPki, master: Option<&PrivateRedis>) -> Self {
         let port = free_port();
         let plain_port = free_port();
-        let path = |path: &Path| path.display().to_string();
-        let mut args = vec![
-            "--port".into(),
-            plain_port.to_string(),
-            "--tls-port".into(),
-            port.to_string(),
-            "--tls-cert-file".into(),
-            path(&pki.server.cert),
-            "--tls-key-file".into(),
-            path(&pki.server.key),
-            "--tls-ca-cert-file".into(),
-            path(&pki.ca.cert),
-            "--tls-auth-clients".into(),
-            "no".into(),
+        let mut args = tls_listener_args(plain_port, port, pki, &pki.server, "no");
+        args.extend([
             "--tls-replication".into(),
             "yes".into(),
             "--repl-diskless-sync-delay".into(),
             "0".into(),
-        ];
+        ]);
         if let Some(master) = master {
             args.extend([
                 "--replicaof".into(),
