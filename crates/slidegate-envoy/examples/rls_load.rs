@@ -104,7 +104,6 @@ fn main() {
                             })
                             .collect(),
                         hits_addend: 1,
-                        ..Default::default()
                     };
                     let sent = Instant::now();
                     let answer = client.should_rate_limit(request).await;
