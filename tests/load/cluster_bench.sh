@@ -36,15 +36,12 @@ KEY_SPACE=${KEY_SPACE:-100000}
 WRK_THREADS=${WRK_THREADS:-1}
 POLICY=bench
 REPORT_DIR="$ROOT/target/load-report"
-READY_DEADLINE_S=30
 
 LOG_NAME=cluster_bench
 # shellcheck source=tests/load/lib.sh
 source "$HERE/lib.sh"
 
-for value in DURATION WARMUP CONNECTIONS KEY_SPACE WRK_THREADS; do
-  [[ ${!value} =~ ^[0-9]+$ ]] || die "$value must be a whole number (got ${!value})"
-done
+require_whole_numbers DURATION WARMUP CONNECTIONS KEY_SPACE WRK_THREADS
 ((DURATION >= 1 && DURATION <= 600)) || die "DURATION must be 1..600 seconds"
 for tool in wrk redis-server redis-cli curl cargo python3; do
   command -v "$tool" >/dev/null || die "$tool is not installed (wrk: apt-get install wrk)"
@@ -130,30 +127,6 @@ log "standalone Redis on $STANDALONE_PORT; cluster masters on ${CLUSTER_PORTS[*]
 NODES=$(printf 'redis://127.0.0.1:%s,' "${CLUSTER_PORTS[@]}")
 NODES=${NODES%,}
 
-# Starts one replica with the given environment (NAME=value ...) and waits
-# until it is ready; sets URL.
-start_replica() {
-  env SLIDEGATE__SERVER__BIND=127.0.0.1:0 \
-    SLIDEGATE__SERVER__SHUTDOWN_TIMEOUT=2s \
-    SLIDEGATE__LIMITER__KEY_PREFIX="cluster-bench:" \
-    SLIDEGATE__LOG__FORMAT=json \
-    "$@" "$BINARY" --config "$HERE/policies.toml" >"$WORK/replica.log" 2>&1 &
-  REPLICA_PID=$!
-  local address="" deadline=$((SECONDS + READY_DEADLINE_S))
-  while ((SECONDS < deadline)); do
-    kill -0 "$REPLICA_PID" 2>/dev/null || die "the replica exited during start-up"
-    [[ -n $address ]] ||
-      address=$(grep -so '"address":"127\.0\.0\.1:[0-9]*"' "$WORK/replica.log" | head -n 1 | cut -d'"' -f4 || true)
-    if [[ -n $address ]] &&
-      [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$address/health/ready" || true) == 200 ]]; then
-      URL="http://$address"
-      return 0
-    fi
-    sleep 0.2
-  done
-  die "the replica was not ready within ${READY_DEADLINE_S}s"
-}
-
 run_wrk() { # seconds, output file
   run_child "$2" timeout $(($1 + 30)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${1}s" --timeout 5s \
     -s "$HERE/check.lua" "$URL" -- "$POLICY" "$KEY_SPACE" 0
@@ -174,10 +147,12 @@ measure() {
 }
 
 log "load: ${DURATION}s, $CONNECTIONS connections, $KEY_SPACE keys, policy $POLICY (sliding_log)"
-start_replica SLIDEGATE__REDIS__URL="redis://127.0.0.1:$STANDALONE_PORT"
+start_replica_and_wait "$WORK/replica.log" SLIDEGATE__LIMITER__KEY_PREFIX="cluster-bench:" \
+  SLIDEGATE__REDIS__URL="redis://127.0.0.1:$STANDALONE_PORT"
 read -r s_rps s_p50 s_p99 s_errors < <(measure)
 stop_replica
-start_replica SLIDEGATE__REDIS__MODE=cluster SLIDEGATE__REDIS__NODES="$NODES"
+start_replica_and_wait "$WORK/replica.log" SLIDEGATE__LIMITER__KEY_PREFIX="cluster-bench:" \
+  SLIDEGATE__REDIS__MODE=cluster SLIDEGATE__REDIS__NODES="$NODES"
 read -r c_rps c_p50 c_p99 c_errors < <(measure)
 keys_per_master=$(for port in "${CLUSTER_PORTS[@]}"; do redis-cli -p "$port" DBSIZE; done | paste -sd / -)
 stop_replica

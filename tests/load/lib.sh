@@ -87,3 +87,40 @@ stop_replica() {
   wait "$REPLICA_PID" 2>/dev/null || true
   REPLICA_PID=""
 }
+
+# Dies unless every named variable holds a whole number.
+require_whole_numbers() { # variable names...
+  local name
+  for name in "$@"; do
+    [[ ${!name} =~ ^[0-9]+$ ]] || die "$name must be a whole number (got ${!name})"
+  done
+}
+
+# Starts the release replica BINARY with tests/load/policies.toml, logging
+# JSON to the file $1, with the environment given after it (NAME=value ...)
+# on top of a free port and a 2 s shutdown; sets REPLICA_PID, then waits up
+# to 30 s for GET /health/ready = 200 and sets URL (http://host:port).
+start_replica_and_wait() { # log file, NAME=value...
+  local replica_log=$1
+  shift
+  env SLIDEGATE__SERVER__BIND=127.0.0.1:0 \
+    SLIDEGATE__SERVER__SHUTDOWN_TIMEOUT=2s \
+    SLIDEGATE__LOG__FORMAT=json \
+    "$@" "$BINARY" --config "$HERE/policies.toml" >"$replica_log" 2>&1 &
+  REPLICA_PID=$!
+  local address="" deadline=$((SECONDS + 30))
+  while ((SECONDS < deadline)); do
+    kill -0 "$REPLICA_PID" 2>/dev/null || die "the replica exited during start-up"
+    # The HTTP listener's line: a gRPC listener, when on, logs an address too.
+    [[ -n $address ]] ||
+      address=$(grep -s 'slidegate is listening' "$replica_log" | grep -o '"address":"127\.0\.0\.1:[0-9]*"' |
+        head -n 1 | cut -d'"' -f4 || true)
+    if [[ -n $address ]] &&
+      [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$address/health/ready" || true) == 200 ]]; then
+      URL="http://$address"
+      return 0
+    fi
+    sleep 0.2
+  done
+  die "the replica was not ready within 30 s"
+}

@@ -31,15 +31,12 @@ CONNECTIONS=${CONNECTIONS:-4}
 KEY_SPACE=${KEY_SPACE:-100000}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 REPORT_DIR="$ROOT/target/load-report"
-READY_DEADLINE_S=30
 
 LOG_NAME=rls_bench
 # shellcheck source=tests/load/lib.sh
 source "$HERE/lib.sh"
 
-for value in DURATION WARMUP STREAMS CONNECTIONS KEY_SPACE; do
-  [[ ${!value} =~ ^[0-9]+$ ]] || die "$value must be a whole number (got ${!value})"
-done
+require_whole_numbers DURATION WARMUP STREAMS CONNECTIONS KEY_SPACE
 ((DURATION >= 1 && DURATION <= 600)) || die "DURATION must be 1..600 seconds"
 require_loopback_redis
 for tool in wrk redis-cli curl cargo python3; do
@@ -89,31 +86,16 @@ YAML
 
 GRPC_PORT=$(free_port)
 log "starting the replica (Redis store, key prefix $PREFIX, RLS on 127.0.0.1:$GRPC_PORT)"
-SLIDEGATE__SERVER__BIND=127.0.0.1:0 \
-  SLIDEGATE__SERVER__SHUTDOWN_TIMEOUT=2s \
+start_replica_and_wait "$WORK/replica.log" \
   SLIDEGATE__REDIS__URL="$REDIS_URL" \
   SLIDEGATE__LIMITER__KEY_PREFIX="$PREFIX" \
-  SLIDEGATE__LOG__FORMAT=json \
   SLIDEGATE__ENVOY_RLS__BIND="127.0.0.1:$GRPC_PORT" \
-  SLIDEGATE__ENVOY_RLS__RULES="$WORK/rules.yaml" \
-  "$BINARY" --config "$HERE/policies.toml" >"$WORK/replica.log" 2>&1 &
-REPLICA_PID=$!
-ADDRESS=""
-deadline=$((SECONDS + READY_DEADLINE_S))
-until [[ -n $ADDRESS ]] &&
-  [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$ADDRESS/health/ready" || true) == 200 ]]; do
-  kill -0 "$REPLICA_PID" 2>/dev/null || die "the replica exited during start-up"
-  ((SECONDS < deadline)) || die "the replica was not ready within ${READY_DEADLINE_S}s"
-  # The HTTP listener's line (the gRPC listener logs an address too).
-  ADDRESS=$(grep -s 'slidegate is listening' "$WORK/replica.log" | grep -o '"address":"127\.0\.0\.1:[0-9]*"' |
-    head -n 1 | cut -d'"' -f4 || true)
-  sleep 0.2
-done
-log "replica ready at http://$ADDRESS"
+  SLIDEGATE__ENVOY_RLS__RULES="$WORK/rules.yaml"
+log "replica ready at $URL"
 
 http_run() { # seconds, output file
   run_child "$2" timeout $(($1 + 30)) wrk -t1 -c"$STREAMS" -d"${1}s" --timeout 5s \
-    -s "$HERE/check.lua" "http://$ADDRESS" -- bench "$KEY_SPACE" 0
+    -s "$HERE/check.lua" "$URL" -- bench "$KEY_SPACE" 0
 }
 rls_run() { # seconds, descriptors, output file
   run_child "$3" timeout $(($1 + 30)) "$LOADER" "127.0.0.1:$GRPC_PORT" "$STREAMS" "$1" "$2" "$KEY_SPACE" "$CONNECTIONS"
