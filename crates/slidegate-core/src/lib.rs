@@ -60,7 +60,7 @@ pub use policy::{Algorithm, FailureMode, Policy, PolicyError, PolicyName, Policy
 pub use settings::{BreakerSettings, InvalidSetting};
 pub use spec::{MatchSpec, PolicySpec};
 pub use store::{
-    ClusterStats, ClusterTopology, DependencyHealth, MasterHealth, MemoryStats, NodeStats,
+    Check, ClusterStats, ClusterTopology, DependencyHealth, MasterHealth, MemoryStats, NodeStats,
     PoolHealth, PoolStats, Store, StoreError, StoreHealth,
 };
 pub use tenant::{

@@ -681,6 +681,13 @@ mod scripted {
             Ok(outcome)
         }
 
+        async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Outcome>, StoreError> {
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            Ok(self.memory.decide_all(checks))
+        }
+
         async fn health(&self) -> StoreHealth {
             StoreHealth {
                 ok: !self.down.load(std::sync::atomic::Ordering::Relaxed),

@@ -383,6 +383,16 @@ impl Store for ClusterStore {
         result
     }
 
+    /// Placeholder until the all-or-nothing script lands.
+    async fn check_all(
+        &self,
+        _checks: &[slidegate_core::Check<'_>],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        Err(StoreError::Misconfigured(
+            "check_all is not built yet".into(),
+        ))
+    }
+
     fn cluster_stats(&self) -> Option<ClusterStats> {
         let seen = self
             .masters_seen

@@ -625,6 +625,16 @@ impl Store for RedisStore {
         traced_decision(policy, self.evalsha(policy, key, cost)).await
     }
 
+    /// Placeholder until the all-or-nothing script lands.
+    async fn check_all(
+        &self,
+        _checks: &[slidegate_core::Check<'_>],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        Err(StoreError::Misconfigured(
+            "check_all is not built yet".into(),
+        ))
+    }
+
     fn kind(&self) -> &'static str {
         "redis"
     }
