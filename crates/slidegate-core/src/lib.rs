@@ -53,7 +53,9 @@ pub use counters::{CountersSnapshot, FailureCounters};
 pub use decision::{Decision, Outcome};
 pub use failover::{Failover, FailoverHealth, FailoverOptions};
 pub use key::{KeyError, LimiterKey};
-pub use limiter::{Bundle, CheckError, Checked, Limiter, LimiterHealth, MAX_COST};
+pub use limiter::{
+    Bundle, CheckError, Checked, Limiter, LimiterHealth, MAX_COST, PolicyCheck, UnknownPolicy,
+};
 pub use memory::MemoryStore;
 pub use observe::{Observer, PolicyRecorder, StoreErrorRecorder, Unobserved, unobserved};
 pub use policy::{Algorithm, FailureMode, Policy, PolicyError, PolicyName, PolicySet, Window};
