@@ -2,6 +2,7 @@
 
 mod admin;
 mod admin_listener;
+mod all_or_nothing;
 mod bad_input;
 mod catalog_sync;
 mod chaos;
