@@ -70,3 +70,26 @@ impl StoreErrorRecorder for Unobserved {
 pub fn unobserved() -> Arc<dyn Observer> {
     Arc::new(Unobserved)
 }
+
+tokio::task_local! {
+    /// Whether the request this task serves is traced, as its front end decided.
+    static TRACED: bool;
+}
+
+/// Runs `serving` as a request whose front end has decided whether it is
+/// traced (from its caller's `traceparent`, else by the sample ratio). A
+/// tracing layer reads the decision with [`traced_here`], so that a request
+/// not traced builds no span at all: the limiter's spans are then disabled
+/// and cost one check each, the same as with tracing off.
+pub fn traced_as<F: std::future::Future>(
+    traced: bool,
+    serving: F,
+) -> tokio::task::futures::TaskLocalFuture<bool, F> {
+    TRACED.scope(traced, serving)
+}
+
+/// The decision of the request this task serves; `None` outside one (a
+/// background task).
+pub fn traced_here() -> Option<bool> {
+    TRACED.try_with(|traced| *traced).ok()
+}
