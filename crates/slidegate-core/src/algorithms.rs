@@ -42,6 +42,18 @@ pub struct SlidingLog {
 
 impl SlidingLog {
     pub fn decide(&mut self, clock: Micros, window: u64, limit: u64, cost: u64) -> Outcome {
+        self.reserve(clock, window, limit, cost).0
+    }
+
+    /// As [`SlidingLog::decide`], and the instant its units were logged at:
+    /// what [`SlidingLog::release`] needs to give them back.
+    pub fn reserve(
+        &mut self,
+        clock: Micros,
+        window: u64,
+        limit: u64,
+        cost: u64,
+    ) -> (Outcome, Micros) {
         // The clock going back never admits on borrowed time: `now` is never
         // earlier than the newest entry, and the reply's durations are on `clock`.
         let now = self.log.back().map_or(clock, |newest| clock.max(newest.at));
@@ -86,12 +98,13 @@ impl SlidingLog {
                     .get(index)
                     .map_or(now, |entry| entry.at.saturating_add(window))
             };
-            return Outcome {
+            let outcome = Outcome {
                 allowed: false,
                 remaining: limit.saturating_sub(held),
                 reset_after_us: reset_after(newest_at),
                 retry_after_us: fits.saturating_sub(clock),
             };
+            return (outcome, now);
         }
 
         if cost > 0 {
@@ -110,11 +123,33 @@ impl SlidingLog {
             newest_at = Some(now);
             held = held.saturating_add(cost);
         }
-        Outcome {
+        let outcome = Outcome {
             allowed: true,
             remaining: limit.saturating_sub(held),
             reset_after_us: reset_after(newest_at),
             retry_after_us: 0,
+        };
+        (outcome, now)
+    }
+
+    /// Gives back `cost` units logged at `at` by [`SlidingLog::reserve`]
+    /// (the script's `release`): the entry of that instant loses them, and
+    /// every later entry's cumulative count with it. Units that have left
+    /// the window meanwhile are gone already: nothing to give back.
+    pub fn release(&mut self, at: Micros, cost: u64) {
+        // Entries are in strictly increasing time: one instant, one entry.
+        let index = self.log.partition_point(|entry| entry.at < at);
+        let Some(entry) = self.log.get_mut(index).filter(|entry| entry.at == at) else {
+            return;
+        };
+        let given = cost.min(entry.units);
+        entry.units -= given;
+        let emptied = entry.units == 0;
+        for later in self.log.range_mut(index..) {
+            later.end = later.end.saturating_sub(given);
+        }
+        if emptied {
+            self.log.remove(index);
         }
     }
 }
@@ -129,6 +164,12 @@ pub struct SlidingWindow {
 
 impl SlidingWindow {
     pub fn decide(&mut self, now: Micros, window: u64, limit: u64, cost: u64) -> Outcome {
+        self.reserve(now, window, limit, cost).0
+    }
+
+    /// As [`SlidingWindow::decide`], and the index of the fixed window its
+    /// units were counted in: what [`SlidingWindow::release`] needs.
+    pub fn reserve(&mut self, now: Micros, window: u64, limit: u64, cost: u64) -> (Outcome, u64) {
         let mut index = now / window;
         let mut elapsed = now - index * window;
         let (mut current, mut previous) = (0, 0);
@@ -183,12 +224,13 @@ impl SlidingWindow {
                 (window_f - elapsed as f64 + at).ceil()
             };
             let remaining = (limit_f - (previous_f * weight + current_f)).floor();
-            return Outcome {
+            let outcome = Outcome {
                 allowed: false,
                 remaining: remaining.max(0.0) as u64,
                 reset_after_us: reset_after(current),
                 retry_after_us: (retry_after.max(1.0) as u64).saturating_add(lead),
             };
+            return (outcome, index);
         }
 
         if cost > 0 {
@@ -200,11 +242,26 @@ impl SlidingWindow {
             };
         }
         let remaining = (limit_f - (previous_f * weight + current as f64)).floor();
-        Outcome {
+        let outcome = Outcome {
             allowed: true,
             remaining: remaining.max(0.0) as u64,
             reset_after_us: reset_after(current),
             retry_after_us: 0,
+        };
+        (outcome, index)
+    }
+
+    /// Gives back `cost` units counted in fixed window `index` by
+    /// [`SlidingWindow::reserve`]: from the current count while that window
+    /// is current, from the previous one in the window after; later, they
+    /// no longer weigh and there is nothing to give back.
+    pub fn release(&mut self, index: u64, cost: u64) {
+        match self.index {
+            Some(stored) if stored == index => self.current -= cost.min(self.current),
+            Some(stored) if stored.checked_sub(1) == Some(index) => {
+                self.previous -= cost.min(self.previous);
+            }
+            _ => {}
         }
     }
 }
@@ -226,6 +283,18 @@ struct Drain {
 
 impl Gcra {
     pub fn decide(&mut self, now: Micros, window: u64, limit: u64, cost: u64) -> Outcome {
+        self.reserve(now, window, limit, cost).0
+    }
+
+    /// As [`Gcra::decide`], and the instant its units were added at: what
+    /// [`Gcra::release`] needs.
+    pub fn reserve(
+        &mut self,
+        now: Micros,
+        window: u64,
+        limit: u64,
+        cost: u64,
+    ) -> (Outcome, Micros) {
         let (window_f, limit_f) = (window as f64, limit as f64);
         let drain = self.stored.unwrap_or(Drain {
             at: now,
@@ -259,24 +328,47 @@ impl Gcra {
             if rate_changed {
                 store(level);
             }
-            return Outcome {
+            let outcome = Outcome {
                 allowed: false,
                 remaining: remaining.max(0.0) as u64,
                 reset_after_us: (level * window_f / limit_f).ceil() as u64,
                 retry_after_us: retry_after.max(1.0) as u64,
             };
+            return (outcome, now);
         }
 
         if cost > 0 || rate_changed {
             level += cost as f64;
             store(level);
         }
-        Outcome {
+        let outcome = Outcome {
             allowed: true,
             remaining: (limit_f - level).floor() as u64,
             reset_after_us: (level * window_f / limit_f).ceil() as u64,
             retry_after_us: 0,
+        };
+        (outcome, now)
+    }
+
+    /// Gives back, at `now`, `cost` units added at `reserved_at` by
+    /// [`Gcra::reserve`]. The bucket has drained since; the drained units
+    /// are counted as the request's own first, so what is given back is
+    /// `cost` less everything drained since, never more than is still held
+    /// on the request's account (never admitting on units that already
+    /// left). Within one instant that is exactly `cost`.
+    pub fn release(&mut self, now: Micros, reserved_at: Micros, cost: u64) {
+        let Some(drain) = self.stored else {
+            return;
+        };
+        let rate = drain.limit as f64 / drain.window as f64;
+        let ours = cost as f64 - now.saturating_sub(reserved_at) as f64 * rate;
+        if ours <= 0.0 {
+            return;
         }
+        let at = now.max(drain.at);
+        let level = self.level - (at - drain.at) as f64 * rate;
+        self.level = (level - ours).max(0.0);
+        self.stored = Some(Drain { at, ..drain });
     }
 }
 
@@ -589,5 +681,78 @@ mod tests {
             denied.retry_after_us,
             window + window / 2 + (ahead - behind)
         );
+    }
+
+    /// A reservation given back at the instant it was made leaves the state
+    /// deciding exactly as if it had never been made (what the all-or-nothing
+    /// script relies on), whatever came before and whatever follows.
+    #[test]
+    fn a_release_at_the_same_instant_undoes_its_reservation_exactly() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        let (window, limit) = (10 * SECOND, 7);
+        for _ in 0..300 {
+            let (mut log, mut counters, mut bucket) = (
+                SlidingLog::default(),
+                SlidingWindow::default(),
+                Gcra::default(),
+            );
+            let mut now = T0;
+            for _ in 0..next(12) {
+                now += next(3 * SECOND);
+                let cost = next(limit + 1);
+                log.decide(now, window, limit, cost);
+                counters.decide(now, window, limit, cost);
+                bucket.decide(now, window, limit, cost);
+            }
+            now += next(SECOND);
+            let cost = 1 + next(limit);
+            let (before_log, before_counters, before_bucket) = (log.clone(), counters, bucket);
+            let (admitted, at) = log.reserve(now, window, limit, cost);
+            if admitted.allowed {
+                log.release(at, cost);
+            }
+            let (admitted, index) = counters.reserve(now, window, limit, cost);
+            if admitted.allowed {
+                counters.release(index, cost);
+            }
+            let (admitted, at) = bucket.reserve(now, window, limit, cost);
+            if admitted.allowed {
+                bucket.release(now, at, cost);
+            }
+            let mut later = now;
+            let (mut log_twin, mut counters_twin, mut bucket_twin) =
+                (before_log, before_counters, before_bucket);
+            for _ in 0..6 {
+                later += next(4 * SECOND);
+                let cost = next(limit + 1);
+                assert_eq!(
+                    log.decide(later, window, limit, cost),
+                    log_twin.decide(later, window, limit, cost)
+                );
+                assert_eq!(
+                    counters.decide(later, window, limit, cost),
+                    counters_twin.decide(later, window, limit, cost)
+                );
+                // The bucket is stored drained to the release's instant, so
+                // its level is the same up to floating-point rounding: the
+                // same decision, durations within a microsecond.
+                let (released, twin) = (
+                    bucket.decide(later, window, limit, cost),
+                    bucket_twin.decide(later, window, limit, cost),
+                );
+                assert_eq!(
+                    (released.allowed, released.remaining),
+                    (twin.allowed, twin.remaining)
+                );
+                assert!(released.reset_after_us.abs_diff(twin.reset_after_us) <= 1);
+                assert!(released.retry_after_us.abs_diff(twin.retry_after_us) <= 1);
+            }
+        }
     }
 }

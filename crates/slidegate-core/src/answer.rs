@@ -7,10 +7,9 @@
 //! - A **shadow** policy never denies: the check is admitted and the answer
 //!   says what enforcing the policy would have decided ([`Checked::admitted`],
 //!   [`Checked::shadow_decision`]).
-//! - **Several policies on one request** ([`AllMustAdmit`]): all must admit;
-//!   the first enforced denial answers and later policies are not checked
-//!   (nor consumed); units consumed by the policies checked before it stay
-//!   consumed. When all admit, the tightest enforced policy answers (fewest
+//! - **Several policies on one request** ([`AllMustAdmit`]): all must admit
+//!   (they are counted all or nothing by [`Limiter::check_all`]); the first
+//!   enforced denial, in the request's order, answers. When all admit, the tightest enforced policy answers (fewest
 //!   units remaining, then the later reset); a shadow policy answers only
 //!   when no enforced one matched, so its would-be denial never tells a
 //!   client to back off.
@@ -21,6 +20,8 @@
 use std::ops::ControlFlow;
 use std::time::Duration;
 
+#[cfg(doc)]
+use crate::Limiter;
 use crate::{Checked, FailureMode};
 
 /// `shadow_decision` of a shadow policy that would have admitted the check.

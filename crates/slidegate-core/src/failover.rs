@@ -37,7 +37,7 @@ use super::decision::{Decision, Outcome};
 use super::deny_cache::{DenyCache, Remembered};
 use super::key::LimiterKey;
 use super::policy::{FailureMode, Policy, PolicySet};
-use super::{MemoryStats, Store, StoreError};
+use super::{Check, MemoryStats, Store, StoreError};
 use crate::memory::MemoryStore;
 
 /// How a replica handles a shared store that fails.
@@ -169,6 +169,194 @@ impl Failover {
                 self.fall_back(policy, key, cost, error)
             }
         }
+    }
+
+    /// Decides several validated checks as one request, all or nothing
+    /// ([`Store::check_all`]): through the breakers of every failure domain
+    /// the checks touch, then the store; when the store cannot decide, each
+    /// check goes to its policy's failure mode (see `fall_back_all`).
+    ///
+    /// The deny cache is fed by the denials this finds, but not read: a
+    /// cached denial of one check would refuse the request without telling
+    /// what the others hold, which their answers must say. A request of
+    /// several limits therefore always asks the store.
+    ///
+    /// # Errors
+    /// As [`Failover::decide`], when any check's policy fails closed.
+    pub(super) async fn decide_all<S: Store>(
+        &self,
+        store: &S,
+        checks: &[Check<'_>],
+        generation: u64,
+    ) -> Result<Vec<Decision>, StoreError> {
+        // One permit per failure domain touched: a request spanning two
+        // masters of a cluster needs both to be trusted.
+        let mut touched = 0u32;
+        let mut permits = Vec::with_capacity(1);
+        for check in checks {
+            let domain = store.failure_domain(check.policy, check.key) % FAILURE_DOMAINS;
+            if touched & (1 << domain) != 0 {
+                continue;
+            }
+            touched |= 1 << domain;
+            match self.breakers[domain].try_acquire() {
+                Some(permit) => permits.push(permit),
+                None => return self.fall_back_all(checks, StoreError::CircuitOpen),
+            }
+        }
+        match store.check_all(checks).await {
+            Ok(outcomes) if outcomes.len() == checks.len() => {
+                for permit in permits {
+                    self.succeeded(permit);
+                }
+                let now = self.clock.now();
+                Ok(checks
+                    .iter()
+                    .zip(outcomes)
+                    .map(|(check, outcome)| {
+                        if let Some(cache) = &self.deny_cache
+                            && !outcome.allowed
+                            && cache.remember(
+                                check.policy,
+                                check.key,
+                                check.cost,
+                                &outcome,
+                                now,
+                                generation,
+                            ) == Remembered::Full
+                        {
+                            bump(&self.counters.deny_cache_full);
+                        }
+                        Decision::from_outcome(outcome, check.policy.limit())
+                    })
+                    .collect())
+            }
+            Ok(outcomes) => {
+                let error = StoreError::InvalidReply(format!(
+                    "{} outcomes for {} checks",
+                    outcomes.len(),
+                    checks.len()
+                ));
+                self.answered_unreadably(permits, checks, error)
+            }
+            Err(error @ StoreError::InvalidReply(_)) => {
+                self.answered_unreadably(permits, checks, error)
+            }
+            Err(error) => {
+                if matches!(error, StoreError::Timeout { .. }) {
+                    bump(&self.counters.store_timeouts);
+                }
+                for permit in permits {
+                    let _ = permit.failed();
+                }
+                self.fall_back_all(checks, error)
+            }
+        }
+    }
+
+    /// The store answered a request with something unreadable: up, and a bug
+    /// belonging to these keys (see [`Failover::decide`]).
+    fn answered_unreadably(
+        &self,
+        permits: Vec<Permit<'_>>,
+        checks: &[Check<'_>],
+        error: StoreError,
+    ) -> Result<Vec<Decision>, StoreError> {
+        for permit in permits {
+            self.succeeded(permit);
+        }
+        if let Some(first) = checks.first() {
+            self.invalid_reply(first.policy, &error);
+        }
+        self.fall_back_all(checks, error)
+    }
+
+    /// A request the store could not decide: if any of its policies fails
+    /// closed, the request fails (nothing was consumed: one cannot be half
+    /// decided); otherwise `open` checks admit, and the `local` ones are
+    /// decided together in process, all or nothing among themselves, each at
+    /// this replica's share of its limit.
+    fn fall_back_all(
+        &self,
+        checks: &[Check<'_>],
+        error: StoreError,
+    ) -> Result<Vec<Decision>, StoreError> {
+        if checks
+            .iter()
+            .any(|check| check.policy.failure_mode() == FailureMode::Closed)
+        {
+            bump(&self.counters.fail_closed);
+            return Err(error);
+        }
+        let live = self.live_replicas();
+        let shares: Vec<Policy> = checks
+            .iter()
+            .map(|check| {
+                check
+                    .policy
+                    .with_local_share(local_share(check.policy.limit(), live))
+            })
+            .collect();
+        let is_local = |check: &Check<'_>| check.policy.failure_mode() == FailureMode::Local;
+        // More than a share can never fit locally, and the algorithms assume
+        // cost <= limit: such a check is looked at (cost 0) and denied; when
+        // it is enforced the request is refused before anything is counted,
+        // so every local check only looks.
+        let too_large = |check: &Check<'_>, share: &Policy| check.cost > share.limit();
+        let refused_by_size = checks
+            .iter()
+            .zip(&shares)
+            .any(|(check, share)| check.enforced && is_local(check) && too_large(check, share));
+        let local: Vec<Check<'_>> = checks
+            .iter()
+            .zip(&shares)
+            .filter(|(check, _)| is_local(check))
+            .map(|(check, share)| Check {
+                policy: share,
+                cost: if refused_by_size || too_large(check, share) {
+                    0
+                } else {
+                    check.cost
+                },
+                ..*check
+            })
+            .collect();
+        let mut outcomes = self.local.decide_all(&local).into_iter();
+        let decisions = checks
+            .iter()
+            .zip(&shares)
+            .map(|(check, share)| match check.policy.failure_mode() {
+                FailureMode::Local => {
+                    bump(&self.counters.fail_local);
+                    let mut outcome = outcomes.next().unwrap_or(Outcome {
+                        allowed: false,
+                        remaining: 0,
+                        reset_after_us: 0,
+                        retry_after_us: check.policy.window().as_micros(),
+                    });
+                    if too_large(check, share) {
+                        outcome.allowed = false;
+                        outcome.retry_after_us = check.policy.window().as_micros();
+                    }
+                    Decision {
+                        fallback: Some(FailureMode::Local),
+                        ..Decision::from_outcome(outcome, share.limit())
+                    }
+                }
+                _ => {
+                    bump(&self.counters.fail_open);
+                    Decision {
+                        allowed: true,
+                        limit: check.policy.limit(),
+                        remaining: check.policy.limit(),
+                        reset_after: Duration::ZERO,
+                        retry_after: Duration::ZERO,
+                        fallback: Some(FailureMode::Open),
+                    }
+                }
+            })
+            .collect();
+        Ok(decisions)
     }
 
     /// Reports a call the store answered; when that closes the breaker,

@@ -53,14 +53,16 @@ pub use counters::{CountersSnapshot, FailureCounters};
 pub use decision::{Decision, Outcome};
 pub use failover::{Failover, FailoverHealth, FailoverOptions};
 pub use key::{KeyError, LimiterKey};
-pub use limiter::{Bundle, CheckError, Checked, Limiter, LimiterHealth, MAX_COST};
+pub use limiter::{
+    Bundle, CheckError, Checked, Limiter, LimiterHealth, MAX_COST, PolicyCheck, UnknownPolicy,
+};
 pub use memory::MemoryStore;
 pub use observe::{Observer, PolicyRecorder, StoreErrorRecorder, Unobserved, unobserved};
 pub use policy::{Algorithm, FailureMode, Policy, PolicyError, PolicyName, PolicySet, Window};
 pub use settings::{BreakerSettings, InvalidSetting};
 pub use spec::{MatchSpec, PolicySpec};
 pub use store::{
-    ClusterStats, ClusterTopology, DependencyHealth, MasterHealth, MemoryStats, NodeStats,
+    Check, ClusterStats, ClusterTopology, DependencyHealth, MasterHealth, MemoryStats, NodeStats,
     PoolHealth, PoolStats, Store, StoreError, StoreHealth,
 };
 pub use tenant::{

@@ -10,7 +10,7 @@ use tracing::field::Empty;
 
 use crate::tenant::Tenant;
 use crate::{
-    ApiKeyDigest, BreakerState, Decision, Failover, FailoverHealth, FailureMode, KeyError,
+    ApiKeyDigest, BreakerState, Check, Decision, Failover, FailoverHealth, FailureMode, KeyError,
     LimiterKey, MemoryStats, Observer, Policy, PolicyRecorder, PolicySet, Store, StoreError,
     StoreErrorRecorder, StoreHealth, TenantKey, policy, rules,
 };
@@ -46,6 +46,24 @@ impl CheckError {
             CheckError::Store(error) => error.kind(),
         }
     }
+}
+
+/// One of the checks of a request that several policies govern ([`Limiter::check_all`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyCheck<'a> {
+    pub policy: &'a str,
+    pub key: &'a str,
+    /// The policy's default cost when `None`.
+    pub cost: Option<u64>,
+}
+
+/// What [`Limiter::check_all`] does with a check that names no policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownPolicy {
+    /// Fails the request ([`CheckError::UnknownPolicy`]).
+    Refuse,
+    /// The check does not apply: answered `None`.
+    Skip,
 }
 
 /// A decision together with the policy that made it (for headers and bodies).
@@ -377,6 +395,142 @@ impl<S: Store> Limiter<S> {
         Ok(Checked { policy, decision })
     }
 
+    /// Checks every one of `checks` as one request that all their limits
+    /// govern, **all or nothing**: it is admitted only if every enforced
+    /// policy admits it, and then it is counted on every policy that
+    /// admitted; if any enforced policy denies, no policy consumes anything
+    /// (see [`Store::check_all`] for each store's guarantee against
+    /// concurrent checks). Shadow policies are counted when they admit and
+    /// never refuse. One answer per check, in order: the denials, and for
+    /// the policies that admitted a refused request, what their keys hold
+    /// without it (`allowed`, nothing consumed).
+    ///
+    /// A single check takes [`Limiter::check`]'s path, deny cache included;
+    /// several always ask the store (see [`Failover`]'s `decide_all`). One
+    /// `limiter.decide` span covers the store's call, with the number of
+    /// checks as `slidegate.checks`.
+    ///
+    /// `unknown`: what a check naming no policy does — fails the request
+    /// before anything is counted, or (forward-auth, whose catalog rules may
+    /// name a policy deleted since) is skipped and answered `None`.
+    ///
+    /// # Errors
+    /// As [`Limiter::check`], for the first check that cannot be decided;
+    /// nothing is consumed then.
+    pub async fn check_all(
+        &self,
+        checks: &[PolicyCheck<'_>],
+        unknown: UnknownPolicy,
+    ) -> Result<Vec<Option<Checked>>, CheckError> {
+        if let [one] = checks {
+            return match self.check(one.policy, one.key, one.cost).await {
+                Ok(checked) => Ok(vec![Some(checked)]),
+                Err(CheckError::UnknownPolicy(_)) if unknown == UnknownPolicy::Skip => {
+                    Ok(vec![None])
+                }
+                Err(error) => Err(error),
+            };
+        }
+        let snapshot = self.snapshot.load();
+        let mut matched = Vec::with_capacity(checks.len());
+        for check in checks {
+            match match_check(&snapshot, None, check.policy, check.key, check.cost) {
+                Ok(found) => matched.push(Some(found)),
+                Err(CheckError::UnknownPolicy(_)) if unknown == UnknownPolicy::Skip => {
+                    matched.push(None);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let to_decide: Vec<Check<'_>> = matched
+            .iter()
+            .flatten()
+            .map(|(_, policy, key, cost)| Check {
+                policy,
+                key: *key,
+                cost: *cost,
+                enforced: !policy.is_shadow(),
+            })
+            .collect();
+        if to_decide.is_empty() {
+            return Ok(matched.iter().map(|_| None).collect());
+        }
+
+        let deciding = tracing::debug_span!(
+            "limiter.decide",
+            slidegate.checks = to_decide.len(),
+            slidegate.store = self.store.kind(),
+            slidegate.outcome = Empty,
+            error.type = Empty,
+            otel.status_code = Empty,
+        );
+        let started = Instant::now();
+        let decided = async {
+            match &self.failover {
+                Some(failover) => {
+                    failover
+                        .decide_all(&self.store, &to_decide, snapshot.generation)
+                        .await
+                }
+                None => self.store.check_all(&to_decide).await.map(|outcomes| {
+                    outcomes
+                        .into_iter()
+                        .zip(&to_decide)
+                        .map(|(outcome, check)| {
+                            Decision::from_outcome(outcome, check.policy.limit())
+                        })
+                        .collect()
+                }),
+            }
+        }
+        .instrument(deciding.clone())
+        .await;
+        let elapsed = started.elapsed();
+        let decisions = match decided {
+            Ok(decisions) if decisions.len() == to_decide.len() => decisions,
+            Ok(decisions) => {
+                let error = StoreError::InvalidReply(format!(
+                    "{} decisions for {} checks",
+                    decisions.len(),
+                    to_decide.len()
+                ));
+                self.store_errors.failed(&error);
+                return Err(error.into());
+            }
+            Err(error) => {
+                self.store_errors.failed(&error);
+                if !deciding.is_disabled() {
+                    deciding.record("slidegate.outcome", "error");
+                    deciding.record("error.type", error.kind());
+                    deciding.record("otel.status_code", "ERROR");
+                }
+                return Err(error.into());
+            }
+        };
+        drop(to_decide);
+        let mut decisions = decisions.into_iter();
+        let mut refused = false;
+        let answers: Vec<Option<Checked>> = matched
+            .into_iter()
+            .map(|found| {
+                let (entry, policy, _, _) = found?;
+                let decision = decisions.next()?;
+                entry
+                    .recorder
+                    .decided(&decision, policy.is_shadow(), elapsed);
+                refused |= !decision.allowed && !policy.is_shadow();
+                Some(Checked { policy, decision })
+            })
+            .collect();
+        if !deciding.is_disabled() {
+            deciding.record(
+                "slidegate.outcome",
+                if refused { "denied" } else { "allowed" },
+            );
+        }
+        Ok(answers)
+    }
+
     /// The policies in force now (a snapshot: later changes do not show in it).
     pub fn policies(&self) -> PolicySet {
         self.snapshot.load().policies.clone()
@@ -681,6 +835,13 @@ mod scripted {
             Ok(outcome)
         }
 
+        async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Outcome>, StoreError> {
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            Ok(self.memory.decide_all(checks))
+        }
+
         async fn health(&self) -> StoreHealth {
             StoreHealth {
                 ok: !self.down.load(std::sync::atomic::Ordering::Relaxed),
@@ -941,5 +1102,251 @@ mod failover_tests {
         let counters = limiter.failover().unwrap().counters();
         assert_eq!(counters.deny_cache_hits(), 0);
         assert_eq!(counters.store_calls(), 3);
+    }
+}
+
+/// [`Limiter::check_all`]: several policies on one request, all or nothing.
+#[cfg(test)]
+mod all_or_nothing {
+    use futures_util::FutureExt;
+
+    use super::scripted::ScriptedStore;
+    use super::*;
+    use crate::*;
+    use std::time::Duration;
+
+    fn policy(name: &str, algorithm: Algorithm, limit: u64, mode: FailureMode) -> Policy {
+        Policy::new(
+            PolicyName::parse(name).unwrap(),
+            algorithm,
+            limit,
+            Window::parse("10s").unwrap(),
+            1,
+        )
+        .unwrap()
+        .with_failure_mode(mode)
+    }
+
+    fn limiter(policies: Vec<Policy>) -> (Limiter<ScriptedStore>, FakeClock) {
+        let clock = FakeClock::default();
+        let options = FailoverOptions {
+            default_mode: FailureMode::Closed,
+            breaker: BreakerOptions::default(),
+            deny_cache_max_keys: Some(100),
+            local_max_keys: 1000,
+            heartbeat_interval: Duration::from_secs(1),
+        };
+        let limiter = Limiter::new(
+            PolicySet::new(policies).unwrap(),
+            ScriptedStore::new(&clock),
+            unobserved(),
+        )
+        .with_failover(Failover::new(options, Arc::new(clock.clone())));
+        (limiter, clock)
+    }
+
+    /// Checks `(policy, key, cost)` as one request; the scripted store answers at once.
+    fn request(
+        limiter: &Limiter<ScriptedStore>,
+        checks: &[(&str, &str, Option<u64>)],
+    ) -> Result<Vec<Checked>, CheckError> {
+        let checks: Vec<PolicyCheck<'_>> = checks
+            .iter()
+            .map(|&(policy, key, cost)| PolicyCheck { policy, key, cost })
+            .collect();
+        let answers = limiter
+            .check_all(&checks, UnknownPolicy::Refuse)
+            .now_or_never()
+            .expect("nothing to wait for")?;
+        Ok(answers.into_iter().map(Option::unwrap).collect())
+    }
+
+    /// What `key` holds under `policy`: a peek, counting nothing.
+    fn remaining(limiter: &Limiter<ScriptedStore>, policy: &str, key: &str) -> u64 {
+        limiter
+            .check(policy, key, Some(0))
+            .now_or_never()
+            .unwrap()
+            .unwrap()
+            .decision
+            .remaining
+    }
+
+    #[test]
+    fn a_refused_request_consumes_nothing_on_any_of_its_limits() {
+        for algorithm in Algorithm::ALL {
+            let (limiter, _clock) = limiter(vec![
+                policy("a", algorithm, 10, FailureMode::Closed),
+                policy("b", algorithm, 3, FailureMode::Closed),
+            ]);
+            let mut admitted = 0;
+            for _ in 0..10 {
+                let answers = request(&limiter, &[("a", "k", None), ("b", "k", None)]).unwrap();
+                if answers.iter().all(|checked| checked.decision.allowed) {
+                    admitted += 1;
+                    continue;
+                }
+                let (a, b) = (&answers[0], &answers[1]);
+                assert!(!b.decision.allowed, "{algorithm}: b refuses");
+                assert!(b.decision.retry_after > Duration::ZERO);
+                assert!(a.decision.allowed, "{algorithm}: a would admit");
+                assert_eq!(a.decision.remaining, 7, "{algorithm}: a without it");
+            }
+            assert_eq!(admitted, 3, "{algorithm}");
+            assert_eq!(
+                remaining(&limiter, "a", "k"),
+                7,
+                "{algorithm}: exactly 3 on a"
+            );
+            assert_eq!(remaining(&limiter, "b", "k"), 0, "{algorithm}");
+        }
+    }
+
+    #[test]
+    fn a_shadow_policy_is_counted_when_it_admits_and_never_refuses() {
+        let (limiter, _clock) = limiter(vec![
+            policy("a", Algorithm::SlidingLog, 10, FailureMode::Closed),
+            policy("watch", Algorithm::SlidingLog, 1, FailureMode::Closed).with_shadow(true),
+            policy("b", Algorithm::SlidingLog, 2, FailureMode::Closed),
+        ]);
+        for round in 0..2 {
+            let answers = request(&limiter, &[("a", "k", None), ("watch", "k", None)]).unwrap();
+            assert!(answers[0].decision.allowed);
+            assert_eq!(
+                answers[1].decision.allowed,
+                round == 0,
+                "the shadow denies once full"
+            );
+            assert!(answers[1].admitted(), "and never refuses");
+        }
+        assert_eq!(remaining(&limiter, "a", "k"), 8);
+
+        // Refused by an enforced policy: the shadow's admission is not counted either.
+        let fresh = [("b", "x", Some(2)), ("watch", "x", None), ("a", "x", None)];
+        assert!(request(&limiter, &fresh).unwrap()[0].decision.allowed);
+        let refused = request(&limiter, &fresh).unwrap();
+        assert!(!refused[0].decision.allowed);
+        assert_eq!(
+            remaining(&limiter, "a", "x"),
+            9,
+            "only the admitted request"
+        );
+        assert_eq!(remaining(&limiter, "b", "x"), 0);
+    }
+
+    #[test]
+    fn the_same_key_twice_in_a_request_sees_itself() {
+        let (limiter, _clock) = limiter(vec![policy("a", Algorithm::Gcra, 3, FailureMode::Closed)]);
+        let answers = request(&limiter, &[("a", "k", Some(2)), ("a", "k", Some(2))]).unwrap();
+        assert!(answers[0].decision.allowed);
+        assert!(!answers[1].decision.allowed, "2 + 2 > 3");
+        assert_eq!(answers[0].decision.remaining, 3, "given back");
+        assert_eq!(remaining(&limiter, "a", "k"), 3);
+    }
+
+    #[test]
+    fn a_check_that_cannot_be_decided_fails_the_request_before_anything_is_counted() {
+        let (limiter, _clock) = limiter(vec![policy(
+            "a",
+            Algorithm::SlidingLog,
+            3,
+            FailureMode::Closed,
+        )]);
+        let error = request(&limiter, &[("a", "k", None), ("gone", "k", None)]).unwrap_err();
+        assert!(matches!(error, CheckError::UnknownPolicy(_)), "{error}");
+        let error = request(&limiter, &[("a", "k", None), ("a", "k", Some(4))]).unwrap_err();
+        assert!(
+            matches!(error, CheckError::CostExceedsLimit { .. }),
+            "{error}"
+        );
+        assert_eq!(remaining(&limiter, "a", "k"), 3);
+
+        // Forward-auth's catalog rules may name a policy deleted since: skipped.
+        let checks = [
+            PolicyCheck {
+                policy: "a",
+                key: "k",
+                cost: None,
+            },
+            PolicyCheck {
+                policy: "gone",
+                key: "k",
+                cost: None,
+            },
+        ];
+        let answers = limiter
+            .check_all(&checks, UnknownPolicy::Skip)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert!(answers[0].as_ref().unwrap().decision.allowed);
+        assert!(answers[1].is_none());
+        assert_eq!(remaining(&limiter, "a", "k"), 2);
+    }
+
+    #[test]
+    fn with_the_store_down_each_limit_takes_its_failure_mode_and_local_ones_decide_together() {
+        let (limiter, _clock) = limiter(vec![
+            policy("closed", Algorithm::SlidingLog, 10, FailureMode::Closed),
+            policy("open", Algorithm::SlidingLog, 10, FailureMode::Open),
+            policy("local-a", Algorithm::SlidingLog, 10, FailureMode::Local),
+            policy("local-b", Algorithm::SlidingWindow, 3, FailureMode::Local),
+        ]);
+        limiter
+            .store()
+            .down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+
+        let error = request(&limiter, &[("open", "k", None), ("closed", "k", None)]).unwrap_err();
+        assert!(
+            matches!(error, CheckError::Store(_)),
+            "one closed policy fails it: {error}"
+        );
+
+        let checks = [
+            ("open", "k", None),
+            ("local-a", "k", None),
+            ("local-b", "k", None),
+        ];
+        let mut admitted = 0;
+        for _ in 0..6 {
+            let answers = request(&limiter, &checks).unwrap();
+            assert_eq!(answers[0].decision.fallback, Some(FailureMode::Open));
+            assert_eq!(answers[1].decision.fallback, Some(FailureMode::Local));
+            admitted += usize::from(answers.iter().all(|checked| checked.decision.allowed));
+        }
+        assert_eq!(admitted, 3, "local-b's 3 (one replica: the whole limit)");
+        let counters = limiter.failover().unwrap().counters();
+        assert_eq!(counters.snapshot().fail_closed, 1);
+        // local-a was counted on the admitted requests only.
+        let local = limiter.failover().unwrap();
+        assert_eq!(local.local_stats().keys, 2);
+    }
+
+    #[test]
+    fn one_check_takes_the_single_path_and_its_deny_cache() {
+        let (limiter, _clock) = limiter(vec![policy(
+            "a",
+            Algorithm::SlidingLog,
+            1,
+            FailureMode::Closed,
+        )]);
+        assert!(
+            request(&limiter, &[("a", "k", None)]).unwrap()[0]
+                .decision
+                .allowed
+        );
+        assert!(
+            !request(&limiter, &[("a", "k", None)]).unwrap()[0]
+                .decision
+                .allowed
+        );
+        assert!(
+            !request(&limiter, &[("a", "k", None)]).unwrap()[0]
+                .decision
+                .allowed
+        );
+        let counters = limiter.failover().unwrap().counters();
+        assert_eq!(counters.deny_cache_hits(), 1);
     }
 }

@@ -30,7 +30,7 @@ use crate::algorithms::{Gcra, SlidingLog, SlidingWindow};
 use crate::counters::LogThrottle;
 use crate::key::with_composite_key;
 use crate::{
-    Algorithm, Clock, LimiterKey, MemoryStats, Micros, Outcome, Policy, Store, StoreError,
+    Algorithm, Check, Clock, LimiterKey, MemoryStats, Micros, Outcome, Policy, Store, StoreError,
     StoreHealth,
 };
 
@@ -61,11 +61,25 @@ impl State {
     }
 
     fn decide(&mut self, now: Micros, policy: &Policy, cost: u64) -> Outcome {
+        self.reserve(now, policy, cost).0
+    }
+
+    /// As `decide`, and what `release` needs to give the units back (the
+    /// instant or fixed window they were counted at).
+    fn reserve(&mut self, now: Micros, policy: &Policy, cost: u64) -> (Outcome, u64) {
         let (window, limit) = (policy.window().as_micros(), policy.limit());
         match self {
-            State::SlidingLog(log) => log.decide(now, window, limit, cost),
-            State::SlidingWindow(counters) => counters.decide(now, window, limit, cost),
-            State::Gcra(bucket) => bucket.decide(now, window, limit, cost),
+            State::SlidingLog(log) => log.reserve(now, window, limit, cost),
+            State::SlidingWindow(counters) => counters.reserve(now, window, limit, cost),
+            State::Gcra(bucket) => bucket.reserve(now, window, limit, cost),
+        }
+    }
+
+    fn release(&mut self, now: Micros, cost: u64, token: u64) {
+        match self {
+            State::SlidingLog(log) => log.release(token, cost),
+            State::SlidingWindow(counters) => counters.release(token, cost),
+            State::Gcra(bucket) => bucket.release(now, token, cost),
         }
     }
 }
@@ -157,33 +171,82 @@ impl MemoryStore {
 
     /// Decides one check synchronously; [`Store::check`] wraps this. Public for benchmarks.
     pub fn decide(&self, policy: &Policy, key: LimiterKey<'_>, cost: u64) -> Outcome {
+        self.reserve(policy, key, cost).0
+    }
+
+    /// Decides several checks as one request, all or nothing
+    /// ([`Store::check_all`] wraps this): each check is decided (its units
+    /// reserved) in order; if an enforced one denied, the units of those
+    /// that admitted are given back, newest first, and each reports what
+    /// its key holds then.
+    ///
+    /// The guarantee against concurrent checks: a key's lock is held for
+    /// its own check only, so another check of the same key between the
+    /// reservation and its release (microseconds) sees the reserved units:
+    /// it may be denied although the request that held them is refused,
+    /// never admitted beyond the limit.
+    pub fn decide_all(&self, checks: &[Check<'_>]) -> Vec<Outcome> {
+        let mut decided: Vec<(Outcome, u64)> = checks
+            .iter()
+            .map(|check| self.reserve(check.policy, check.key, check.cost))
+            .collect();
+        let refused = checks
+            .iter()
+            .zip(&decided)
+            .any(|(check, (outcome, _))| check.enforced && !outcome.allowed);
+        if refused {
+            for (check, (outcome, token)) in checks.iter().zip(decided.iter_mut()).rev() {
+                if outcome.allowed && check.cost > 0 {
+                    *outcome = self.release(check.policy, check.key, check.cost, *token);
+                }
+            }
+        }
+        decided.into_iter().map(|(outcome, _)| outcome).collect()
+    }
+
+    /// Gives back `cost` units that [`MemoryStore::reserve`] admitted with
+    /// `token`, and answers what the key holds then, as an admission that
+    /// consumed nothing. A key forgotten meanwhile (swept, evicted) has
+    /// nothing to give back.
+    fn release(&self, policy: &Policy, key: LimiterKey<'_>, cost: u64, token: u64) -> Outcome {
         let now = self.clock.now();
-        // The algorithm is part of the map key so that changing a policy's
-        // algorithm starts from fresh state instead of a mismatch; the tenant
-        // (empty when unscoped; tenant names are never empty) keeps a tenant's
-        // keys apart from everyone else's. The key is built in a reused
-        // buffer: a check of a known key allocates nothing.
-        let parts = [
-            policy.name().as_str(),
-            key.tenant().unwrap_or(""),
-            policy.algorithm().as_str(),
-            key.as_str(),
-        ];
+        let parts = composite_parts(policy, key);
+        let peek = with_composite_key(&parts, |composite| match self.entries.get_mut(composite) {
+            Some(mut entry) => {
+                entry.state.release(now, cost, token);
+                entry.state.decide(now, policy, 0)
+            }
+            None => State::new(policy.algorithm()).decide(now, policy, 0),
+        });
+        Outcome {
+            allowed: true,
+            retry_after_us: 0,
+            ..peek
+        }
+    }
+
+    /// As [`MemoryStore::decide`], and what [`State::release`] needs to give
+    /// the units back.
+    fn reserve(&self, policy: &Policy, key: LimiterKey<'_>, cost: u64) -> (Outcome, u64) {
+        let now = self.clock.now();
+        // The key is built in a reused buffer: a check of a known key
+        // allocates nothing.
+        let parts = composite_parts(policy, key);
         with_composite_key(&parts, |composite| {
             if let Some(mut entry) = self.entries.get_mut(composite) {
-                let outcome = entry.state.decide(now, policy, cost);
+                let (outcome, token) = entry.state.reserve(now, policy, cost);
                 // Denials and peeks move it too: after a lowered limit a gcra
                 // bucket drains slower than when it was filled. Never earlier:
                 // keeping an entry longer is lossless, dropping it early is not.
                 entry.idle_from = entry
                     .idle_from
                     .max(now.saturating_add(outcome.reset_after_us));
-                return outcome;
+                return (outcome, token);
             }
 
             if cost == 0 {
                 // A peek of a key with no state writes nothing, as in Redis.
-                return State::new(policy.algorithm()).decide(now, policy, 0);
+                return State::new(policy.algorithm()).reserve(now, policy, 0);
             }
             // No shard lock is held here: making room takes them all in turn.
             self.reserve_one(now);
@@ -198,11 +261,11 @@ impl MemoryStore {
                         idle_from: now,
                     }
                 });
-                let outcome = entry.state.decide(now, policy, cost);
+                let (outcome, token) = entry.state.reserve(now, policy, cost);
                 if outcome.allowed {
                     entry.idle_from = now + outcome.reset_after_us;
                 }
-                outcome
+                (outcome, token)
             };
             if !inserted {
                 // That other worker's reservation holds the key's place.
@@ -336,6 +399,19 @@ impl MemoryStore {
     }
 }
 
+/// The map key of `key` under `policy`. The algorithm is part of it so that
+/// changing a policy's algorithm starts from fresh state instead of a
+/// mismatch; the tenant (empty when unscoped; tenant names are never empty)
+/// keeps a tenant's keys apart from everyone else's.
+fn composite_parts<'a>(policy: &'a Policy, key: LimiterKey<'a>) -> [&'a str; 4] {
+    [
+        policy.name().as_str(),
+        key.tenant().unwrap_or(""),
+        policy.algorithm().as_str(),
+        key.as_str(),
+    ]
+}
+
 impl Store for MemoryStore {
     async fn check(
         &self,
@@ -344,6 +420,11 @@ impl Store for MemoryStore {
         cost: u64,
     ) -> Result<Outcome, StoreError> {
         Ok(self.decide(policy, key, cost))
+    }
+
+    /// See [`MemoryStore::decide_all`] for the guarantee.
+    async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Outcome>, StoreError> {
+        Ok(self.decide_all(checks))
     }
 
     fn kind(&self) -> &'static str {

@@ -23,6 +23,32 @@ pub trait Store: Send + Sync + 'static {
         cost: u64,
     ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
 
+    /// Decides `checks` as one request, **all or nothing**: the request is
+    /// admitted iff every enforced check admits it, and then every check that
+    /// admitted consumes its cost (a shadow check that denied consumes
+    /// nothing and refuses nothing); if any enforced check denies, **none**
+    /// consumes anything. One outcome per check, in order: a check that
+    /// denied has its denial; a check that admitted but was not consumed
+    /// (because another denied) reports `allowed` with what the key holds
+    /// without this request. Checks may name the same key more than once:
+    /// they are judged one after the other, each seeing the ones before it.
+    ///
+    /// What "all or nothing" means against concurrent checks is each store's
+    /// guarantee, documented on its implementation: one Redis decides the
+    /// whole request in one script (atomic); the embedded store and a Redis
+    /// Cluster reserve each check and release the reservations of a refused
+    /// request, which never admits more than any limit allows but may, for
+    /// the instant a reservation is held, deny a concurrent check of the same
+    /// key that would have fitted.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the state cannot be read or written; nothing is
+    /// consumed then, except where a store documents otherwise.
+    fn check_all(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
+
     /// The store's own view of its health, for readiness.
     fn health(&self) -> impl Future<Output = StoreHealth> + Send;
 
@@ -83,6 +109,13 @@ impl<S: Store> Store for std::sync::Arc<S> {
         (**self).check(policy, key, cost)
     }
 
+    fn check_all(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send {
+        (**self).check_all(checks)
+    }
+
     fn health(&self) -> impl Future<Output = StoreHealth> + Send {
         (**self).health()
     }
@@ -114,6 +147,18 @@ impl<S: Store> Store for std::sync::Arc<S> {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send {
         (**self).heartbeat(replica, stale_after)
     }
+}
+
+/// One check of several decided together by [`Store::check_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct Check<'a> {
+    pub policy: &'a Policy,
+    pub key: LimiterKey<'a>,
+    /// Units to consume, at most the policy's limit; 0 is a peek.
+    pub cost: u64,
+    /// Whether its denial refuses the request. `false` for a shadow
+    /// policy: counted when it admits, never refusing.
+    pub enforced: bool,
 }
 
 /// The store could not decide. Never carries secrets: connection URLs are not part of it.

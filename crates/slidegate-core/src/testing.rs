@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::{
-    Clock, DependencyHealth, LimiterKey, MemoryStore, Outcome, Policy, Store, StoreError,
+    Check, Clock, DependencyHealth, LimiterKey, MemoryStore, Outcome, Policy, Store, StoreError,
     StoreHealth,
 };
 
@@ -94,6 +94,14 @@ impl Store for ScriptedStore {
         match self.fault() {
             Some(fault) => Err(fault.error()),
             None => self.decides.check(policy, key, cost).await,
+        }
+    }
+
+    async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Outcome>, StoreError> {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        match self.fault() {
+            Some(fault) => Err(fault.error()),
+            None => self.decides.check_all(checks).await,
         }
     }
 

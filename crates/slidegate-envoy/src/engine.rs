@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use slidegate_core::{Bundle, CheckError, Checked, Limiter, MAX_COST, Store, StoreError};
+use slidegate_core::{
+    Bundle, CheckError, Checked, Limiter, MAX_COST, PolicyCheck, Store, StoreError, UnknownPolicy,
+};
 
 use crate::key::counter_key;
 use crate::rules::{Rule, RuleSet};
@@ -49,8 +51,9 @@ pub enum DescriptorAnswer {
     Unlimited,
     /// The rule's policy decided. `over`: the descriptor is over its limit
     /// (for a shadow rule: would have been; the code is still OK).
-    /// `checked.decision` is the store's answer; after an earlier enforced
-    /// denial it is a peek (cost 0: nothing consumed, see [`Engine::decide_descriptors`]).
+    /// `checked.decision` is the store's answer; in a refused request, a
+    /// descriptor that would have admitted reports what its counter holds
+    /// without the request (nothing consumed, see [`Engine::decide_descriptors`]).
     Limited {
         rule: Arc<Rule>,
         checked: Checked,
@@ -124,14 +127,12 @@ impl<S: Store> Engine<S> {
     /// the descriptor's `hits_addend` when set (0: look without counting,
     /// as envoyproxy/ratelimit), else the request's (0 means 1).
     ///
-    /// **Limitation, until the core decides several checks at once:** the
-    /// descriptors are checked one after the other, as the core's
-    /// `AllMustAdmit` does for HTTP. Units consumed by descriptors checked
-    /// before an enforced denial stay consumed; descriptors after it are only
-    /// peeked at (cost 0, nothing consumed) so that their statuses still say
-    /// where they stand — a peek shows in the rule's metrics as a decision of
-    /// cost 0. The all-or-nothing check (if any denies, none is consumed)
-    /// replaces this one function.
+    /// **All or nothing:** the request is admitted only if every enforced
+    /// descriptor's rule admits it, and then it is counted on every one; if
+    /// any denies, none is consumed ([`Limiter::check_all`]: one script call
+    /// on one Redis). Every status still says where its descriptor stands:
+    /// a descriptor whose rule would have admitted is `OK`, with what its
+    /// counter holds without this request.
     ///
     /// # Errors
     /// [`RlsError::InvalidArgument`] for a malformed request (nothing is
@@ -187,77 +188,75 @@ impl<S: Store> Engine<S> {
             plans.push(plan);
         }
 
+        self.count(plans).await
+    }
+
+    /// Counts the planned checks as one request, all or nothing
+    /// ([`Limiter::check_all`]): one store call for all of them. A cost
+    /// above its rule's whole limit can never be admitted: that descriptor
+    /// is over without asking, and when its rule is enforced the request is
+    /// refused before anything is counted, so every other descriptor is
+    /// only looked at (cost 0) to say where it stands.
+    async fn count(&self, plans: Vec<Plan<'_>>) -> Result<Vec<DescriptorAnswer>, RlsError> {
+        let mut counted = Vec::with_capacity(plans.len());
+        for plan in &plans {
+            if let Plan::Check { rule, key, cost } = plan {
+                let policy = rule.policy().ok_or_else(|| {
+                    RlsError::Internal(format!("{}: a counted rule has no policy", rule.location()))
+                })?;
+                counted.push((rule, policy, key.as_str(), *cost > policy.limit(), *cost));
+            }
+        }
+        let refused_by_size = counted
+            .iter()
+            .any(|(rule, _, _, too_large, _)| *too_large && !rule.is_shadow());
+        let checks: Vec<PolicyCheck<'_>> = counted
+            .iter()
+            .map(|(_, policy, key, too_large, cost)| PolicyCheck {
+                policy: policy.name().as_str(),
+                key,
+                cost: Some(if refused_by_size || *too_large {
+                    0
+                } else {
+                    *cost
+                }),
+            })
+            .collect();
+        let decided = match self.limiter.check_all(&checks, UnknownPolicy::Refuse).await {
+            Ok(decided) => decided,
+            Err(CheckError::Store(error)) => return Err(RlsError::Unavailable(error)),
+            Err(CheckError::InvalidKey(error)) => {
+                return Err(RlsError::InvalidArgument(error.to_string()));
+            }
+            Err(error) => {
+                return Err(RlsError::Internal(format!(
+                    "the limiter refused the request's checks: {error}"
+                )));
+            }
+        };
+        let mut decided = counted.iter().zip(decided);
         let mut answers = Vec::with_capacity(plans.len());
-        let mut denied = false;
-        for plan in plans {
+        for plan in &plans {
             let answer = match plan {
                 Plan::NoLimit => DescriptorAnswer::NoLimit,
                 Plan::Unlimited => DescriptorAnswer::Unlimited,
-                Plan::Check { rule, key, cost } => {
-                    let answer = self.check(rule, &key, cost, denied).await?;
-                    denied |= answer.is_enforced_over();
-                    answer
+                Plan::Check { rule, .. } => {
+                    let Some(((_, _, _, too_large, _), Some(checked))) = decided.next() else {
+                        return Err(RlsError::Internal(format!(
+                            "{}: the limiter answered fewer checks than asked",
+                            rule.location()
+                        )));
+                    };
+                    DescriptorAnswer::Limited {
+                        rule: Arc::clone(rule),
+                        over: *too_large || !checked.decision.allowed,
+                        checked,
+                    }
                 }
             };
             answers.push(answer);
         }
         Ok(answers)
-    }
-
-    /// One descriptor: consume `cost`, or only peek when an earlier
-    /// descriptor already refused the request.
-    async fn check(
-        &self,
-        rule: &Arc<Rule>,
-        key: &str,
-        cost: u64,
-        peek_only: bool,
-    ) -> Result<DescriptorAnswer, RlsError> {
-        let policy = rule
-            .policy()
-            .ok_or_else(|| {
-                RlsError::Internal(format!("{}: a counted rule has no policy", rule.location()))
-            })?
-            .name()
-            .as_str();
-        let peek = || async {
-            self.limiter
-                .check(policy, key, Some(0))
-                .await
-                .map(|checked| {
-                    let over = checked.decision.remaining < cost;
-                    (checked, over)
-                })
-        };
-        let decided = if peek_only {
-            peek().await
-        } else {
-            match self.limiter.check(policy, key, Some(cost)).await {
-                Ok(checked) => {
-                    let over = !checked.decision.allowed;
-                    Ok((checked, over))
-                }
-                // More than the whole limit: no wait admits it, so it is over,
-                // and the peek says where the counter stands.
-                Err(CheckError::CostExceedsLimit { .. }) => {
-                    peek().await.map(|(checked, _)| (checked, true))
-                }
-                Err(error) => Err(error),
-            }
-        };
-        match decided {
-            Ok((checked, over)) => Ok(DescriptorAnswer::Limited {
-                rule: Arc::clone(rule),
-                checked,
-                over,
-            }),
-            Err(CheckError::Store(error)) => Err(RlsError::Unavailable(error)),
-            Err(CheckError::InvalidKey(error)) => Err(RlsError::InvalidArgument(error.to_string())),
-            Err(error) => Err(RlsError::Internal(format!(
-                "{}: the limiter refused the check: {error}",
-                rule.location()
-            ))),
-        }
     }
 }
 

@@ -13,7 +13,10 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use slidegate_core::{AllMustAdmit, Checked, RateLimitValues, Store};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::engine::{DescriptorAnswer, Engine, RlsError};
 use crate::rules::Unit;
@@ -23,10 +26,16 @@ pub const SHADOW_HEADER: &str = "slidegate-shadow-decision";
 /// `Slidegate-Fallback`, as the HTTP API names it.
 pub const FALLBACK_HEADER: &str = "slidegate-fallback";
 
+/// Sets a call's span's parent from the call's metadata (its
+/// `traceparent`): the server's telemetry knows the propagation format, this
+/// crate does not.
+pub type ContinueTrace = fn(&MetadataMap, &Span);
+
 /// Envoy's rate-limit service over an [`Engine`].
 pub struct RlsService<S> {
     engine: Arc<Engine<S>>,
     response_headers: bool,
+    continue_trace: Option<ContinueTrace>,
 }
 
 impl<S> Clone for RlsService<S> {
@@ -34,6 +43,7 @@ impl<S> Clone for RlsService<S> {
         Self {
             engine: Arc::clone(&self.engine),
             response_headers: self.response_headers,
+            continue_trace: self.continue_trace,
         }
     }
 }
@@ -45,7 +55,14 @@ impl<S: Store> RlsService<S> {
         Self {
             engine,
             response_headers,
+            continue_trace: None,
         }
+    }
+
+    /// Each call's span continues the caller's trace, read by `continue_trace`.
+    pub fn with_trace_propagation(mut self, continue_trace: ContinueTrace) -> Self {
+        self.continue_trace = Some(continue_trace);
+        self
     }
 
     pub fn engine(&self) -> &Arc<Engine<S>> {
@@ -92,11 +109,60 @@ impl<S: Store> RlsService<S> {
 
 #[tonic::async_trait]
 impl<S: Store> RateLimitService for RlsService<S> {
+    /// Traced as one server span (debug level, as the HTTP API's root
+    /// spans: a replica that neither traces nor logs at debug skips it),
+    /// named as OpenTelemetry names gRPC calls, around the limiter's own
+    /// spans. The domain is recorded; descriptor values (which may identify
+    /// people) are not.
     async fn should_rate_limit(
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        self.decide(request.get_ref()).await.map(Response::new)
+        let span = tracing::debug_span!(
+            "ShouldRateLimit",
+            otel.name = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = "envoy.service.ratelimit.v3.RateLimitService",
+            rpc.method = "ShouldRateLimit",
+            rpc.grpc.status_code = Empty,
+            slidegate.rls.domain = Empty,
+            slidegate.outcome = Empty,
+            error.type = Empty,
+            otel.status_code = Empty,
+        );
+        if !span.is_disabled() {
+            if let Some(continue_trace) = self.continue_trace {
+                continue_trace(request.metadata(), &span);
+            }
+            span.record("slidegate.rls.domain", request.get_ref().domain.as_str());
+        }
+        let answered = self
+            .decide(request.get_ref())
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            match &answered {
+                Ok(response) => {
+                    span.record("rpc.grpc.status_code", 0);
+                    let over = response.overall_code == Code::OverLimit as i32;
+                    span.record("slidegate.outcome", if over { "over_limit" } else { "ok" });
+                    span.record("otel.status_code", "OK");
+                }
+                Err(status) => {
+                    span.record("rpc.grpc.status_code", status.code() as i32);
+                    span.record("error.type", format!("{:?}", status.code()).as_str());
+                    // A refused request is the caller's doing, as a 4xx is.
+                    let verdict = if status.code() == tonic::Code::InvalidArgument {
+                        "OK"
+                    } else {
+                        "ERROR"
+                    };
+                    span.record("otel.status_code", verdict);
+                }
+            }
+        }
+        answered.map(Response::new)
     }
 }
 

@@ -40,6 +40,101 @@
 -- script cannot foresee.)
 --
 -- The clock going back drains nothing rather than admit on borrowed time.
+--
+-- Giving units back (release, for a request of several checks that another
+-- check refused: check_all.lua, release.lua): a check's token is the instant
+-- its units were added. The bucket has drained since, and what drained is
+-- counted as the check's own first: at `now` it still holds
+-- ours = cost - (now - token) * n / w of them (n, w: the rate the hash drains
+-- at). If that is more than 0, the level is drained to now and ours taken
+-- off it (never below 0), stored at that instant with the rate unchanged.
+-- Within one instant (one script) that is exactly `cost`; never more than
+-- the check still holds, so a release never admits on units that already left.
+--
+-- This file is the single-check script whole, and the algorithm's one
+-- definition: the table `gcra` (reserve, release) above the line
+-- "-- Single check." is also part of check_all.lua's and release.lua's
+-- scripts, which lib.rs assembles from it; below that line is this script's
+-- own call of it.
+
+local gcra = { keys = 1 }
+
+do
+  -- Decides a check of `cost` units at `now` (Redis TIME, microseconds)
+  -- against keys = { hash }, and adds the units if admitted. Returns the
+  -- reply above and the token release needs: `now`.
+  function gcra.reserve(keys, window, limit, cost, now)
+    local hash = keys[1]
+    local state = redis.call('HMGET', hash, 'l', 't', 'n', 'w')
+    local level = tonumber(state[1]) or 0
+    local at = tonumber(state[2]) or now
+    local drain_limit = tonumber(state[3]) or limit
+    local drain_window = tonumber(state[4]) or window
+    local elapsed = now - at
+    if elapsed < 0 then
+      elapsed = 0
+    end
+    level = level - elapsed * drain_limit / drain_window
+    if level < 0 then level = 0 end
+    -- A hash holding another rate is rewritten at this check's rate, whatever the decision.
+    local rate_changed = state[1] and (drain_limit ~= limit or drain_window ~= window)
+
+    -- Writes the level at now at this check's rate; the hash expires when it is empty.
+    local function store()
+      redis.call('HSET', hash, 'l', level, 't', now, 'n', limit, 'w', window)
+      redis.call('PEXPIRE', hash, math.ceil(math.ceil(level * window / limit) / 1000))
+    end
+
+    local need = cost
+    if need == 0 then need = 1 end
+
+    if level + need > limit then
+      local retry_after = math.ceil((level + need - limit) * window / limit)
+      if retry_after < 1 then retry_after = 1 end
+      local remaining = math.floor(limit - level)
+      if remaining < 0 then remaining = 0 end
+      if rate_changed then store() end
+      return { 0, remaining, math.ceil(level * window / limit), retry_after }, now
+    end
+
+    if cost > 0 or rate_changed then
+      level = level + cost
+      store()
+    end
+    return { 1, math.floor(limit - level), math.ceil(level * window / limit), 0 }, now
+  end
+
+  -- Gives back, at `now`, `cost` units that reserve added at `token` (see
+  -- "Giving units back" above). A hash without a rate (written by an
+  -- earlier version) drains at the check's own, as in reserve.
+  function gcra.release(keys, window, limit, cost, token, now)
+    local hash = keys[1]
+    local state = redis.call('HMGET', hash, 'l', 't', 'n', 'w')
+    if not state[1] then
+      -- An empty bucket (the hash expired): nothing left to give back.
+      return
+    end
+    local stored_at = tonumber(state[2]) or now
+    local drain_limit = tonumber(state[3]) or limit
+    local drain_window = tonumber(state[4]) or window
+    local rate = drain_limit / drain_window
+    local since = now - token
+    if since < 0 then
+      since = 0
+    end
+    local ours = cost - since * rate
+    if ours <= 0 then
+      return
+    end
+    local at = math.max(now, stored_at)
+    local level = tonumber(state[1]) - (at - stored_at) * rate - ours
+    if level < 0 then level = 0 end
+    redis.call('HSET', hash, 'l', level, 't', at)
+    redis.call('PEXPIRE', hash, math.ceil(math.ceil(level * drain_window / drain_limit) / 1000))
+  end
+end
+
+-- Single check.
 if #KEYS ~= 1 or #ARGV ~= 3 then
   return redis.error_reply('ERR gcra: expected 1 key and 3 arguments')
 end
@@ -52,41 +147,5 @@ end
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-
-local state = redis.call('HMGET', KEYS[1], 'l', 't', 'n', 'w')
-local level = tonumber(state[1]) or 0
-local at = tonumber(state[2]) or now
-local drain_limit = tonumber(state[3]) or limit
-local drain_window = tonumber(state[4]) or window
-local elapsed = now - at
-if elapsed < 0 then
-  elapsed = 0
-end
-level = level - elapsed * drain_limit / drain_window
-if level < 0 then level = 0 end
--- A hash holding another rate is rewritten at this check's rate, whatever the decision.
-local rate_changed = state[1] and (drain_limit ~= limit or drain_window ~= window)
-
--- Writes the level at now at this check's rate; the hash expires when it is empty.
-local function store()
-  redis.call('HSET', KEYS[1], 'l', level, 't', now, 'n', limit, 'w', window)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(math.ceil(level * window / limit) / 1000))
-end
-
-local need = cost
-if need == 0 then need = 1 end
-
-if level + need > limit then
-  local retry_after = math.ceil((level + need - limit) * window / limit)
-  if retry_after < 1 then retry_after = 1 end
-  local remaining = math.floor(limit - level)
-  if remaining < 0 then remaining = 0 end
-  if rate_changed then store() end
-  return { 0, remaining, math.ceil(level * window / limit), retry_after }
-end
-
-if cost > 0 or rate_changed then
-  level = level + cost
-  store()
-end
-return { 1, math.floor(limit - level), math.ceil(level * window / limit), 0 }
+local reply = gcra.reserve(KEYS, window, limit, cost, now)
+return reply

@@ -47,6 +47,216 @@
 --
 -- Every write ends with PEXPIRE of the log to the moment its newest entry
 -- leaves the window, so an idle key leaves Redis by itself.
+--
+-- Giving units back (release, for a request of several checks that another
+-- check refused: check_all.lua, release.lua): a check's units are logged at
+-- one instant, its token; release finds the entry of that instant (from the
+-- newest backwards: only the entries admitted since are newer), takes the
+-- units off it and off the cumulative score of it and of every later entry,
+-- and removes it when none are left. Units whose entry has left the log meanwhile
+-- are gone already: nothing to give back. Release only lowers what the key
+-- holds, so the expiry the last write set still covers every entry.
+--
+-- This file is the single-check script whole, and the algorithm's one
+-- definition: the table `sliding_log` (reserve, release) above the line
+-- "-- Single check." is also the first part of check_all.lua's and
+-- release.lua's scripts, which lib.rs assembles from it; below that line is
+-- this script's own call of it.
+
+local sliding_log = { keys = 2 }
+
+do
+  -- An entry of `log` at `rank` (0 = oldest, -1 = newest): time, units, score, member; nil past the end.
+  local function entry(log, rank)
+    local reply = redis.call('ZRANGE', log, rank, rank, 'WITHSCORES')
+    if not reply[1] then
+      return nil
+    end
+    local at, units = string.match(reply[1], '^(%d+):(%d+)$')
+    if not at then
+      error('sliding_log: the log holds an entry this script did not write')
+    end
+    return tonumber(at), tonumber(units), tonumber(reply[2]), reply[1]
+  end
+
+  -- Decides a check of `cost` units at `clock` (Redis TIME, microseconds)
+  -- against keys = { log, previous layout's log }, and logs the units if
+  -- admitted. Returns the reply above and the token release needs: the
+  -- instant the units were (or would have been) logged at.
+  function sliding_log.reserve(keys, window, limit, cost, clock)
+    local log, old_log = keys[1], keys[2]
+    local newest_at, newest_units, top, newest_member = entry(log, -1)
+    local now = clock
+    if newest_at and newest_at > now then
+      now = newest_at
+    end
+
+    -- Entries that have left the window (t + window <= now) are all at the front.
+    -- A galloping search over ranks finds how many: a steady stream expires about
+    -- one entry per check (one or two ZRANGEs), a long pause many (a few dozen at most).
+    local function gone(at)
+      return at ~= nil and at + window <= now
+    end
+    local first_at, first_units, first_score = entry(log, 0)
+    if gone(first_at) then
+      local left, stays, step = 0, nil, 1
+      while not stays do
+        if gone(entry(log, left + step)) then
+          left = left + step
+          step = step * 2
+        else
+          stays = left + step
+        end
+      end
+      while stays - left > 1 do
+        local middle = math.floor((left + stays) / 2)
+        if gone(entry(log, middle)) then
+          left = middle
+        else
+          stays = middle
+        end
+      end
+      redis.call('ZREMRANGEBYRANK', log, 0, left)
+      first_at, first_units, first_score = entry(log, 0)
+    end
+
+    local counted = 0
+    if first_at then
+      -- The newest entry is still there: it is the last to leave.
+      counted = top - (first_score - first_units)
+    else
+      top = 0
+      newest_at = nil
+    end
+    local legacy = redis.call('ZCOUNT', old_log, string.format('(%d', now - window), '+inf')
+    local held = counted + legacy
+
+    -- When the newest unit leaves, as a duration on Redis's clock (0 when nothing is held).
+    local function reset_after()
+      local last = 0
+      if newest_at then
+        last = newest_at + window
+      end
+      if legacy > 0 then
+        local newest_legacy = redis.call('ZRANGE', old_log, -1, -1, 'WITHSCORES')
+        last = math.max(last, tonumber(newest_legacy[2]) + window)
+      end
+      if last == 0 then
+        return 0
+      end
+      return last - clock
+    end
+
+    local need = cost
+    if need == 0 then
+      need = 1
+    end
+
+    if held + need > limit then
+      -- Denied: wait until the window holds at most `limit - need` units.
+      local allowance = limit - need
+      -- When the log holds at most `units`: when the entry holding unit number
+      -- top - units leaves (the first entry scored at or above it).
+      local function log_fits(units)
+        if counted <= units then
+          return now
+        end
+        local reply = redis.call('ZRANGEBYSCORE', log, top - units, '+inf', 'LIMIT', 0, 1)
+        return tonumber(string.match(reply[1], '^(%d+):')) + window
+      end
+      local fits
+      if legacy == 0 then
+        fits = log_fits(allowance)
+      else
+        -- When the previous layout's log holds at most `units`. Its live units
+        -- are the ranks after the `left` ones that left (it is never trimmed
+        -- here); the last of the oldest `legacy - units` of them must leave.
+        local function legacy_fits(units)
+          if legacy <= units then
+            return now
+          end
+          local left = redis.call('ZCOUNT', old_log, '-inf', string.format('%d', now - window))
+          local rank = left + legacy - units - 1
+          local reply = redis.call('ZRANGE', old_log, rank, rank, 'WITHSCORES')
+          return tonumber(reply[2]) + window
+        end
+        local newest_legacy = redis.call('ZRANGE', old_log, -1, -1, 'WITHSCORES')
+        if not first_at or tonumber(newest_legacy[2]) <= first_at then
+          -- Every old unit leaves before any entry of the log (the usual upgrade:
+          -- old replicas wrote first): exact.
+          if counted <= allowance then
+            fits = legacy_fits(allowance - counted)
+          else
+            fits = log_fits(allowance)
+          end
+        else
+          -- Old and new units interleave in time (old and new replicas both
+          -- admitting): a bound that is never early, since each side alone has
+          -- fitted by then.
+          fits = math.min(math.max(legacy_fits(0), log_fits(allowance)),
+            math.max(log_fits(0), legacy_fits(allowance)))
+        end
+      end
+      local remaining = limit - held
+      if remaining < 0 then
+        remaining = 0
+      end
+      return { 0, remaining, reset_after(), fits - clock }, now
+    end
+
+    if cost > 0 then
+      if newest_at == now then
+        -- The same instant as the newest entry (or the clock went back): one entry for both.
+        redis.call('ZREM', log, newest_member)
+        redis.call('ZADD', log, top + cost, string.format('%d:%d', now, newest_units + cost))
+      else
+        redis.call('ZADD', log, top + cost, string.format('%d:%d', now, cost))
+      end
+      newest_at = now
+      held = held + cost
+      redis.call('PEXPIRE', log, math.ceil((now + window - clock) / 1000))
+    end
+
+    return { 1, limit - held, reset_after(), 0 }, now
+  end
+
+  -- Gives back `cost` units that reserve logged at instant `token` (see
+  -- "Giving units back" above). `window`, `limit` and `clock` are not needed:
+  -- the entry and the scores say everything.
+  function sliding_log.release(keys, window, limit, cost, token, clock)
+    local log = keys[1]
+    -- The entries newer than the token's, newest first, as they are passed.
+    local later = {}
+    local rank = -1
+    while true do
+      local at, units, score, member = entry(log, rank)
+      if not at or at < token then
+        -- No entry of that instant: it left the window, or the key expired.
+        return
+      end
+      if at == token then
+        local given = math.min(cost, units)
+        if given == 0 then
+          return
+        end
+        for _, newer in ipairs(later) do
+          redis.call('ZADD', log, 'XX', newer.score - given, newer.member)
+        end
+        if units > given then
+          -- Added before the old member goes: the key never empties here,
+          -- so it keeps its expiry.
+          redis.call('ZADD', log, score - given, string.format('%d:%d', at, units - given))
+        end
+        redis.call('ZREM', log, member)
+        return
+      end
+      later[#later + 1] = { score = score, member = member }
+      rank = rank - 1
+    end
+  end
+end
+
+-- Single check.
 if #KEYS ~= 2 or #ARGV ~= 3 then
   return redis.error_reply('ERR sliding_log: expected 2 keys and 3 arguments')
 end
@@ -59,150 +269,5 @@ end
 
 local time = redis.call('TIME')
 local clock = tonumber(time[1]) * 1000000 + tonumber(time[2])
-
--- An entry at `rank` (0 = oldest, -1 = newest): time, units, score, member; nil past the end.
-local function entry(rank)
-  local reply = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')
-  if not reply[1] then
-    return nil
-  end
-  local at, units = string.match(reply[1], '^(%d+):(%d+)$')
-  if not at then
-    error('sliding_log: the log holds an entry this script did not write')
-  end
-  return tonumber(at), tonumber(units), tonumber(reply[2]), reply[1]
-end
-
-local newest_at, newest_units, top, newest_member = entry(-1)
-local now = clock
-if newest_at and newest_at > now then
-  now = newest_at
-end
-
--- Entries that have left the window (t + window <= now) are all at the front.
--- A galloping search over ranks finds how many: a steady stream expires about
--- one entry per check (one or two ZRANGEs), a long pause many (a few dozen at most).
-local function gone(at)
-  return at ~= nil and at + window <= now
-end
-local first_at, first_units, first_score = entry(0)
-if gone(first_at) then
-  local left, stays, step = 0, nil, 1
-  while not stays do
-    if gone(entry(left + step)) then
-      left = left + step
-      step = step * 2
-    else
-      stays = left + step
-    end
-  end
-  while stays - left > 1 do
-    local middle = math.floor((left + stays) / 2)
-    if gone(entry(middle)) then
-      left = middle
-    else
-      stays = middle
-    end
-  end
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, left)
-  first_at, first_units, first_score = entry(0)
-end
-
-local counted = 0
-if first_at then
-  -- The newest entry is still there: it is the last to leave.
-  counted = top - (first_score - first_units)
-else
-  top = 0
-  newest_at = nil
-end
-local legacy = redis.call('ZCOUNT', KEYS[2], string.format('(%d', now - window), '+inf')
-local held = counted + legacy
-
--- When the newest unit leaves, as a duration on Redis's clock (0 when nothing is held).
-local function reset_after()
-  local last = 0
-  if newest_at then
-    last = newest_at + window
-  end
-  if legacy > 0 then
-    local newest_legacy = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-    last = math.max(last, tonumber(newest_legacy[2]) + window)
-  end
-  if last == 0 then
-    return 0
-  end
-  return last - clock
-end
-
-local need = cost
-if need == 0 then
-  need = 1
-end
-
-if held + need > limit then
-  -- Denied: wait until the window holds at most `limit - need` units.
-  local allowance = limit - need
-  -- When the log holds at most `units`: when the entry holding unit number
-  -- top - units leaves (the first entry scored at or above it).
-  local function log_fits(units)
-    if counted <= units then
-      return now
-    end
-    local reply = redis.call('ZRANGEBYSCORE', KEYS[1], top - units, '+inf', 'LIMIT', 0, 1)
-    return tonumber(string.match(reply[1], '^(%d+):')) + window
-  end
-  local fits
-  if legacy == 0 then
-    fits = log_fits(allowance)
-  else
-    -- When the previous layout's log holds at most `units`. Its live units
-    -- are the ranks after the `left` ones that left (it is never trimmed
-    -- here); the last of the oldest `legacy - units` of them must leave.
-    local function legacy_fits(units)
-      if legacy <= units then
-        return now
-      end
-      local left = redis.call('ZCOUNT', KEYS[2], '-inf', string.format('%d', now - window))
-      local rank = left + legacy - units - 1
-      local reply = redis.call('ZRANGE', KEYS[2], rank, rank, 'WITHSCORES')
-      return tonumber(reply[2]) + window
-    end
-    local newest_legacy = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-    if not first_at or tonumber(newest_legacy[2]) <= first_at then
-      -- Every old unit leaves before any entry of the log (the usual upgrade:
-      -- old replicas wrote first): exact.
-      if counted <= allowance then
-        fits = legacy_fits(allowance - counted)
-      else
-        fits = log_fits(allowance)
-      end
-    else
-      -- Old and new units interleave in time (old and new replicas both
-      -- admitting): a bound that is never early, since each side alone has
-      -- fitted by then.
-      fits = math.min(math.max(legacy_fits(0), log_fits(allowance)),
-        math.max(log_fits(0), legacy_fits(allowance)))
-    end
-  end
-  local remaining = limit - held
-  if remaining < 0 then
-    remaining = 0
-  end
-  return { 0, remaining, reset_after(), fits - clock }
-end
-
-if cost > 0 then
-  if newest_at == now then
-    -- The same instant as the newest entry (or the clock went back): one entry for both.
-    redis.call('ZREM', KEYS[1], newest_member)
-    redis.call('ZADD', KEYS[1], top + cost, string.format('%d:%d', now, newest_units + cost))
-  else
-    redis.call('ZADD', KEYS[1], top + cost, string.format('%d:%d', now, cost))
-  end
-  newest_at = now
-  held = held + cost
-  redis.call('PEXPIRE', KEYS[1], math.ceil((now + window - clock) / 1000))
-end
-
-return { 1, limit - held, reset_after(), 0 }
+local reply = sliding_log.reserve(KEYS, window, limit, cost, clock)
+return reply

@@ -9,8 +9,11 @@
 //! standalone store keeps, would multiply the connections by the nodes for
 //! no gain: the client already pipelines concurrent commands per node).
 
+use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -18,17 +21,18 @@ use arc_swap::ArcSwap;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{RedisResult, Value};
+use redis::{ErrorKind, RedisResult, ServerErrorKind, Value};
 use tokio::sync::OnceCell;
 
 use slidegate_core::failover::FAILURE_DOMAINS;
 use slidegate_core::{
-    ClusterStats, ClusterTopology, DependencyHealth, LimiterKey, MasterHealth, NodeStats, Outcome,
-    Policy, PoolStats, Store, StoreError, StoreHealth,
+    Check, ClusterStats, ClusterTopology, DependencyHealth, LimiterKey, MasterHealth, NodeStats,
+    Outcome, Policy, PoolStats, Store, StoreError, StoreHealth,
 };
 
 use crate::{
-    RedisTls, Scripts, decision_call, describe, is_unreadable_reply, outcome, traced_decision,
+    RedisTls, Scripts, checks_command, checks_reply, decision_call, describe, is_unreadable_reply,
+    outcome, traced_checks, traced_decision,
 };
 
 /// What a [`ClusterStore`] is built from.
@@ -252,15 +256,20 @@ struct NodeCounters {
 }
 
 impl NodeCounters {
-    fn record(&self, result: &Result<Outcome, StoreError>, elapsed: Duration) {
+    /// `checks` checks sent in one call that took `elapsed`: each is
+    /// counted, and each took `elapsed` (so the mean stays a decision's time).
+    fn record<T>(&self, result: &Result<T, StoreError>, checks: usize, elapsed: Duration) {
         let counter = match result {
             Ok(_) | Err(StoreError::InvalidReply(_)) => &self.decided,
             Err(StoreError::Timeout { .. }) => &self.timeouts,
             Err(_) => &self.failed,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let checks = u64::try_from(checks).unwrap_or(u64::MAX);
+        counter.fetch_add(checks, Ordering::Relaxed);
         self.latency_micros.fetch_add(
-            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            u64::try_from(elapsed.as_micros())
+                .unwrap_or(u64::MAX)
+                .saturating_mul(checks),
             Ordering::Relaxed,
         );
     }
@@ -348,7 +357,124 @@ fn cluster_state(info: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The slot of every Redis key of `key` under `policy`: CRC16 of the hash
+/// tag `{<policy>[@<tenant>]:<key>}`, as Redis computes it.
+fn slot(policy: &Policy, key: LimiterKey<'_>) -> u16 {
+    let mut crc = crc16::State::<crc16::XMODEM>::new();
+    crc.update(policy.name().as_str().as_bytes());
+    if let Some(tenant) = key.tenant() {
+        crc.update(b"@");
+        crc.update(tenant.as_bytes());
+    }
+    crc.update(b":");
+    // Redis's tag ends at the first '}' after the '{': a key may hold one.
+    let key = key.as_str();
+    crc.update(key.split('}').next().unwrap_or(key).as_bytes());
+    // 16,384 slots: the remainder fits a u16.
+    crc.get() % SLOTS as u16
+}
+
+/// Runs `futures` concurrently and answers their outputs in order: what
+/// `futures::future::join_all` does, in a few lines rather than a
+/// dependency this crate does not otherwise need.
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|context| {
+        let mut waiting = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(context) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// What a group of checks of one slot is sent for (see [`ClusterStore::group_call`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupCall {
+    /// `check_all.lua`: decide, consuming what the group admits.
+    Reserve,
+    /// `release.lua`: give back what a reservation holds.
+    Release,
+}
+
 impl ClusterStore {
+    /// The failure domain of the master that serves `slot`.
+    fn slot_domain(&self, slot: u16) -> usize {
+        usize::from(self.slot_domains.load()[usize::from(slot)])
+    }
+
+    /// One call of `check_all.lua` or `release.lua` on the master of
+    /// `slot`, for the checks at `group` (indices into `checks`, all of that
+    /// slot), each with its fifth argument `fifth(index)`: traced as one
+    /// client span; a reservation counts its checks in the master's node
+    /// counters.
+    ///
+    /// `EVALSHA`, and on `NOSCRIPT` `EVAL` of the source on the same
+    /// master, which caches it there. Not redis-rs's `invoke_async`: its
+    /// fallback is `SCRIPT LOAD`, which the cluster client sends to every
+    /// master and which cannot succeed while any master is down, and a
+    /// release is needed precisely when a master fails: its script would
+    /// be loaded nowhere, and the units it should give back would stay.
+    async fn group_call(
+        &self,
+        call: GroupCall,
+        slot: u16,
+        checks: &[Check<'_>],
+        group: &[usize],
+        fifth: impl Fn(usize) -> u64,
+    ) -> Result<Vec<(Outcome, u64)>, StoreError> {
+        let (assembled, name) = match call {
+            GroupCall::Reserve => (&self.scripts.check_all, "check_all"),
+            GroupCall::Release => (&self.scripts.release, "release"),
+        };
+        let started = Instant::now();
+        let run = async {
+            let mut connection = self.connection().await?;
+            let group: Vec<(&Check<'_>, u64)> = group
+                .iter()
+                .map(|&index| (&checks[index], fifth(index)))
+                .collect();
+            let command =
+                |head: &str, script: &str| checks_command(head, script, &self.key_prefix, &group);
+            // Routed by the first key's slot, every key's.
+            let call = async {
+                let evalsha = command("EVALSHA", assembled.script.get_hash());
+                match evalsha.query_async::<Value>(&mut connection).await {
+                    Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        let eval = command("EVAL", &assembled.source);
+                        eval.query_async::<Value>(&mut connection).await
+                    }
+                    other => other,
+                }
+            };
+            let reply = self
+                .reply("running the all-or-nothing script", call)
+                .await?;
+            checks_reply(&reply, group.len())
+        };
+        let result = traced_checks(name, group.len(), run).await;
+        if call == GroupCall::Reserve {
+            self.node_counters[self.slot_domain(slot)].record(
+                &result,
+                group.len(),
+                started.elapsed(),
+            );
+        }
+        result
+    }
+
     /// One decision: `EVALSHA` of the policy's script on the master of the key's slot.
     async fn decide(
         &self,
@@ -379,8 +505,121 @@ impl Store for ClusterStore {
     ) -> Result<Outcome, StoreError> {
         let started = Instant::now();
         let result = traced_decision(policy, self.decide(policy, key, cost)).await;
-        self.node_counters[self.failure_domain(policy, key)].record(&result, started.elapsed());
+        self.node_counters[self.failure_domain(policy, key)].record(&result, 1, started.elapsed());
         result
+    }
+
+    /// All or nothing across slots, by reservation. The checks are grouped
+    /// by slot (a check's keys share its hash tag, so its slot); the checks
+    /// of one slot are decided by one `check_all.lua` call on its master,
+    /// atomically, as [`RedisStore`](crate::RedisStore) decides them all.
+    /// With one slot that is the whole request. With several, each group's
+    /// call reserves (concurrently; each with the enforced flags of its own
+    /// checks); if any group refused the request or failed, every group
+    /// that holds units is given them back with `release.lua`, and its
+    /// checks report what their keys hold without them. A group that failed
+    /// fails the request, once the others are released.
+    ///
+    /// The guarantee: never more admitted than any limit allows. While a
+    /// reservation is held (from its group's script until its release: the
+    /// slowest group's reply, then one more round-trip), a concurrent check
+    /// of one of its keys sees its units and may be denied on units that
+    /// are then given back: under-admission, never over. A release that cannot reach its master (a timeout, a
+    /// failover) leaves its units consumed until they leave their window,
+    /// and a group call that timed out may have consumed its units unseen
+    /// (as a single check that timed out may have been counted): under-
+    /// admission again. A `gcra` release gives back the reserved units less
+    /// what the bucket has drained since they were reserved.
+    ///
+    /// Each group's checks count in their master's node counters, with the
+    /// call's time each; releases are not checks and are not counted.
+    async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Outcome>, StoreError> {
+        if checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (index, check) in checks.iter().enumerate() {
+            groups
+                .entry(slot(check.policy, check.key))
+                .or_default()
+                .push(index);
+        }
+        let groups: Vec<(u16, Vec<usize>)> = groups.into_iter().collect();
+        let reserved = join_all(groups.iter().map(|(slot, group)| {
+            self.group_call(GroupCall::Reserve, *slot, checks, group, |index| {
+                u64::from(checks[index].enforced)
+            })
+        }))
+        .await;
+
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; checks.len()];
+        let mut tokens = vec![0u64; checks.len()];
+        let mut refused = false;
+        let mut failure = None;
+        for ((_, group), result) in groups.iter().zip(reserved) {
+            match result {
+                Ok(decided) => {
+                    for (&index, (outcome, token)) in group.iter().zip(decided) {
+                        refused |= checks[index].enforced && !outcome.allowed;
+                        outcomes[index] = Some(outcome);
+                        tokens[index] = token;
+                    }
+                }
+                // The first in slot order; the others are alike (one outage).
+                Err(error) => {
+                    failure.get_or_insert(error);
+                }
+            }
+        }
+
+        if refused || failure.is_some() {
+            // Only groups that admitted hold units: one that refused gave
+            // its own back inside its script.
+            let holding: Vec<(u16, Vec<usize>)> = groups
+                .iter()
+                .map(|(slot, group)| {
+                    let held = group
+                        .iter()
+                        .copied()
+                        .filter(|&index| tokens[index] != 0)
+                        .collect::<Vec<_>>();
+                    (*slot, held)
+                })
+                .filter(|(_, held)| !held.is_empty())
+                .collect();
+            let released = join_all(holding.iter().map(|(slot, held)| {
+                self.group_call(GroupCall::Release, *slot, checks, held, |index| {
+                    tokens[index]
+                })
+            }))
+            .await;
+            for ((_, held), result) in holding.iter().zip(released) {
+                match result {
+                    Ok(replies) => {
+                        for (&index, (outcome, _)) in held.iter().zip(replies) {
+                            outcomes[index] = Some(outcome);
+                        }
+                    }
+                    // The checks keep the outcome of their reservation:
+                    // admitted, and their units are indeed still held.
+                    Err(error) => tracing::warn!(
+                        checks = held.len(),
+                        error = %error,
+                        "could not give back the units a refused request reserved on one Redis Cluster master; they stay consumed until they leave their window"
+                    ),
+                }
+            }
+        }
+
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        outcomes
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                StoreError::InvalidReply("a check_all reply without every check".to_owned())
+            })
     }
 
     fn cluster_stats(&self) -> Option<ClusterStats> {
@@ -421,21 +660,9 @@ impl Store for ClusterStore {
         "redis_cluster"
     }
 
-    /// The domain of the master that serves the key's slot: CRC16 of the
-    /// hash tag `{<policy>[@<tenant>]:<key>}`, as Redis computes it.
+    /// The domain of the master that serves the key's slot (see [`slot`]).
     fn failure_domain(&self, policy: &Policy, key: LimiterKey<'_>) -> usize {
-        let mut crc = crc16::State::<crc16::XMODEM>::new();
-        crc.update(policy.name().as_str().as_bytes());
-        if let Some(tenant) = key.tenant() {
-            crc.update(b"@");
-            crc.update(tenant.as_bytes());
-        }
-        crc.update(b":");
-        // Redis's tag ends at the first '}' after the '{': a key may hold one.
-        let key = key.as_str();
-        crc.update(key.split('}').next().unwrap_or(key).as_bytes());
-        let slot = usize::from(crc.get()) % SLOTS as usize;
-        usize::from(self.slot_domains.load()[slot])
+        self.slot_domain(slot(policy, key))
     }
 
     fn pools(&self) -> Vec<PoolStats> {

@@ -36,14 +36,61 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use slidegate_core::{
-    Algorithm, DependencyHealth, LimiterKey, Outcome, Policy, PoolHealth, PoolStats, Store,
+    Algorithm, Check, DependencyHealth, LimiterKey, Outcome, Policy, PoolHealth, PoolStats, Store,
     StoreError, StoreHealth,
 };
 
+// Each algorithm's file is its single-check script, whole, as Redis runs it
+// (and as the load scripts in tests/load and the script tests load it).
 const SLIDING_LOG: &str = include_str!("../lua/sliding_log.lua");
 const SLIDING_WINDOW: &str = include_str!("../lua/sliding_window.lua");
 const GCRA: &str = include_str!("../lua/gcra.lua");
 const HEARTBEAT: &str = include_str!("../lua/heartbeat.lua");
+// The scripts of several checks are built on the same algorithms (see `Scripts::new`).
+const CHECKS: &str = include_str!("../lua/checks.lua");
+const CHECK_ALL: &str = include_str!("../lua/check_all.lua");
+const RELEASE: &str = include_str!("../lua/release.lua");
+
+/// The line of a single-check script after which it only calls its
+/// algorithm: everything above it is the algorithm's table (reserve, release).
+const SINGLE_CHECK: &str = "\n-- Single check.\n";
+
+/// The algorithms' tables, in the order check_all.lua and release.lua are
+/// assembled from: the part of each single-check script above its line
+/// `-- Single check.`, so each algorithm is written once.
+const ALGORITHMS: [&str; 3] = [
+    algorithm_part(SLIDING_LOG),
+    algorithm_part(SLIDING_WINDOW),
+    algorithm_part(GCRA),
+];
+
+/// The part of `script` up to and including the newline before its line
+/// `-- Single check.`; a script without that line does not compile.
+///
+/// A file cannot be both a whole script and a part of another (its last
+/// statement returns the reply), and `concat!` takes literals only, so the
+/// part is cut here, at compile time, and the scripts of several checks are
+/// joined when the store is built.
+const fn algorithm_part(script: &'static str) -> &'static str {
+    let (bytes, marker) = (script.as_bytes(), SINGLE_CHECK.as_bytes());
+    let mut at = 0;
+    while at + marker.len() <= bytes.len() {
+        let mut matched = 0;
+        while matched < marker.len() && bytes[at + matched] == marker[matched] {
+            matched += 1;
+        }
+        if matched == marker.len() {
+            // The newline is ASCII: cutting after it keeps valid UTF-8.
+            let (part, _) = bytes.split_at(at + 1);
+            return match std::str::from_utf8(part) {
+                Ok(part) => part,
+                Err(_) => panic!("a script that is not UTF-8"),
+            };
+        }
+        at += 1;
+    }
+    panic!("a single-check script without its line \"-- Single check.\"");
+}
 
 /// How the Redis store connects and how long it waits.
 #[derive(Clone)]
@@ -220,16 +267,11 @@ impl fmt::Debug for RedisTls {
     }
 }
 
-/// Adds the Redis keys of `key` under `policy` to `invocation`, in the
-/// order the script expects them as `KEYS`; one buffer serves all of them.
-/// Every key of one call shares the hash tag `{<policy>:<key>}`, so a Redis
-/// Cluster runs the script on the one master of that slot.
-fn add_keys(
-    key_prefix: &str,
-    invocation: &mut ScriptInvocation<'_>,
-    policy: &Policy,
-    key: LimiterKey<'_>,
-) {
+/// Hands the Redis keys of `key` under `policy` to `add`, in the order the
+/// script expects them as `KEYS`; one buffer serves all of them. Every key
+/// of one check shares the hash tag `{<policy>:<key>}`, so a Redis Cluster
+/// runs the script on the one master of that slot.
+fn add_keys(key_prefix: &str, policy: &Policy, key: LimiterKey<'_>, mut add: impl FnMut(&str)) {
     let mut name = String::with_capacity(
         key_prefix.len()
             + policy.name().as_str().len()
@@ -259,7 +301,7 @@ fn add_keys(
     for suffix in suffixes {
         name.truncate(tagged);
         name.push_str(suffix);
-        invocation.key(name.as_str());
+        add(name.as_str());
     }
 }
 
@@ -269,15 +311,38 @@ struct Scripts {
     sliding_window: Script,
     gcra: Script,
     heartbeat: Script,
+    /// Several checks, all or nothing (`lua/check_all.lua`).
+    check_all: Assembled,
+    /// Gives back what `check_all` reserved (`lua/release.lua`), for a
+    /// request refused on another slot of a cluster.
+    release: Assembled,
+}
+
+/// A script built from parts, with its source: the cluster store sends it
+/// with `EVAL` where a script is missing (see `ClusterStore::group_call`).
+struct Assembled {
+    script: Script,
+    source: String,
 }
 
 impl Scripts {
     fn new() -> Self {
+        let assembled = |tail: &str| {
+            let mut source = ALGORITHMS.concat();
+            source.push_str(CHECKS);
+            source.push_str(tail);
+            Assembled {
+                script: Script::new(&source),
+                source,
+            }
+        };
         Self {
             sliding_log: Script::new(SLIDING_LOG),
             sliding_window: Script::new(SLIDING_WINDOW),
             gcra: Script::new(GCRA),
             heartbeat: Script::new(HEARTBEAT),
+            check_all: assembled(CHECK_ALL),
+            release: assembled(RELEASE),
         }
     }
 
@@ -549,6 +614,38 @@ impl RedisStore {
             .await?;
         outcome(reply)
     }
+
+    /// One request of several checks: a pooled connection, then one
+    /// `EVALSHA` of `check_all.lua` over every check's keys. A standalone
+    /// Redis has no hash slots, so one script may touch keys of different
+    /// hash tags (a Redis Cluster would refuse it, `CROSSSLOT`: see
+    /// [`ClusterStore`]), and Redis runs it whole before anything else.
+    async fn evalsha_all(&self, checks: &[Check<'_>]) -> Result<Vec<Outcome>, StoreError> {
+        let (mut connection, generation) = self.connection().await?;
+        let checks_and_flags: Vec<(&Check<'_>, u64)> = checks
+            .iter()
+            .map(|check| (check, u64::from(check.enforced)))
+            .collect();
+        let invocation = checks_call(
+            &self.scripts.check_all.script,
+            &self.key_prefix,
+            &checks_and_flags,
+        );
+        // NOSCRIPT: loaded and repeated once, as for one check.
+        let reply = self
+            .reply(
+                generation,
+                "running the all-or-nothing script",
+                invocation.invoke_async::<redis::Value>(&mut connection),
+            )
+            .await?;
+        // The script holds no units for a refused request: the tokens are
+        // only for a caller that must give units back itself (the cluster).
+        Ok(checks_reply(&reply, checks.len())?
+            .into_iter()
+            .map(|(outcome, _)| outcome)
+            .collect())
+    }
 }
 
 /// The script call of one decision: the policy's script, the key's Redis
@@ -561,7 +658,9 @@ fn decision_call<'s>(
     cost: u64,
 ) -> ScriptInvocation<'s> {
     let mut invocation = scripts.get(policy.algorithm()).prepare_invoke();
-    add_keys(key_prefix, &mut invocation, policy, key);
+    add_keys(key_prefix, policy, key, |name| {
+        invocation.key(name);
+    });
     invocation
         .arg(policy.window().as_micros())
         .arg(policy.limit())
@@ -586,6 +685,115 @@ fn outcome(
     })
 }
 
+/// The script call of several checks (`check_all.lua`, `release.lua`):
+/// every check's Redis keys as `KEYS`, in order, and five `ARGV` per check:
+/// algorithm, window, limit, cost, and the script's own fifth (enforced,
+/// or the token to give back), given with each check.
+fn checks_call<'s>(
+    script: &'s Script,
+    key_prefix: &str,
+    checks: &[(&Check<'_>, u64)],
+) -> ScriptInvocation<'s> {
+    let mut invocation = script.prepare_invoke();
+    for (check, fifth) in checks {
+        add_keys(key_prefix, check.policy, check.key, |name| {
+            invocation.key(name);
+        });
+        invocation
+            .arg(check.policy.algorithm().as_str())
+            .arg(check.policy.window().as_micros())
+            .arg(check.policy.limit())
+            .arg(check.cost)
+            .arg(*fifth);
+    }
+    invocation
+}
+
+/// As [`checks_call`], as a plain command: `head` (`EVALSHA`, `EVAL`) and
+/// `script` (its SHA1, its source), then the number of keys, the keys and
+/// the arguments. For the cluster store, which sends `EVAL` itself on
+/// `NOSCRIPT` (see `ClusterStore::group_call`).
+fn checks_command(
+    head: &str,
+    script: &str,
+    key_prefix: &str,
+    checks: &[(&Check<'_>, u64)],
+) -> redis::Cmd {
+    let mut keys = Vec::with_capacity(checks.len() * 2);
+    for (check, _) in checks {
+        add_keys(key_prefix, check.policy, check.key, |name| {
+            keys.push(name.to_owned());
+        });
+    }
+    let mut command = redis::cmd(head);
+    command.arg(script).arg(keys.len()).arg(&keys);
+    for (check, fifth) in checks {
+        command
+            .arg(check.policy.algorithm().as_str())
+            .arg(check.policy.window().as_micros())
+            .arg(check.policy.limit())
+            .arg(check.cost)
+            .arg(*fifth);
+    }
+    command
+}
+
+/// A reply of `check_all.lua` or `release.lua` for `checks` checks: five
+/// integers per check, `{allowed (1|0), remaining, reset_after_us,
+/// retry_after_us, token}`. Anything else (another length, a negative
+/// number, a string) is a reply the limiter cannot read.
+fn checks_reply(reply: &redis::Value, checks: usize) -> Result<Vec<(Outcome, u64)>, StoreError> {
+    let expected = checks.saturating_mul(5);
+    let values = match reply {
+        redis::Value::Array(values) if values.len() == expected => values,
+        other => {
+            return Err(StoreError::InvalidReply(format!(
+                "expected {expected} integers for {checks} checks, got {}",
+                describe_value(other)
+            )));
+        }
+    };
+    let number = |value: &redis::Value| match value {
+        redis::Value::Int(number) => u64::try_from(*number)
+            .map_err(|_| StoreError::InvalidReply(format!("negative value {number}"))),
+        other => Err(StoreError::InvalidReply(format!(
+            "expected an integer, got {}",
+            describe_value(other)
+        ))),
+    };
+    values
+        .chunks_exact(5)
+        .map(|fields| {
+            let allowed = match number(&fields[0])? {
+                0 => false,
+                1 => true,
+                other => {
+                    return Err(StoreError::InvalidReply(format!(
+                        "allowed is {other}, not 0 or 1"
+                    )));
+                }
+            };
+            let outcome = Outcome {
+                allowed,
+                remaining: number(&fields[1])?,
+                reset_after_us: number(&fields[2])?,
+                retry_after_us: number(&fields[3])?,
+            };
+            Ok((outcome, number(&fields[4])?))
+        })
+        .collect()
+}
+
+/// A reply's shape for an error message: never its contents beyond a number.
+fn describe_value(value: &redis::Value) -> String {
+    match value {
+        redis::Value::Array(values) => format!("an array of {}", values.len()),
+        redis::Value::Int(number) => format!("the integer {number}"),
+        redis::Value::Nil => "nil".to_owned(),
+        _ => "another type".to_owned(),
+    }
+}
+
 /// The client span of one decision, `EVALSHA`, with the database and the
 /// algorithm but never the Redis keys (they contain the limiter key); marks
 /// a failed one with its error's kind.
@@ -604,7 +812,38 @@ async fn traced_decision(
         error.type = Empty,
         otel.status_code = Empty,
     );
-    let result = decide.instrument(span.clone()).await;
+    traced(span, decide).await
+}
+
+/// The client span of one call of several checks, `EVALSHA` of `script`
+/// (`check_all`, `release`), with how many checks it carries; like
+/// [`traced_decision`], never the keys.
+async fn traced_checks<T>(
+    script: &'static str,
+    checks: usize,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let span = tracing::debug_span!(
+        "redis.evalsha",
+        otel.name = "EVALSHA",
+        otel.kind = "client",
+        db.system = "redis",
+        db.system.name = "redis",
+        db.operation.name = "EVALSHA",
+        slidegate.script = script,
+        slidegate.checks = checks,
+        error.type = Empty,
+        otel.status_code = Empty,
+    );
+    traced(span, call).await
+}
+
+/// Runs `call` in `span`, marking the span with the error's kind if it fails.
+async fn traced<T>(
+    span: tracing::Span,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let result = call.instrument(span.clone()).await;
     if let Err(error) = &result
         && !span.is_disabled()
     {
@@ -623,6 +862,20 @@ impl Store for RedisStore {
         cost: u64,
     ) -> Result<Outcome, StoreError> {
         traced_decision(policy, self.evalsha(policy, key, cost)).await
+    }
+
+    /// All or nothing, atomically: one `EVALSHA` of `check_all.lua` decides
+    /// every check (one round-trip, whatever their number), and Redis runs
+    /// one script at a time, so no other check ever sees the units of a
+    /// refused request. Nothing is consumed when the script fails (it gives
+    /// back what it reserved before raising its error); a call that timed
+    /// out may have been decided all the same, as one check may. Traced as
+    /// one client span, `EVALSHA` (see [`traced_checks`]); no checks, no call.
+    async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Outcome>, StoreError> {
+        if checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        traced_checks("check_all", checks.len(), self.evalsha_all(checks)).await
     }
 
     fn kind(&self) -> &'static str {
@@ -1179,6 +1432,85 @@ mod tests {
         assert!(cluster_enabled("# Cluster\r\ncluster_enabled:1\r\n"));
         assert!(!cluster_enabled("# Cluster\r\ncluster_enabled:0\r\n"));
         assert!(!cluster_enabled(""));
+    }
+
+    #[test]
+    fn the_scripts_of_several_checks_hold_each_algorithm_once_and_no_single_check_call() {
+        for (part, table) in ALGORITHMS
+            .iter()
+            .zip(["sliding_log", "sliding_window", "gcra"])
+        {
+            assert!(part.ends_with('\n'), "{table}");
+            assert!(!part.contains(SINGLE_CHECK.trim_start()), "{table}");
+            assert!(!part.contains("#KEYS"), "{table}: its own call is cut off");
+            assert!(part.contains(&format!("\nlocal {table} = {{")), "{table}");
+        }
+        let scripts = Scripts::new();
+        for assembled in [&scripts.check_all, &scripts.release] {
+            // The SHA1 of the assembled source, not of one of its parts.
+            assert_ne!(assembled.script.get_hash(), scripts.sliding_log.get_hash());
+            assert!(
+                assembled
+                    .source
+                    .starts_with(SLIDING_LOG.lines().next().unwrap())
+            );
+        }
+        assert_ne!(
+            scripts.check_all.script.get_hash(),
+            scripts.release.script.get_hash()
+        );
+    }
+
+    #[test]
+    fn a_reply_of_several_checks_is_read_strictly() {
+        let ints = |values: &[i64]| {
+            redis::Value::Array(values.iter().map(|&v| redis::Value::Int(v)).collect())
+        };
+        let read = checks_reply(&ints(&[1, 9, 100, 0, 42, 0, 0, 7, 5, 0]), 2).unwrap();
+        assert_eq!(
+            read,
+            vec![
+                (
+                    Outcome {
+                        allowed: true,
+                        remaining: 9,
+                        reset_after_us: 100,
+                        retry_after_us: 0
+                    },
+                    42
+                ),
+                (
+                    Outcome {
+                        allowed: false,
+                        remaining: 0,
+                        reset_after_us: 7,
+                        retry_after_us: 5
+                    },
+                    0
+                ),
+            ]
+        );
+        for (reply, checks) in [
+            (ints(&[1, 9, 100, 0, 42]), 2),
+            (ints(&[1, 9, 100, 0, 42, 1]), 1),
+            (ints(&[2, 9, 100, 0, 0]), 1),
+            (ints(&[1, -1, 100, 0, 0]), 1),
+            (redis::Value::Nil, 1),
+            (redis::Value::Int(1), 1),
+            (
+                redis::Value::Array(vec![
+                    redis::Value::Int(1),
+                    redis::Value::BulkString(b"9".to_vec()),
+                    redis::Value::Int(0),
+                    redis::Value::Int(0),
+                    redis::Value::Int(0),
+                ]),
+                1,
+            ),
+        ] {
+            let error = checks_reply(&reply, checks).unwrap_err();
+            assert!(matches!(error, StoreError::InvalidReply(_)), "{reply:?}");
+        }
     }
 
     #[test]

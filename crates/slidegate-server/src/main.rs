@@ -70,10 +70,14 @@ async fn main() -> ExitCode {
     };
     let address = application.address();
     let admin_address = application.admin_address().map(|admin| admin.to_string());
+    let envoy_rls_address = application
+        .envoy_rls_address()
+        .map(|envoy| envoy.to_string());
     let policy = application.example_policy().unwrap_or("demo");
     tracing::info!(
         %address,
         admin_address,
+        envoy_rls_address,
         store = application.store_kind(),
         "slidegate is listening; try: curl -i -X POST http://{address}/v1/check -H 'Content-Type: application/json' -d '{{\"policy\":\"{policy}\",\"key\":\"alice\"}}'"
     );

@@ -45,6 +45,42 @@ struct EnvoyRls {
     server: JoinHandle<Result<(), slidegate_envoy::ServeError>>,
     /// Re-reads the rule files; stopped when dropped.
     _watcher: slidegate_envoy::RulesWatcher,
+    engine: Arc<slidegate_envoy::Engine<Arc<AnyStore>>>,
+    /// What the gRPC health service answers (see [`EnvoyRls::follow_readiness`]).
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl EnvoyRls {
+    /// Keeps the gRPC health service's answer current: `SERVING` while the
+    /// replica is not draining and the rules' limiter is ready by the same
+    /// rule as `/health/ready` (its policies loaded, and the store decides or
+    /// no rule fails closed), judged on the background store probe's last
+    /// answer. Sweeps that limiter's failover state (deny cache, local
+    /// mode) on `sweep_interval` too.
+    fn follow_readiness(
+        &self,
+        store: Arc<Probe<slidegate_core::StoreHealth>>,
+        draining: Arc<AtomicBool>,
+        check_every: Duration,
+        sweep_interval: Duration,
+    ) -> Vec<JoinHandle<()>> {
+        let engine = Arc::clone(&self.engine);
+        let ready = self.ready.clone();
+        let readiness = every(check_every, move || {
+            let serving = !draining.load(Ordering::SeqCst)
+                && engine.limiter().health_given(store.read().answer).ready;
+            ready.send_if_modified(|answer| std::mem::replace(answer, serving) != serving);
+            std::future::ready(())
+        });
+        let engine = Arc::clone(&self.engine);
+        let sweep = every(sweep_interval, move || {
+            if let Some(failover) = engine.limiter().failover() {
+                failover.sweep();
+            }
+            std::future::ready(())
+        });
+        vec![readiness, sweep]
+    }
 }
 
 /// A replica, bound to its port (and its admin port) and ready to run.
@@ -260,6 +296,14 @@ impl Application {
                 async move { catalog.health(deadline).await }
             })));
         }
+        if let Some(envoy) = &envoy_rls {
+            tasks.extend(envoy.follow_readiness(
+                Arc::clone(&probes.store),
+                Arc::clone(&draining),
+                probe_settings.interval.min(Duration::from_secs(1)),
+                sweep_interval,
+            ));
+        }
         if state.limiter.failover().is_some() {
             let heartbeat_state = state.clone();
             tasks.push(every(settings.limiter.heartbeat_interval, move || {
@@ -327,16 +371,27 @@ impl Application {
             address: bind.to_string(),
             source,
         })?;
-        let service = slidegate_envoy::RlsService::new(engine, envoy.response_headers);
+        let service = slidegate_envoy::RlsService::new(Arc::clone(&engine), envoy.response_headers)
+            .with_trace_propagation(crate::telemetry::continue_grpc_trace);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(slidegate_envoy::serve_on(listener, service, async {
-            let _ = stopped.await;
-        }));
+        // NOT_SERVING until readiness is first judged, once the store's
+        // first probe has answered (see `follow_readiness`).
+        let (ready, readiness) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(slidegate_envoy::serve_on(
+            listener,
+            service,
+            readiness,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Ok(EnvoyRls {
             address,
             stop,
             server,
             _watcher: watcher,
+            engine,
+            ready,
         })
     }
 

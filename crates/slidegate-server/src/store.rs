@@ -6,7 +6,7 @@ pub use slidegate_redis::{ClusterStore, RedisOptions, RedisStore, RedisTls, TlsE
 use std::time::Duration;
 
 use slidegate_core::{
-    ClusterStats, LimiterKey, MemoryStats, Outcome, Policy, PoolStats, Store, StoreError,
+    Check, ClusterStats, LimiterKey, MemoryStats, Outcome, Policy, PoolStats, Store, StoreError,
     StoreHealth,
 };
 
@@ -34,6 +34,14 @@ impl Store for AnyStore {
             AnyStore::Memory(store) => store.check(policy, key, cost).await,
             AnyStore::Redis(store) => store.check(policy, key, cost).await,
             AnyStore::Cluster(store) => store.check(policy, key, cost).await,
+        }
+    }
+
+    async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Outcome>, StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.check_all(checks).await,
+            AnyStore::Redis(store) => store.check_all(checks).await,
+            AnyStore::Cluster(store) => store.check_all(checks).await,
         }
     }
 

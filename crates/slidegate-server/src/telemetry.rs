@@ -372,3 +372,35 @@ where
         }
     }
 }
+
+/// Reads a gRPC call's metadata as OpenTelemetry's propagators read headers.
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|key| match key {
+                tonic::metadata::KeyRef::Ascii(key) => Some(key.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// Makes a gRPC call's span (the Envoy front end's `ShouldRateLimit`) a
+/// child of the caller's span named by its `traceparent`, through the global
+/// propagator, as the HTTP root span does for HTTP requests. Without tracing
+/// configured the propagator is a no-op and the call starts its own trace.
+pub fn continue_grpc_trace(metadata: &tonic::metadata::MetadataMap, span: &tracing::Span) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&MetadataExtractor(metadata))
+    });
+    // Fails only for a span already started elsewhere: this one is new.
+    let _ = span.set_parent(parent);
+}

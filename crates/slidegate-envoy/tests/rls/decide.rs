@@ -44,6 +44,10 @@ descriptors:
       replaces: [ { name: per_user } ]
   - key: cost
     rate_limit: { unit: minute, requests_per_unit: 10, algorithm: gcra }
+  - key: limit_a
+    rate_limit: { unit: minute, requests_per_unit: 10 }
+  - key: limit_b
+    rate_limit: { unit: minute, requests_per_unit: 3, algorithm: sliding_window }
 "#;
 
 #[tokio::test]
@@ -133,6 +137,8 @@ async fn one_descriptor_over_makes_the_request_over_and_statuses_stay_in_order()
     assert_eq!(second.overall_code, OVER_LIMIT);
     let codes: Vec<i32> = second.statuses.iter().map(|status| status.code).collect();
     assert_eq!(codes, [OK, OVER_LIMIT, OK]);
+    // Refused: key2 was not counted, and says what it holds without it.
+    assert_eq!(second.statuses[0].limit_remaining, 19);
     assert_eq!(
         second.statuses[0]
             .current_limit
@@ -150,6 +156,60 @@ async fn one_descriptor_over_makes_the_request_over_and_statuses_stay_in_order()
         1
     );
     assert!(second.statuses[2].current_limit.is_none());
+}
+
+#[tokio::test]
+async fn a_refused_request_consumes_no_descriptor_all_or_nothing() {
+    let rls = spawn(RULES).await;
+    let both = || {
+        request(
+            "test-domain",
+            vec![
+                descriptor(&[("limit_a", "alice")]),
+                descriptor(&[("limit_b", "alice")]),
+            ],
+        )
+    };
+    let mut admitted = 0;
+    for call in 1..=10 {
+        let response = rls.ok(both()).await;
+        if response.overall_code == OK {
+            admitted += 1;
+            continue;
+        }
+        let codes: Vec<i32> = response.statuses.iter().map(|status| status.code).collect();
+        assert_eq!(codes, [OK, OVER_LIMIT], "call {call}");
+        assert_eq!(response.statuses[0].limit_remaining, 7, "call {call}");
+    }
+    assert_eq!(admitted, 3);
+    // Limit A counted exactly the 3 admitted requests: this one is its 4th.
+    let alone = rls
+        .ok(request(
+            "test-domain",
+            vec![descriptor(&[("limit_a", "alice")])],
+        ))
+        .await;
+    assert_eq!(alone.statuses[0].limit_remaining, 6);
+
+    // A cost above a rule's whole limit refuses before anything is counted.
+    let mut huge = request(
+        "test-domain",
+        vec![
+            descriptor(&[("limit_a", "bob")]),
+            with_hits(descriptor(&[("limit_b", "bob")]), 4),
+        ],
+    );
+    huge.hits_addend = 1;
+    let refused = rls.ok(huge).await;
+    assert_eq!(refused.overall_code, OVER_LIMIT);
+    assert_eq!(
+        (
+            refused.statuses[0].code,
+            refused.statuses[0].limit_remaining
+        ),
+        (OK, 10)
+    );
+    assert_eq!(refused.statuses[1].code, OVER_LIMIT);
 }
 
 #[tokio::test]

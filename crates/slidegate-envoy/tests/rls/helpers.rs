@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::UInt64Value;
 use slidegate_core::{FakeClock, Limiter, MemoryStore, Store, unobserved};
 use slidegate_envoy::{Engine, RlsService, RuleSet, rules};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tonic::transport::Channel;
 
 pub struct Rls<S> {
@@ -23,6 +23,8 @@ pub struct Rls<S> {
     pub clock: FakeClock,
     pub dir: tempfile::TempDir,
     pub rules_path: PathBuf,
+    /// What the gRPC health service answers (the replica's readiness).
+    pub ready: watch::Sender<bool>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -66,8 +68,9 @@ pub async fn spawn_on<S: Store>(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, stop) = oneshot::channel::<()>();
+    let (ready, readiness) = watch::channel(true);
     let server = tokio::spawn(async move {
-        slidegate_envoy::serve_on(listener, service, async {
+        slidegate_envoy::serve_on(listener, service, readiness, async {
             let _ = stop.await;
         })
         .await
@@ -81,6 +84,7 @@ pub async fn spawn_on<S: Store>(
         clock,
         dir,
         rules_path,
+        ready,
         shutdown: Some(shutdown),
         server: Some(server),
     }

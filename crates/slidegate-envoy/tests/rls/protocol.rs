@@ -1,6 +1,8 @@
 //! The gRPC surface: malformed input, health and reflection.
 
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
+use std::time::Duration;
+
 use prost::Message;
 use prost::bytes::{Buf, BufMut};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -166,14 +168,15 @@ async fn malformed_protobuf_is_a_grpc_error_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
-async fn health_says_serving() {
+async fn health_follows_the_replicas_readiness() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
     let rls = spawn(RULES).await;
     let mut health = HealthClient::new(channel(rls.addr).await);
-    for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
+    let services = ["", slidegate_envoy::server::RATE_LIMIT_SERVICE];
+    for service in services {
         let response = health
             .check(HealthCheckRequest {
                 service: service.to_owned(),
@@ -187,6 +190,41 @@ async fn health_says_serving() {
             "{service:?}"
         );
     }
+    // Watch answers each change as it happens.
+    let mut watched = health
+        .watch(HealthCheckRequest {
+            service: slidegate_envoy::server::RATE_LIMIT_SERVICE.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    async fn next(watched: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> i32 {
+        tokio::time::timeout(Duration::from_secs(10), watched.message())
+            .await
+            .expect("a health change within 10 s")
+            .unwrap()
+            .unwrap()
+            .status
+    }
+    assert_eq!(next(&mut watched).await, ServingStatus::Serving as i32);
+    rls.ready.send(false).unwrap();
+    assert_eq!(next(&mut watched).await, ServingStatus::NotServing as i32);
+    let overall = health
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(overall.status, ServingStatus::NotServing as i32);
+    rls.ready.send(true).unwrap();
+    assert_eq!(next(&mut watched).await, ServingStatus::Serving as i32);
+    // Not ready still answers ShouldRateLimit: readiness is for balancers.
+    let answer = rls
+        .ok(request(
+            "test-domain",
+            vec![descriptor(&[("key", "value")])],
+        ))
+        .await;
+    assert_eq!(answer.statuses.len(), 1);
 }
 
 #[tokio::test]

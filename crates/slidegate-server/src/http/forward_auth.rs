@@ -11,12 +11,16 @@
 //! policy (read from the limiter's snapshot, so an admin change applies on
 //! every replica as soon as it syncs; file rules are then not used).
 //!
-//! Every policy whose match rule covers the request is checked, in
-//! configuration order (catalog rules: by policy name), and combined by the
-//! core's [`AllMustAdmit`]: all must admit, the first denial answers 429 and
-//! later policies are not checked (nor consumed); units consumed by the
-//! policies checked before it stay consumed. The answer carries the headers
-//! of the denying policy, or when all admit, of the tightest enforced one.
+//! Every policy whose match rule covers the request is checked as one
+//! request, **all or nothing** (the core's [`Limiter::check_all`]: one
+//! script call on one Redis): it is admitted only if every enforced policy
+//! admits it, and then counted on each; if any denies, none is consumed.
+//! The answers are combined by the core's [`AllMustAdmit`], in
+//! configuration order (catalog rules: by policy name): the first denial
+//! answers 429 with its headers; when all admit, the tightest enforced
+//! policy's headers answer.
+//!
+//! [`Limiter::check_all`]: slidegate_core::Limiter::check_all
 
 use std::borrow::Cow;
 use std::ops::ControlFlow;
@@ -31,7 +35,7 @@ use crate::client_ip::ClientIpRules;
 use slidegate_core::rules::{
     ForwardedRequest, NoMatch, Rules, normalize_path, normalize_path_decoding_slashes,
 };
-use slidegate_core::{AllMustAdmit, CheckError, PresentedApiKey, Store};
+use slidegate_core::{AllMustAdmit, PolicyCheck, PresentedApiKey, Store, UnknownPolicy};
 
 /// The path Envoy's ext_authz `path_prefix` should be set to.
 pub const PATH: &str = "/v1/forward-auth";
@@ -124,23 +128,35 @@ pub async fn forward_auth<S: Store>(
 
     let catalog_rules = state.limiter.bundle_rules();
     let rules = catalog_rules.as_deref().unwrap_or(&config.rules);
+    // A part the request lacks (no API key, no such header): that policy
+    // does not apply, as with Envoy's rate-limit descriptors.
+    let keyed: Vec<(&str, String)> = rules
+        .matching(&forwarded)
+        .filter_map(|rule| Some((rule.policy.name().as_str(), rule.key.derive(&forwarded)?)))
+        .collect();
+    let checks: Vec<PolicyCheck<'_>> = keyed
+        .iter()
+        .map(|(policy, key)| PolicyCheck {
+            policy,
+            key,
+            cost: None,
+        })
+        .collect();
+    // A catalog policy deleted between loading these rules and the check no
+    // longer applies; a file policy always exists.
+    let unknown = if catalog_rules.is_some() {
+        UnknownPolicy::Skip
+    } else {
+        UnknownPolicy::Refuse
+    };
     let mut answers = AllMustAdmit::new();
-    for rule in rules.matching(&forwarded) {
-        // A part the request lacks (no API key, no such header): this policy
-        // does not apply, as with Envoy's rate-limit descriptors.
-        let Some(key) = rule.key.derive(&forwarded) else {
-            continue;
-        };
-        let checked = match state
-            .limiter
-            .check(rule.policy.name().as_str(), &key, None)
-            .await
-        {
-            Ok(checked) => checked,
-            // Deleted from the catalog between loading these rules and the check.
-            Err(CheckError::UnknownPolicy(_)) if catalog_rules.is_some() => continue,
-            Err(error) => return Err(error.into()),
-        };
+    for checked in state
+        .limiter
+        .check_all(&checks, unknown)
+        .await?
+        .into_iter()
+        .flatten()
+    {
         if let ControlFlow::Break(denial) = answers.add(checked) {
             return Ok(decision_response(&denial));
         }

@@ -263,3 +263,66 @@ fn a_rule_file_that_does_not_parse_stops_the_start_naming_the_file_and_the_path_
     let error = error.to_string();
     assert!(error.contains("envoy_rls.rules"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_follows_readiness_while_redis_goes_away_and_comes_back() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut redis = crate::private_redis::PrivateRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ratelimit.yaml");
+    std::fs::write(&path, RULES).unwrap();
+    let mut options = TestOptions::redis(vec![policy("api", "sliding_log", 3, "1m")]);
+    options.redis_url = Some(redis.url());
+    options.settings.envoy_rls.bind = Some(([127, 0, 0, 1], 0).into());
+    options.settings.envoy_rls.rules = Some(path);
+    options.settings.envoy_rls.failure_mode = Some(slidegate_core::FailureMode::Closed);
+    let app = spawn_app(options).await;
+    let address = app.envoy_address.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let status = || {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: slidegate_envoy::server::RATE_LIMIT_SERVICE.to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    let serving = ServingStatus::Serving as i32;
+    let not_serving = ServingStatus::NotServing as i32;
+    eventually(Duration::from_secs(15), "SERVING with Redis up", || async {
+        (status().await == serving).then_some(())
+    })
+    .await;
+
+    // The rules fail closed: without Redis they cannot answer as configured.
+    redis.kill();
+    eventually(
+        Duration::from_secs(15),
+        "NOT_SERVING without Redis",
+        || async { (status().await == not_serving).then_some(()) },
+    )
+    .await;
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, 503, "the HTTP readiness agrees");
+
+    redis.restart();
+    eventually(
+        Duration::from_secs(20),
+        "SERVING again with Redis back",
+        || async { (status().await == serving).then_some(()) },
+    )
+    .await;
+}

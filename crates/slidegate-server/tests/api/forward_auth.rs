@@ -149,7 +149,7 @@ async fn raw(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> crate::help
 }
 
 #[tokio::test]
-async fn every_matching_policy_is_checked_in_file_order_and_the_first_denial_stops_the_rest() {
+async fn every_matching_policy_must_admit_and_a_refused_request_consumes_none_in_either_order() {
     let client_ip = vec!["client_ip".to_owned()];
     let app = spawn_app(TestOptions::redis(vec![
         rule("strict-a", 1, "/a", &client_ip),
@@ -175,7 +175,7 @@ async fn every_matching_policy_is_checked_in_file_order_and_the_first_denial_sto
         first.header("ratelimit-policy"),
         Some("\"strict-a\";q=1;w=60")
     );
-    // The first policy denies: the later one is not checked, nor consumed.
+    // The first policy denies: the other is not consumed.
     let denied = app.forward_auth("GET", "/a/x", &[]).await;
     assert_eq!(
         (denied.status, &denied.body["policy"]),
@@ -184,14 +184,15 @@ async fn every_matching_policy_is_checked_in_file_order_and_the_first_denial_sto
     assert!(denied.header("retry-after").is_some());
     assert_eq!(remaining("loose-a").await, json!(4));
 
-    // In the other order the looser policy is consumed before the denial, and stays consumed.
+    // The looser policy first: it would admit, but the request is refused
+    // by the strict one, so it is not consumed either (all or nothing).
     assert_eq!(app.forward_auth("GET", "/b/x", &[]).await.status, 200);
     let denied = app.forward_auth("GET", "/b/x", &[]).await;
     assert_eq!(
         (denied.status, &denied.body["policy"]),
         (429, &json!("strict-b"))
     );
-    assert_eq!(remaining("loose-b").await, json!(3));
+    assert_eq!(remaining("loose-b").await, json!(4));
 }
 
 #[tokio::test]

@@ -525,6 +525,8 @@ pub struct Replica {
     pub address: String,
     /// The admin listener's, when `SLIDEGATE__SERVER__ADMIN_BIND` was given.
     pub admin_address: Option<String>,
+    /// The Envoy rate-limit gRPC listener's, when `SLIDEGATE__ENVOY_RLS__BIND` was given.
+    pub envoy_rls_address: Option<std::net::SocketAddr>,
     pub client: reqwest::Client,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
     logged: Arc<Notify>,
@@ -572,6 +574,7 @@ impl Replica {
         let mut replica = Replica {
             address: String::new(),
             admin_address: None,
+            envoy_rls_address: None,
             client: reqwest::Client::new(),
             logs,
             logged,
@@ -582,7 +585,7 @@ impl Replica {
             .wait_for_log("the replica to listen", |line| {
                 line["message"]
                     .as_str()
-                    .is_some_and(|message| message.contains("listening"))
+                    .is_some_and(|message| message.starts_with("slidegate is listening"))
             })
             .await;
         let address = listening["address"]
@@ -592,6 +595,9 @@ impl Replica {
         replica.admin_address = listening["admin_address"]
             .as_str()
             .map(|admin| format!("http://{admin}"));
+        replica.envoy_rls_address = listening["envoy_rls_address"]
+            .as_str()
+            .map(|envoy| envoy.parse().expect("a socket address"));
         replica
     }
 

@@ -2,6 +2,7 @@
 
 mod admin;
 mod admin_listener;
+mod all_or_nothing;
 mod bad_input;
 mod catalog_sync;
 mod chaos;
@@ -26,6 +27,7 @@ mod recovery;
 mod scripts;
 mod sentinel;
 mod shutdown;
+mod store_all_or_nothing;
 mod store_contract;
 mod tls;
 mod traces;

@@ -302,6 +302,80 @@ async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_caller
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_should_rate_limit_call_continues_the_callers_trace_down_to_redis() {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+        RateLimitDescriptor, rate_limit_descriptor::Entry,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+
+    let receiver = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("ratelimit.yaml");
+    std::fs::write(
+        &rules,
+        "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: { unit: minute, requests_per_unit: 5 }\n  - key: path\n    rate_limit: { unit: minute, requests_per_unit: 9 }\n",
+    )
+    .unwrap();
+    let mut env = tracing_env(&receiver, "slidegate-under-test");
+    env.push(("SLIDEGATE__REDIS__URL", redis_url()));
+    env.push(("SLIDEGATE__LIMITER__KEY_PREFIX", unique_prefix()));
+    env.push(("SLIDEGATE__ENVOY_RLS__BIND", "127.0.0.1:0".to_owned()));
+    env.push(("SLIDEGATE__ENVOY_RLS__RULES", rules.display().to_string()));
+    let replica = Replica::spawn(POLICY, &env).await;
+    let address = replica.envoy_rls_address.expect("the RLS listener is on");
+    let mut client = RateLimitServiceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+
+    let (trace_id, caller_span) = caller_ids();
+    let descriptor = |key: &str| RateLimitDescriptor {
+        entries: vec![Entry {
+            key: key.to_owned(),
+            value: PERSONAL_KEY.to_owned(),
+        }],
+        ..RateLimitDescriptor::default()
+    };
+    let mut call = tonic::Request::new(RateLimitRequest {
+        domain: "edge".to_owned(),
+        descriptors: vec![descriptor("user"), descriptor("path")],
+        hits_addend: 0,
+    });
+    call.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+    );
+    client.should_rate_limit(call).await.expect("answered");
+
+    let root_name = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    let spans = receiver
+        .wait_for_trace(&trace_id, &[root_name, "limiter.decide", "EVALSHA"])
+        .await;
+    let root = span(&spans, root_name);
+    let deciding = span(&spans, "limiter.decide");
+    let redis = span(&spans, "EVALSHA");
+    // One tree from the caller's span; both descriptors in one store call.
+    assert_eq!(root.parent_span_id, caller_span);
+    assert_eq!(deciding.parent_span_id, root.span_id);
+    assert_eq!(redis.parent_span_id, deciding.span_id);
+    assert_eq!(root.kind, SpanKind::Server as i32);
+    assert_eq!(root.attributes["rpc.system"], "grpc");
+    assert_eq!(root.attributes["rpc.method"], "ShouldRateLimit");
+    assert_eq!(root.attributes["rpc.grpc.status_code"], "0");
+    assert_eq!(root.attributes["slidegate.rls.domain"], "edge");
+    assert_eq!(root.attributes["slidegate.outcome"], "ok");
+    assert_eq!(root.status, StatusCode::Ok as i32);
+    assert_eq!(deciding.attributes["slidegate.checks"], "2");
+
+    let raw = receiver.received.raw.lock().unwrap().concat();
+    let needle = PERSONAL_KEY.as_bytes();
+    assert!(
+        !raw.windows(needle.len()).any(|window| window == needle),
+        "a descriptor value was exported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_write_is_traced_down_to_its_postgres_statement() {
     let database = TestDatabase::create().await;
     let receiver = OtlpReceiver::start().await;
