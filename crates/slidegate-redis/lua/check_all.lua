@@ -23,7 +23,9 @@
 --   token  nonzero only for units this call still holds (the check admitted,
 --          cost > 0, the request admitted): what release.lua needs to give
 --          them back if the request is refused elsewhere (another slot).
---          0 for a denial, a peek, a check given back.
+--          0 for a denial, a peek, a check given back. (No token of units
+--          held is 0: instants are microseconds since 1970, and a fixed
+--          window's index is 0 only for a window longer than that.)
 --
 -- Semantics: the request is admitted iff every enforced check admits it;
 -- then every check that admitted has consumed its cost, and a shadow check

@@ -10,10 +10,8 @@
 //! no gain: the client already pipelines concurrent commands per node).
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -374,32 +372,6 @@ fn slot(policy: &Policy, key: LimiterKey<'_>) -> u16 {
     crc.get() % SLOTS as u16
 }
 
-/// Runs `futures` concurrently and answers their outputs in order: what
-/// `futures::future::join_all` does, in a few lines rather than a
-/// dependency this crate does not otherwise need.
-async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|context| {
-        let mut waiting = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(context) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => waiting = true,
-                }
-            }
-        }
-        if waiting {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
-}
-
 /// What a group of checks of one slot is sent for (see [`ClusterStore::group_call`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GroupCall {
@@ -545,7 +517,7 @@ impl Store for ClusterStore {
                 .push(index);
         }
         let groups: Vec<(u16, Vec<usize>)> = groups.into_iter().collect();
-        let reserved = join_all(groups.iter().map(|(slot, group)| {
+        let reserved = futures_util::future::join_all(groups.iter().map(|(slot, group)| {
             self.group_call(GroupCall::Reserve, *slot, checks, group, |index| {
                 u64::from(checks[index].enforced)
             })
@@ -587,7 +559,7 @@ impl Store for ClusterStore {
                 })
                 .filter(|(_, held)| !held.is_empty())
                 .collect();
-            let released = join_all(holding.iter().map(|(slot, held)| {
+            let released = futures_util::future::join_all(holding.iter().map(|(slot, held)| {
                 self.group_call(GroupCall::Release, *slot, checks, held, |index| {
                     tokens[index]
                 })

@@ -409,7 +409,7 @@ async fn a_live_slot_migration_under_load_answers_every_check_from_redis() {
 }
 
 /// The slot of `key` as Redis computes it, asked of node `index`.
-async fn keyslot(cluster: &PrivateCluster, index: usize, key: &str) -> i64 {
+pub async fn keyslot(cluster: &PrivateCluster, index: usize, key: &str) -> i64 {
     let mut connection = cluster.nodes()[index].connection().await;
     redis::cmd("CLUSTER")
         .arg("KEYSLOT")
@@ -420,7 +420,7 @@ async fn keyslot(cluster: &PrivateCluster, index: usize, key: &str) -> i64 {
 }
 
 /// The port of the master serving `slot`, as node `index` sees it now.
-async fn master_of(cluster: &PrivateCluster, index: usize, slot: i64) -> Option<u16> {
+pub async fn master_of(cluster: &PrivateCluster, index: usize, slot: i64) -> Option<u16> {
     let mut connection = cluster.nodes()[index].connection().await;
     // Each range: start, end, [host, port, id], then its replicas.
     let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")

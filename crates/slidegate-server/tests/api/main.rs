@@ -27,6 +27,7 @@ mod recovery;
 mod scripts;
 mod sentinel;
 mod shutdown;
+mod store_all_or_nothing;
 mod store_contract;
 mod tls;
 mod traces;
