@@ -88,6 +88,12 @@ pub fn traced_as<F: std::future::Future>(
     TRACED.scope(traced, serving)
 }
 
+/// As [`traced_as`], for the synchronous part of starting a request: a
+/// middleware's `call` that builds the root span before returning its future.
+pub fn traced_while<R>(traced: bool, starting: impl FnOnce() -> R) -> R {
+    TRACED.sync_scope(traced, starting)
+}
+
 /// The decision of the request this task serves; `None` outside one (a
 /// background task).
 pub fn traced_here() -> Option<bool> {

@@ -113,15 +113,19 @@ where
             .get("traceparent")
             .map(|value| value.as_bytes());
         let traced = crate::telemetry::request_is_traced(traceparent, self.sample_ratio);
-        let serving = if traced {
-            let left: fn(ServiceResponse<StreamSpan<B>>) -> Wrapped<B> =
-                |response| response.map_body(|_, body| EitherBody::left(body));
-            Either::Left(self.traced.call(request).map_ok(left))
-        } else {
-            let right: fn(ServiceResponse<B>) -> Wrapped<B> =
-                |response| response.map_body(|_, body| EitherBody::right(body));
-            Either::Right(self.untraced.call(request).map_ok(right))
-        };
+        // `TracingLogger` builds its root span in `call` itself, before any
+        // future runs: the decision must be in scope for that too.
+        let serving = slidegate_core::observe::traced_while(traced, || {
+            if traced {
+                let left: fn(ServiceResponse<StreamSpan<B>>) -> Wrapped<B> =
+                    |response| response.map_body(|_, body| EitherBody::left(body));
+                Either::Left(self.traced.call(request).map_ok(left))
+            } else {
+                let right: fn(ServiceResponse<B>) -> Wrapped<B> =
+                    |response| response.map_body(|_, body| EitherBody::right(body));
+                Either::Right(self.untraced.call(request).map_ok(right))
+            }
+        });
         slidegate_core::observe::traced_as(traced, serving)
     }
 }

@@ -423,11 +423,17 @@ async fn a_request_not_sampled_builds_no_span_and_the_callers_decision_beats_the
         }
         call
     };
+    let checks = std::sync::atomic::AtomicU32::new(0);
     let check = |traceparent: Option<String>| {
+        // A key each: the policy admits 5 per minute.
+        let key = format!(
+            "k{}",
+            checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let mut request = replica
             .client
             .post(format!("{}/v1/check", replica.address))
-            .json(&serde_json::json!({"policy": "api", "key": "k"}));
+            .json(&serde_json::json!({"policy": "api", "key": key}));
         if let Some(traceparent) = traceparent {
             request = request.header("traceparent", traceparent);
         }
@@ -439,7 +445,9 @@ async fn a_request_not_sampled_builds_no_span_and_the_callers_decision_beats_the
     for traceparent in [None, Some(format!("00-{declined}-{declined_span}-00"))] {
         for _ in 0..3 {
             assert_eq!(check(traceparent.clone()).await.unwrap().status(), 200);
-            rls.should_rate_limit(call(traceparent.clone())).await.unwrap();
+            rls.should_rate_limit(call(traceparent.clone()))
+                .await
+                .unwrap();
         }
     }
     // Sampled by the caller, at ratio 0: traced, HTTP and gRPC.
@@ -463,7 +471,10 @@ async fn a_request_not_sampled_builds_no_span_and_the_callers_decision_beats_the
         .filter(|span| span.trace_id != trace_id)
         .map(|span| (span.trace_id.clone(), span.name.clone()))
         .collect();
-    assert!(others.is_empty(), "unsampled requests were traced: {others:?}");
+    assert!(
+        others.is_empty(),
+        "unsampled requests were traced: {others:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
