@@ -30,6 +30,7 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData,
     SpanExporter, SpanProcessor,
 };
+use tracing::subscriber::Interest;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
@@ -128,6 +129,9 @@ pub fn init(log: &LogSettings, tracing: &TracingSettings) -> Telemetry {
     });
 
     let installed = tracing_subscriber::registry()
+        // First: its "no" for an untraced request's spans stops them before
+        // any other layer (or the registry) sees them.
+        .with(provider.as_ref().map(|_| UntracedRequests))
         .with(log_layer)
         .with(otel_layer)
         .try_init()
@@ -484,9 +488,9 @@ fn coin(ratio: f64) -> bool {
 }
 
 /// The OpenTelemetry layer's gate: inside a request, only what the request's
-/// decision ([`slidegate_core::observe::traced_here`]) allows, so a request
-/// not traced builds no span and formats no attribute (its spans are
-/// disabled: the log layer does not want them at info either). Outside one
+/// decision ([`slidegate_core::observe::traced_here`]) allows (an untraced
+/// request's spans are refused before this, by `UntracedRequests`; this
+/// keeps the exporter's view right for what gets past it). Outside one
 /// (background work), a span inside a traced span is traced, and a new
 /// root is traced at `sample_ratio`.
 fn sampled_requests_only<S>(sample_ratio: f64) -> impl tracing_subscriber::layer::Filter<S>
@@ -546,5 +550,70 @@ mod sampling_tests {
             (9_000..11_000).contains(&traced),
             "{traced} of 100000 at 0.1"
         );
+    }
+}
+
+/// Disables, for every layer, the debug-level spans and events of a request
+/// not traced ([`slidegate_core::observe::traced_here`] is `Some(false)`):
+/// a layer's `enabled` returning false is the one global "no" in `tracing`,
+/// so such a span is never built (no registry slot, no field formatting),
+/// as with tracing off. Per-layer filters cannot do this: a span every one
+/// of them refuses is still built when any of them is dynamic. Info and
+/// above (what the log shows) always pass.
+struct UntracedRequests;
+
+impl<S: Subscriber> Layer<S> for UntracedRequests {
+    fn register_callsite(&self, metadata: &'static tracing::Metadata<'static>) -> Interest {
+        if *metadata.level() > Level::INFO {
+            Interest::sometimes()
+        } else {
+            Interest::always()
+        }
+    }
+
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        *metadata.level() <= Level::INFO || slidegate_core::observe::traced_here() != Some(false)
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    async fn disabled() -> (bool, bool) {
+        let untraced = slidegate_core::observe::traced_as(false, async {
+            tracing::debug_span!("limiter.decide").is_disabled()
+        })
+        .await;
+        let traced = slidegate_core::observe::traced_as(true, async {
+            tracing::debug_span!("limiter.decide").is_disabled()
+        })
+        .await;
+        (untraced, traced)
+    }
+
+    #[tokio::test]
+    async fn a_request_not_traced_builds_no_span_and_a_traced_one_does() {
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::sink)
+            .with_filter(EnvFilter::new("info"))
+            .boxed();
+        let exporter = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::sink)
+            .with_filter(
+                Targets::new()
+                    .with_target("slidegate", Level::DEBUG)
+                    .and(sampled_requests_only(0.0)),
+            );
+        let subscriber = tracing_subscriber::registry()
+            .with(UntracedRequests)
+            .with(log)
+            .with(Some(exporter));
+        let _default = tracing::subscriber::set_default(subscriber);
+        assert_eq!(disabled().await, (true, false));
     }
 }
