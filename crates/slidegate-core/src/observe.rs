@@ -70,3 +70,32 @@ impl StoreErrorRecorder for Unobserved {
 pub fn unobserved() -> Arc<dyn Observer> {
     Arc::new(Unobserved)
 }
+
+tokio::task_local! {
+    /// Whether the request this task serves is traced, as its front end decided.
+    static TRACED: bool;
+}
+
+/// Runs `serving` as a request whose front end has decided whether it is
+/// traced (from its caller's `traceparent`, else by the sample ratio). A
+/// tracing layer reads the decision with [`traced_here`], so that a request
+/// not traced builds no span at all: the limiter's spans are then disabled
+/// and cost one check each, the same as with tracing off.
+pub fn traced_as<F: std::future::Future>(
+    traced: bool,
+    serving: F,
+) -> tokio::task::futures::TaskLocalFuture<bool, F> {
+    TRACED.scope(traced, serving)
+}
+
+/// As [`traced_as`], for the synchronous part of starting a request: a
+/// middleware's `call` that builds the root span before returning its future.
+pub fn traced_while<R>(traced: bool, starting: impl FnOnce() -> R) -> R {
+    TRACED.sync_scope(traced, starting)
+}
+
+/// The decision of the request this task serves; `None` outside one (a
+/// background task).
+pub fn traced_here() -> Option<bool> {
+    TRACED.try_with(|traced| *traced).ok()
+}

@@ -29,7 +29,7 @@ pub mod watch;
 pub use engine::{DescriptorAnswer, Engine, RlsError};
 pub use rules::{RuleSet, RulesError};
 pub use server::{ServeError, serve, serve_on};
-pub use service::RlsService;
+pub use service::{CallTracing, RlsService};
 pub use settings::EnvoyRlsSettings;
 pub use watch::{ReloadCounters, ReloadOutcome, RulesWatcher};
 

@@ -26,16 +26,23 @@ pub const SHADOW_HEADER: &str = "slidegate-shadow-decision";
 /// `Slidegate-Fallback`, as the HTTP API names it.
 pub const FALLBACK_HEADER: &str = "slidegate-fallback";
 
-/// Sets a call's span's parent from the call's metadata (its
-/// `traceparent`): the server's telemetry knows the propagation format, this
-/// crate does not.
-pub type ContinueTrace = fn(&MetadataMap, &Span);
+/// How calls are traced, from their metadata: the server's telemetry knows
+/// the propagation format and the sample ratio, this crate does not.
+pub trait CallTracing: Send + Sync + 'static {
+    /// Whether this call is traced (its `traceparent`, else the ratio),
+    /// decided before any span is built: a call not traced builds none
+    /// (see [`slidegate_core::observe::traced_as`]).
+    fn traced(&self, metadata: &MetadataMap) -> bool;
+
+    /// Makes `span` a child of the caller's span named in `metadata`.
+    fn continue_trace(&self, metadata: &MetadataMap, span: &Span);
+}
 
 /// Envoy's rate-limit service over an [`Engine`].
 pub struct RlsService<S> {
     engine: Arc<Engine<S>>,
     response_headers: bool,
-    continue_trace: Option<ContinueTrace>,
+    tracing: Option<Arc<dyn CallTracing>>,
 }
 
 impl<S> Clone for RlsService<S> {
@@ -43,7 +50,7 @@ impl<S> Clone for RlsService<S> {
         Self {
             engine: Arc::clone(&self.engine),
             response_headers: self.response_headers,
-            continue_trace: self.continue_trace,
+            tracing: self.tracing.clone(),
         }
     }
 }
@@ -55,13 +62,13 @@ impl<S: Store> RlsService<S> {
         Self {
             engine,
             response_headers,
-            continue_trace: None,
+            tracing: None,
         }
     }
 
-    /// Each call's span continues the caller's trace, read by `continue_trace`.
-    pub fn with_trace_propagation(mut self, continue_trace: ContinueTrace) -> Self {
-        self.continue_trace = Some(continue_trace);
+    /// Calls are traced as `tracing` decides, each span continuing the caller's trace.
+    pub fn with_tracing(mut self, tracing: Arc<dyn CallTracing>) -> Self {
+        self.tracing = Some(tracing);
         self
     }
 
@@ -118,50 +125,59 @@ impl<S: Store> RateLimitService for RlsService<S> {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let span = tracing::debug_span!(
-            "ShouldRateLimit",
-            otel.name = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = "envoy.service.ratelimit.v3.RateLimitService",
-            rpc.method = "ShouldRateLimit",
-            rpc.grpc.status_code = Empty,
-            slidegate.rls.domain = Empty,
-            slidegate.outcome = Empty,
-            error.type = Empty,
-            otel.status_code = Empty,
-        );
-        if !span.is_disabled() {
-            if let Some(continue_trace) = self.continue_trace {
-                continue_trace(request.metadata(), &span);
-            }
-            span.record("slidegate.rls.domain", request.get_ref().domain.as_str());
-        }
-        let answered = self
-            .decide(request.get_ref())
-            .instrument(span.clone())
-            .await;
-        if !span.is_disabled() {
-            match &answered {
-                Ok(response) => {
-                    span.record("rpc.grpc.status_code", 0);
-                    let over = response.overall_code == Code::OverLimit as i32;
-                    span.record("slidegate.outcome", if over { "over_limit" } else { "ok" });
-                    span.record("otel.status_code", "OK");
+        let call = async {
+            let span = tracing::debug_span!(
+                "ShouldRateLimit",
+                otel.name = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = "envoy.service.ratelimit.v3.RateLimitService",
+                rpc.method = "ShouldRateLimit",
+                rpc.grpc.status_code = Empty,
+                slidegate.rls.domain = Empty,
+                slidegate.outcome = Empty,
+                error.type = Empty,
+                otel.status_code = Empty,
+            );
+            if !span.is_disabled() {
+                if let Some(tracing) = &self.tracing {
+                    tracing.continue_trace(request.metadata(), &span);
                 }
-                Err(status) => {
-                    span.record("rpc.grpc.status_code", status.code() as i32);
-                    span.record("error.type", format!("{:?}", status.code()).as_str());
-                    // A refused request is the caller's doing, as a 4xx is.
-                    let verdict = if status.code() == tonic::Code::InvalidArgument {
-                        "OK"
-                    } else {
-                        "ERROR"
-                    };
-                    span.record("otel.status_code", verdict);
+                span.record("slidegate.rls.domain", request.get_ref().domain.as_str());
+            }
+            let answered = self
+                .decide(request.get_ref())
+                .instrument(span.clone())
+                .await;
+            if !span.is_disabled() {
+                match &answered {
+                    Ok(response) => {
+                        span.record("rpc.grpc.status_code", 0);
+                        let over = response.overall_code == Code::OverLimit as i32;
+                        span.record("slidegate.outcome", if over { "over_limit" } else { "ok" });
+                        span.record("otel.status_code", "OK");
+                    }
+                    Err(status) => {
+                        span.record("rpc.grpc.status_code", status.code() as i32);
+                        span.record("error.type", format!("{:?}", status.code()).as_str());
+                        // A refused request is the caller's doing, as a 4xx is.
+                        let verdict = if status.code() == tonic::Code::InvalidArgument {
+                            "OK"
+                        } else {
+                            "ERROR"
+                        };
+                        span.record("otel.status_code", verdict);
+                    }
                 }
             }
-        }
+            answered
+        };
+        let answered = match &self.tracing {
+            Some(tracing) => {
+                slidegate_core::observe::traced_as(tracing.traced(request.metadata()), call).await
+            }
+            None => call.await,
+        };
         answered.map(Response::new)
     }
 }

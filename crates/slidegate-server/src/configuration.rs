@@ -282,8 +282,10 @@ pub struct TracingSettings {
     pub service_name: String,
     /// `service.instance.id`, telling replicas apart; unset: `<hostname>-<pid>`.
     pub instance_id: Option<String>,
-    /// Share of new traces recorded, 0.0 to 1.0. A request that arrives with a
-    /// `traceparent` follows the caller's decision instead.
+    /// Share of requests without a `traceparent` traced, 0.0 to 1.0 (default
+    /// 0.01). A request that arrives with one follows the caller's decision
+    /// instead. Decided before any span is built: a request not traced
+    /// costs what it costs with tracing off, nearly.
     pub sample_ratio: f64,
     /// Finished spans waiting for export. When full, new spans are dropped
     /// (and counted) rather than slowing requests down.
@@ -305,7 +307,7 @@ impl Default for TracingSettings {
             endpoint: None,
             service_name: "slidegate".into(),
             instance_id: None,
-            sample_ratio: 1.0,
+            sample_ratio: 0.01,
             max_queue_size: 2048,
             max_export_batch_size: 512,
             batch_delay: Duration::from_secs(5),

@@ -9,11 +9,10 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::Condition;
 use actix_web::{App, HttpServer, web};
 use tokio::task::JoinHandle;
-use tracing_actix_web::TracingLogger;
 
 use crate::configuration::{ConfigurationError, ServerSettings, Settings, Validated};
 use crate::http::admin::AdminToken;
-use crate::http::{self, ForwardAuth, HttpState, Listener, RootSpan};
+use crate::http::{self, ForwardAuth, HttpState, Listener, SampledTracing};
 use crate::metrics::Metrics;
 use crate::store::{AnyStore, ClusterStore, MemoryStore, RedisStore};
 use slidegate_catalog::{Catalog, CatalogError};
@@ -245,6 +244,7 @@ impl Application {
             state: &state,
             draining: &draining,
             traced,
+            sample_ratio: settings.tracing.sample_ratio,
             settings: &settings.server,
         };
         let mut servers = vec![serving.serve(
@@ -371,8 +371,13 @@ impl Application {
             address: bind.to_string(),
             source,
         })?;
-        let service = slidegate_envoy::RlsService::new(Arc::clone(&engine), envoy.response_headers)
-            .with_trace_propagation(crate::telemetry::continue_grpc_trace);
+        let mut service =
+            slidegate_envoy::RlsService::new(Arc::clone(&engine), envoy.response_headers);
+        if settings.tracing.endpoint().is_some() {
+            service = service.with_tracing(Arc::new(crate::telemetry::GrpcTracing {
+                sample_ratio: settings.tracing.sample_ratio,
+            }));
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         // NOT_SERVING until readiness is first judged, once the store's
         // first probe has answered (see `follow_readiness`).
@@ -544,6 +549,8 @@ struct Serving<'a> {
     state: &'a web::Data<HttpState<Arc<AnyStore>>>,
     draining: &'a Arc<AtomicBool>,
     traced: bool,
+    /// `tracing.sample_ratio`: the share of requests without a `traceparent` traced.
+    sample_ratio: f64,
     settings: &'a ServerSettings,
 }
 
@@ -559,6 +566,7 @@ impl Serving<'_> {
         let state = self.state.clone();
         let draining = Arc::clone(self.draining);
         let traced = self.traced;
+        let sample_ratio = self.sample_ratio;
         let mut server = HttpServer::new(move || {
             // Runs once on each worker thread as it starts. A PING through this
             // worker's own Redis pool opens its connections now, so the first
@@ -576,7 +584,7 @@ impl Serving<'_> {
                 .wrap_fn(move |request, service| {
                     http::close_connections_while_draining(&draining, request, service)
                 })
-                .wrap(Condition::new(traced, TracingLogger::<RootSpan>::new()))
+                .wrap(Condition::new(traced, SampledTracing { sample_ratio }))
                 .app_data(state.clone())
                 .configure(|config| http::routes::<Arc<AnyStore>>(routes, config))
         })

@@ -30,10 +30,11 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData,
     SpanExporter, SpanProcessor,
 };
+use tracing::subscriber::Interest;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{DynFilterFn, FilterExt, LevelFilter, Targets};
 use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -120,10 +121,17 @@ pub fn init(log: &LogSettings, tracing: &TracingSettings) -> Telemetry {
             .with_location(false)
             .with_target(false)
             .with_tracked_inactivity(false)
-            .with_filter(Targets::new().with_target("slidegate", Level::DEBUG))
+            .with_filter(
+                Targets::new()
+                    .with_target("slidegate", Level::DEBUG)
+                    .and(sampled_requests_only(tracing.sample_ratio)),
+            )
     });
 
     let installed = tracing_subscriber::registry()
+        // First: its "no" for an untraced request's spans stops them before
+        // any other layer (or the registry) sees them.
+        .with(provider.as_ref().map(|_| UntracedRequests))
         .with(log_layer)
         .with(otel_layer)
         .try_init()
@@ -167,11 +175,11 @@ fn tracer_provider(endpoint: &str, settings: &TracingSettings) -> SdkTracerProvi
         .build();
     let queued = Arc::new(AtomicUsize::new(0));
     let mut provider = SdkTracerProvider::builder()
-        // A request that carries a sampled `traceparent` is recorded whatever
-        // the ratio, so a gateway's trace is never cut in the middle.
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            settings.sample_ratio,
-        ))))
+        // The sample ratio was applied before any span was built (see
+        // `sampled_requests_only`): every span that reaches the exporter's
+        // tracer belongs to a trace already chosen, and a caller that chose
+        // not to sample (`traceparent` flags 00) is followed.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(resource(settings));
     match exporter {
         Ok(exporter) => {
@@ -392,15 +400,220 @@ impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
     }
 }
 
-/// Makes a gRPC call's span (the Envoy front end's `ShouldRateLimit`) a
-/// child of the caller's span named by its `traceparent`, through the global
-/// propagator, as the HTTP root span does for HTTP requests. Without tracing
-/// configured the propagator is a no-op and the call starts its own trace.
-pub fn continue_grpc_trace(metadata: &tonic::metadata::MetadataMap, span: &tracing::Span) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&MetadataExtractor(metadata))
+/// How the Envoy front end's gRPC calls are traced: decided as HTTP requests
+/// are ([`request_is_traced`], from the call's `traceparent` metadata), and
+/// a traced call's span made a child of the caller's through the global
+/// propagator, as the HTTP root span is.
+pub struct GrpcTracing {
+    pub sample_ratio: f64,
+}
+
+impl slidegate_envoy::CallTracing for GrpcTracing {
+    fn traced(&self, metadata: &tonic::metadata::MetadataMap) -> bool {
+        let traceparent = metadata.get("traceparent").map(|value| value.as_bytes());
+        request_is_traced(traceparent, self.sample_ratio)
+    }
+
+    fn continue_trace(&self, metadata: &tonic::metadata::MetadataMap, span: &tracing::Span) {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&MetadataExtractor(metadata))
+        });
+        // Fails only for a span already started elsewhere: this one is new.
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// Whether a request is traced, decided once as it arrives, before any span
+/// exists: a `traceparent` decides by its sampled flag (a gateway's trace is
+/// never cut in the middle, and never started where the caller declined);
+/// without one (or with one that does not parse), a share `sample_ratio`
+/// of requests is.
+pub fn request_is_traced(traceparent: Option<&[u8]>, sample_ratio: f64) -> bool {
+    match traceparent.and_then(sampled_flag) {
+        Some(sampled) => sampled,
+        None => coin(sample_ratio),
+    }
+}
+
+/// The sampled flag of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
+/// or `None` when it is not one.
+fn sampled_flag(traceparent: &[u8]) -> Option<bool> {
+    let hex = |part: &[u8]| !part.is_empty() && part.iter().all(u8::is_ascii_hexdigit);
+    let mut parts = traceparent.split(|byte| *byte == b'-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let well_formed = version.len() == 2
+        && version != b"ff"
+        && hex(version)
+        && trace.len() == 32
+        && hex(trace)
+        && trace.iter().any(|digit| *digit != b'0')
+        && parent.len() == 16
+        && hex(parent)
+        && parent.iter().any(|digit| *digit != b'0')
+        && flags.len() == 2
+        && hex(flags);
+    if !well_formed {
+        return None;
+    }
+    let low = char::from(flags[1]).to_digit(16)?;
+    Some(low & 1 == 1)
+}
+
+/// True with probability `ratio`, from a per-thread xorshift generator: no
+/// lock, no allocation, and nothing that needs to be unpredictable.
+fn coin(ratio: f64) -> bool {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, RandomState};
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(0u8) | 1);
+    }
+    let draw = STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x
     });
-    // Fails only for a span already started elsewhere: this one is new.
-    let _ = span.set_parent(parent);
+    // The top 53 bits as a fraction in [0, 1).
+    ((draw >> 11) as f64 / (1u64 << 53) as f64) < ratio
+}
+
+/// The OpenTelemetry layer's gate: inside a request, only what the request's
+/// decision ([`slidegate_core::observe::traced_here`]) allows (an untraced
+/// request's spans are refused before this, by `UntracedRequests`; this
+/// keeps the exporter's view right for what gets past it). Outside one
+/// (background work), a span inside a traced span is traced, and a new
+/// root is traced at `sample_ratio`.
+fn sampled_requests_only<S>(sample_ratio: f64) -> impl tracing_subscriber::layer::Filter<S>
+where
+    S: Subscriber + for<'lookup> LookupSpan<'lookup>,
+{
+    DynFilterFn::new(
+        move |metadata, cx| match slidegate_core::observe::traced_here() {
+            Some(traced) => traced,
+            None if cx.lookup_current().is_some() => true,
+            None => metadata.is_span() && coin(sample_ratio),
+        },
+    )
+    // Without a hint the combined filter would have none either, and
+    // `tracing`'s global level would open up to TRACE: every trace-level
+    // callsite of every crate would then ask the filters.
+    .with_max_level_hint(LevelFilter::DEBUG)
+}
+
+#[cfg(test)]
+mod sampling_tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_decides_by_its_sampled_flag_and_a_malformed_one_is_absent() {
+        let trace = "0af7651916cd43dd8448eb211c80319c";
+        let parent = "b7ad6b7169203331";
+        let with = |flags: &str| format!("00-{trace}-{parent}-{flags}");
+        assert_eq!(sampled_flag(with("01").as_bytes()), Some(true));
+        assert_eq!(sampled_flag(with("03").as_bytes()), Some(true));
+        assert_eq!(sampled_flag(with("00").as_bytes()), Some(false));
+        for malformed in [
+            String::new(),
+            "garbage".into(),
+            format!("ff-{trace}-{parent}-01"),
+            format!("00-{}-{parent}-01", "0".repeat(32)),
+            format!("00-{trace}-{}-01", "0".repeat(16)),
+            format!("00-{trace}-{parent}-0x"),
+            format!("00-{trace}-{parent}"),
+            format!("00-{}-{parent}-01", &trace[1..]),
+        ] {
+            assert_eq!(sampled_flag(malformed.as_bytes()), None, "{malformed:?}");
+        }
+        // The caller's decision beats the ratio, both ways.
+        assert!(request_is_traced(Some(with("01").as_bytes()), 0.0));
+        assert!(!request_is_traced(Some(with("00").as_bytes()), 1.0));
+    }
+
+    #[test]
+    fn without_a_traceparent_the_ratio_decides() {
+        assert!(request_is_traced(None, 1.0));
+        assert!(!request_is_traced(None, 0.0));
+        let traced = (0..100_000)
+            .filter(|_| request_is_traced(None, 0.1))
+            .count();
+        assert!(
+            (9_000..11_000).contains(&traced),
+            "{traced} of 100000 at 0.1"
+        );
+    }
+}
+
+/// Disables, for every layer, the debug-level spans and events of a request
+/// not traced ([`slidegate_core::observe::traced_here`] is `Some(false)`):
+/// a layer's `enabled` returning false is the one global "no" in `tracing`,
+/// so such a span is never built (no registry slot, no field formatting),
+/// as with tracing off. Per-layer filters cannot do this: a span every one
+/// of them refuses is still built when any of them is dynamic. Info and
+/// above (what the log shows) always pass.
+struct UntracedRequests;
+
+impl<S: Subscriber> Layer<S> for UntracedRequests {
+    fn register_callsite(&self, metadata: &'static tracing::Metadata<'static>) -> Interest {
+        if *metadata.level() > Level::INFO {
+            Interest::sometimes()
+        } else {
+            Interest::always()
+        }
+    }
+
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        *metadata.level() <= Level::INFO || slidegate_core::observe::traced_here() != Some(false)
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    async fn disabled() -> (bool, bool) {
+        let untraced = slidegate_core::observe::traced_as(false, async {
+            tracing::debug_span!("limiter.decide").is_disabled()
+        })
+        .await;
+        let traced = slidegate_core::observe::traced_as(true, async {
+            tracing::debug_span!("limiter.decide").is_disabled()
+        })
+        .await;
+        (untraced, traced)
+    }
+
+    #[tokio::test]
+    async fn a_request_not_traced_builds_no_span_and_a_traced_one_does() {
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::sink)
+            .with_filter(EnvFilter::new("info"))
+            .boxed();
+        let exporter = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::sink)
+            .with_filter(
+                Targets::new()
+                    .with_target("slidegate", Level::DEBUG)
+                    .and(sampled_requests_only(0.0)),
+            );
+        let subscriber = tracing_subscriber::registry()
+            .with(UntracedRequests)
+            .with(log)
+            .with(Some(exporter));
+        let _default = tracing::subscriber::set_default(subscriber);
+        assert_eq!(disabled().await, (true, false));
+    }
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod forward_auth;
 pub mod health;
 pub mod root_span;
+pub mod sampling;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ use slidegate_core::{Limiter, Store};
 pub use error::ApiError;
 pub use forward_auth::ForwardAuth;
 pub use root_span::RootSpan;
+pub use sampling::SampledTracing;
 
 /// What every handler shares: the limiter, its metrics, request-size limits,
 /// forward-auth's rules, whether the replica is draining, and the catalog and

@@ -376,6 +376,108 @@ async fn a_should_rate_limit_call_continues_the_callers_trace_down_to_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_not_sampled_builds_no_span_and_the_callers_decision_beats_the_ratio() {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+        RateLimitDescriptor, rate_limit_descriptor::Entry,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+
+    let receiver = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("ratelimit.yaml");
+    std::fs::write(
+        &rules,
+        "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: { unit: minute, requests_per_unit: 50 }\n",
+    )
+    .unwrap();
+    let mut env = tracing_env(&receiver, "slidegate-sampling");
+    env.push(("SLIDEGATE__REDIS__URL", redis_url()));
+    env.push(("SLIDEGATE__LIMITER__KEY_PREFIX", unique_prefix()));
+    env.push(("SLIDEGATE__ENVOY_RLS__BIND", "127.0.0.1:0".to_owned()));
+    env.push(("SLIDEGATE__ENVOY_RLS__RULES", rules.display().to_string()));
+    // Nothing without a traceparent is traced.
+    env.push(("SLIDEGATE__TRACING__SAMPLE_RATIO", "0".to_owned()));
+    let replica = Replica::spawn(POLICY, &env).await;
+    let mut rls = RateLimitServiceClient::connect(format!(
+        "http://{}",
+        replica.envoy_rls_address.expect("the RLS listener is on")
+    ))
+    .await
+    .unwrap();
+    let call = |traceparent: Option<String>| {
+        let mut call = tonic::Request::new(RateLimitRequest {
+            domain: "edge".to_owned(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "user".to_owned(),
+                    value: "u".to_owned(),
+                }],
+                ..RateLimitDescriptor::default()
+            }],
+            hits_addend: 0,
+        });
+        if let Some(traceparent) = traceparent {
+            call.metadata_mut()
+                .insert("traceparent", traceparent.parse().unwrap());
+        }
+        call
+    };
+    let checks = std::sync::atomic::AtomicU32::new(0);
+    let check = |traceparent: Option<String>| {
+        // A key each: the policy admits 5 per minute.
+        let key = format!(
+            "k{}",
+            checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut request = replica
+            .client
+            .post(format!("{}/v1/check", replica.address))
+            .json(&serde_json::json!({"policy": "api", "key": key}));
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        request.send()
+    };
+
+    // Not sampled: no traceparent at ratio 0, and a caller that declined (flags 00).
+    let (declined, declined_span) = caller_ids();
+    for traceparent in [None, Some(format!("00-{declined}-{declined_span}-00"))] {
+        for _ in 0..3 {
+            assert_eq!(check(traceparent.clone()).await.unwrap().status(), 200);
+            rls.should_rate_limit(call(traceparent.clone()))
+                .await
+                .unwrap();
+        }
+    }
+    // Sampled by the caller, at ratio 0: traced, HTTP and gRPC.
+    let (trace_id, caller_span) = caller_ids();
+    let sampled = format!("00-{trace_id}-{caller_span}-01");
+    assert_eq!(check(Some(sampled.clone())).await.unwrap().status(), 200);
+    rls.should_rate_limit(call(Some(sampled))).await.unwrap();
+    let root_name = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    receiver
+        .wait_for_trace(&trace_id, &["POST /v1/check", root_name, "EVALSHA"])
+        .await;
+
+    // Spans are exported in the order they end, the unsampled requests came
+    // first, and they built none: every span received is of the sampled trace.
+    let others: Vec<(String, String)> = receiver
+        .received
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|span| span.trace_id != trace_id)
+        .map(|span| (span.trace_id.clone(), span.name.clone()))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "unsampled requests were traced: {others:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_write_is_traced_down_to_its_postgres_statement() {
     let database = TestDatabase::create().await;
     let receiver = OtlpReceiver::start().await;
@@ -471,6 +573,8 @@ window = "1m"
             ("SLIDEGATE__TRACING__MAX_EXPORT_BATCH_SIZE", "4".into()),
             ("SLIDEGATE__TRACING__BATCH_DELAY", "20ms".into()),
             ("SLIDEGATE__TRACING__EXPORT_TIMEOUT", "60s".into()),
+            // Every check traced (the default traces 1% of those without a traceparent).
+            ("SLIDEGATE__TRACING__SAMPLE_RATIO", "1.0".into()),
         ],
     )
     .await;
