@@ -368,15 +368,7 @@ impl<S: Store> Limiter<S> {
         let elapsed = started.elapsed();
         let decision = match decided {
             Ok(decision) => decision,
-            Err(error) => {
-                self.store_errors.failed(&error);
-                if !deciding.is_disabled() {
-                    deciding.record("slidegate.outcome", "error");
-                    deciding.record("error.type", error.kind());
-                    deciding.record("otel.status_code", "ERROR");
-                }
-                return Err(error.into());
-            }
+            Err(error) => return Err(self.store_failed(&deciding, error)),
         };
         // A shadow policy's denials are counted apart (`shadow`): that is
         // what operators watch before they enforce it.
@@ -494,18 +486,9 @@ impl<S: Store> Limiter<S> {
                     decisions.len(),
                     to_decide.len()
                 ));
-                self.store_errors.failed(&error);
-                return Err(error.into());
+                return Err(self.store_failed(&deciding, error));
             }
-            Err(error) => {
-                self.store_errors.failed(&error);
-                if !deciding.is_disabled() {
-                    deciding.record("slidegate.outcome", "error");
-                    deciding.record("error.type", error.kind());
-                    deciding.record("otel.status_code", "ERROR");
-                }
-                return Err(error.into());
-            }
+            Err(error) => return Err(self.store_failed(&deciding, error)),
         };
         drop(to_decide);
         let mut decisions = decisions.into_iter();
@@ -529,6 +512,17 @@ impl<S: Store> Limiter<S> {
             );
         }
         Ok(answers)
+    }
+
+    /// Counts a store failure and marks the `limiter.decide` span with it.
+    fn store_failed(&self, deciding: &tracing::Span, error: StoreError) -> CheckError {
+        self.store_errors.failed(&error);
+        if !deciding.is_disabled() {
+            deciding.record("slidegate.outcome", "error");
+            deciding.record("error.type", error.kind());
+            deciding.record("otel.status_code", "ERROR");
+        }
+        error.into()
     }
 
     /// The policies in force now (a snapshot: later changes do not show in it).

@@ -19,6 +19,11 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 use tokio::sync::Notify;
 
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+    RateLimitDescriptor, rate_limit_descriptor::Entry,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+
 use crate::helpers::{ADMIN_TOKEN, Replica, TestDatabase, redis_url, unique_prefix, wait_until};
 use crate::metrics::{parse_exposition, value};
 
@@ -301,32 +306,45 @@ async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_caller
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_should_rate_limit_call_continues_the_callers_trace_down_to_redis() {
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
-        RateLimitDescriptor, rate_limit_descriptor::Entry,
-    };
-    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-
-    let receiver = OtlpReceiver::start().await;
+/// A replica on the shared Redis with the Envoy listener on (domain `edge`:
+/// `user` and `path` at 50 per minute), tracing to `receiver`, and a client
+/// of its listener; the rules' directory lives as long as the last value.
+async fn rls_replica(
+    receiver: &OtlpReceiver,
+    service: &str,
+    extra_env: &[(&'static str, String)],
+) -> (
+    Replica,
+    envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient<
+        tonic::transport::Channel,
+    >,
+    tempfile::TempDir,
+){
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("ratelimit.yaml");
     std::fs::write(
         &rules,
-        "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: { unit: minute, requests_per_unit: 5 }\n  - key: path\n    rate_limit: { unit: minute, requests_per_unit: 9 }\n",
+        "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: { unit: minute, requests_per_unit: 50 }\n  - key: path\n    rate_limit: { unit: minute, requests_per_unit: 50 }\n",
     )
     .unwrap();
-    let mut env = tracing_env(&receiver, "slidegate-under-test");
+    let mut env = tracing_env(receiver, service);
     env.push(("SLIDEGATE__REDIS__URL", redis_url()));
     env.push(("SLIDEGATE__LIMITER__KEY_PREFIX", unique_prefix()));
     env.push(("SLIDEGATE__ENVOY_RLS__BIND", "127.0.0.1:0".to_owned()));
     env.push(("SLIDEGATE__ENVOY_RLS__RULES", rules.display().to_string()));
+    env.extend(extra_env.iter().cloned());
     let replica = Replica::spawn(POLICY, &env).await;
     let address = replica.envoy_rls_address.expect("the RLS listener is on");
-    let mut client = RateLimitServiceClient::connect(format!("http://{address}"))
+    let client = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient::connect(format!("http://{address}"))
         .await
         .unwrap();
+    (replica, client, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_should_rate_limit_call_continues_the_callers_trace_down_to_redis() {
+    let receiver = OtlpReceiver::start().await;
+    let (_replica, mut client, _rules) = rls_replica(&receiver, "slidegate-under-test", &[]).await;
 
     let (trace_id, caller_span) = caller_ids();
     let descriptor = |key: &str| RateLimitDescriptor {
@@ -377,34 +395,10 @@ async fn a_should_rate_limit_call_continues_the_callers_trace_down_to_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_not_sampled_builds_no_span_and_the_callers_decision_beats_the_ratio() {
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
-        RateLimitDescriptor, rate_limit_descriptor::Entry,
-    };
-    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-
     let receiver = OtlpReceiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("ratelimit.yaml");
-    std::fs::write(
-        &rules,
-        "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: { unit: minute, requests_per_unit: 50 }\n",
-    )
-    .unwrap();
-    let mut env = tracing_env(&receiver, "slidegate-sampling");
-    env.push(("SLIDEGATE__REDIS__URL", redis_url()));
-    env.push(("SLIDEGATE__LIMITER__KEY_PREFIX", unique_prefix()));
-    env.push(("SLIDEGATE__ENVOY_RLS__BIND", "127.0.0.1:0".to_owned()));
-    env.push(("SLIDEGATE__ENVOY_RLS__RULES", rules.display().to_string()));
     // Nothing without a traceparent is traced.
-    env.push(("SLIDEGATE__TRACING__SAMPLE_RATIO", "0".to_owned()));
-    let replica = Replica::spawn(POLICY, &env).await;
-    let mut rls = RateLimitServiceClient::connect(format!(
-        "http://{}",
-        replica.envoy_rls_address.expect("the RLS listener is on")
-    ))
-    .await
-    .unwrap();
+    let ratio = [("SLIDEGATE__TRACING__SAMPLE_RATIO", "0".to_owned())];
+    let (replica, mut rls, _rules) = rls_replica(&receiver, "slidegate-sampling", &ratio).await;
     let call = |traceparent: Option<String>| {
         let mut call = tonic::Request::new(RateLimitRequest {
             domain: "edge".to_owned(),
