@@ -108,7 +108,7 @@ start_replica_and_wait() { # log file, NAME=value...
     SLIDEGATE__LOG__FORMAT=json \
     "$@" "$BINARY" --config "$HERE/policies.toml" >"$replica_log" 2>&1 &
   REPLICA_PID=$!
-  local address="" deadline=$((SECONDS + 30))
+  local address="" deadline=$((SECONDS + ${READY_DEADLINE_S:-30}))
   while ((SECONDS < deadline)); do
     kill -0 "$REPLICA_PID" 2>/dev/null || die "the replica exited during start-up"
     # The HTTP listener's line: a gRPC listener, when on, logs an address too.
@@ -122,5 +122,5 @@ start_replica_and_wait() { # log file, NAME=value...
     fi
     sleep 0.2
   done
-  die "the replica was not ready within 30 s"
+  die "the replica was not ready within ${READY_DEADLINE_S:-30} s"
 }

@@ -13,8 +13,14 @@
 # server started here), so the cost measured is the replica's: building,
 # batching and exporting spans, not a collector's.
 #
+# ROUNDS times over (default 3), the three cases take turns (off, default,
+# 1.0, off, …) and each row shows the case's median round: on this shared
+# 2-core box one 15 s run moves by 10-20 %, and taking turns keeps a slow
+# minute from landing on one case only.
+#
 # Settings: DURATION=15, WARMUP=3, CONNECTIONS=150, KEY_SPACE=100000,
-# REDIS_URL=redis://127.0.0.1:6379 (must be on this machine), SKIP_BUILD=1.
+# ROUNDS=3, REDIS_URL=redis://127.0.0.1:6379 (must be on this machine),
+# SKIP_BUILD=1.
 #
 # Targets (issue "Faster per decision"): the default costs at most 10 % of
 # throughput, ratio 1.0 at most 25 %. ENFORCE_TARGETS=1 exits 1 on a miss.
@@ -27,13 +33,15 @@ DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-3}
 CONNECTIONS=${CONNECTIONS:-150}
 KEY_SPACE=${KEY_SPACE:-100000}
+ROUNDS=${ROUNDS:-3}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 
 LOG_NAME=tracing_bench
 # shellcheck source=tests/load/lib.sh
 source "$HERE/lib.sh"
 
-require_whole_numbers DURATION WARMUP CONNECTIONS KEY_SPACE
+require_whole_numbers DURATION WARMUP CONNECTIONS KEY_SPACE ROUNDS
+((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
 require_loopback_redis
 for tool in wrk redis-cli curl cargo python3; do
   command -v "$tool" >/dev/null || die "$tool is not installed (wrk: apt-get install wrk)"
@@ -65,30 +73,9 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
-# The OTLP sink: reads each export and answers 200 with an empty protobuf
-# (a valid ExportTraceServiceResponse), counting the bytes it was sent.
+# The OTLP sink (tests/load/otlp_sink.py): 200 to every export, bytes counted.
 SINK_PORT=$(free_port)
-python3 - "$SINK_PORT" "$WORK/sink_bytes" <<'PY' &
-import http.server, socketserver, sys
-port, counter = int(sys.argv[1]), sys.argv[2]
-received = 0
-class Sink(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        global received
-        received += len(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        with open(counter, "w") as out:
-            out.write(str(received))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-Server(("127.0.0.1", port), Sink).serve_forever()
-PY
+python3 "$HERE/otlp_sink.py" "$SINK_PORT" "$WORK/sink_bytes" &
 SINK_PID=$!
 
 run_case() { # name, NAME=value...
@@ -116,35 +103,51 @@ field() { # results line, key
 }
 
 OTLP=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" SLIDEGATE__TRACING__BATCH_DELAY=200ms)
-run_case off
-run_case default "${OTLP[@]}"
-run_case ratio_1 "${OTLP[@]}" SLIDEGATE__TRACING__SAMPLE_RATIO=1.0
+for ((round = 1; round <= ROUNDS; round++)); do
+  log "round $round of $ROUNDS"
+  run_case off
+  run_case default "${OTLP[@]}"
+  run_case ratio_1 "${OTLP[@]}" SLIDEGATE__TRACING__SAMPLE_RATIO=1.0
+done
 
-off=$(grep '^off ' "$WORK/results")
-off_rps=$(awk -v n="$(field "$off" requests)" -v us="$(field "$off" duration_us)" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
-printf '\n%-28s %12s %9s %9s %9s %7s\n' "tracing" "decisions/s" "vs off" "p50 ms" "p99 ms" "errors"
+rate() { # results line: decisions per second
+  awk -v n="$(field "$1" requests)" -v us="$(field "$1" duration_us)" 'BEGIN { printf "%.0f", n / (us / 1e6) }'
+}
+median_run() { # case name: its results line of median throughput
+  local line
+  while read -r line; do
+    printf '%s %s\n' "$(rate "$line")" "$line"
+  done < <(grep "^$1 " "$WORK/results") | sort -n | awk '{ lines[NR] = $0 } END { print lines[int((NR + 1) / 2)] }' |
+    cut -d' ' -f2-
+}
+
+off_rps=$(rate "$(median_run off)")
+printf '\n%-28s %12s %9s %9s %9s %7s   %s\n' "tracing" "decisions/s" "vs off" "p50 ms" "p99 ms" "errors" "every round (decisions/s)"
 missed=0
-while read -r line; do
-  name=${line%% *}
-  rps=$(awk -v n="$(field "$line" requests)" -v us="$(field "$line" duration_us)" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
+for name in off default ratio_1; do
+  line=$(median_run "$name")
+  rps=$(rate "$line")
   share=$(awk -v a="$rps" -v b="$off_rps" 'BEGIN { printf "%.2f", a / b }')
   p50=$(awk -v us="$(field "$line" p50_us)" 'BEGIN { printf "%.2f", us / 1000 }')
   p99=$(awk -v us="$(field "$line" p99_us)" 'BEGIN { printf "%.2f", us / 1000 }')
   errors=0
-  for kind in other_status connect read write timeout; do
-    errors=$((errors + $(field "$line" "$kind")))
-  done
+  while read -r run; do
+    for kind in other_status connect read write timeout; do
+      errors=$((errors + $(field "$run" "$kind")))
+    done
+  done < <(grep "^$name " "$WORK/results")
+  rounds=$(grep "^$name " "$WORK/results" | while read -r run; do rate "$run"; echo; done | paste -sd' ')
   case $name in
     off) label="off (no endpoint)" ;;
     default) label="on, default sample_ratio" ;;
     ratio_1) label="on, sample_ratio = 1.0" ;;
   esac
-  printf '%-28s %12.0f %8sx %9s %9s %7s\n' "$label" "$rps" "$share" "$p50" "$p99" "$errors"
+  printf '%-28s %12.0f %8sx %9s %9s %7s   %s\n' "$label" "$rps" "$share" "$p50" "$p99" "$errors" "$rounds"
   case $name in
     default) awk -v s="$share" 'BEGIN { exit !(s < 0.90) }' && missed=1 ;;
     ratio_1) awk -v s="$share" 'BEGIN { exit !(s < 0.75) }' && missed=1 ;;
   esac
-done <"$WORK/results"
+done
 printf 'OTLP bytes received by the sink: %s\n' "$(cat "$WORK/sink_bytes" 2>/dev/null || echo 0)"
 if ((missed)); then
   log "a target was missed (default >= 0.90x, ratio 1.0 >= 0.75x of off)"
