@@ -7,6 +7,9 @@ use slidegate::configuration::Settings;
 use slidegate::startup::Application;
 use slidegate::telemetry;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: slidegate [--config PATH]
 
 Runs one slidegate replica. Settings come from built-in defaults, then the TOML

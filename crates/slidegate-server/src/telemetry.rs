@@ -16,8 +16,8 @@
 
 use std::fmt;
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -30,6 +30,7 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData,
     SpanExporter, SpanProcessor,
 };
+use tracing::dispatcher::WeakDispatch;
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
@@ -86,6 +87,7 @@ pub fn init(log: &LogSettings, tracing: &TracingSettings) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let dispatch = Arc::new(OnceLock::new());
     let json = match log.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
@@ -94,14 +96,15 @@ pub fn init(log: &LogSettings, tracing: &TracingSettings) -> Telemetry {
     let log_layer = if json {
         tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
-            .event_format(WithTraceIds(
-                tracing_subscriber::fmt::format()
+            .event_format(WithTraceIds {
+                format: tracing_subscriber::fmt::format()
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
                     // The current span already carries its fields; the list would repeat them.
                     .with_span_list(false),
-            ))
+                dispatch: Arc::clone(&dispatch),
+            })
             .with_filter(filter)
             .boxed()
     } else {
@@ -121,6 +124,10 @@ pub fn init(log: &LogSettings, tracing: &TracingSettings) -> Telemetry {
             .with_location(false)
             .with_target(false)
             .with_tracked_inactivity(false)
+            // Kept current for every poll of every traced future, the
+            // context cost ~10,000 instructions per traced check; nothing
+            // here reads it (the log lines look their ids up).
+            .with_context_activation(false)
             .with_filter(
                 Targets::new()
                     .with_target("slidegate", Level::DEBUG)
@@ -136,6 +143,11 @@ pub fn init(log: &LogSettings, tracing: &TracingSettings) -> Telemetry {
         .with(otel_layer)
         .try_init()
         .is_ok();
+    if installed {
+        tracing::dispatcher::get_default(|installed| {
+            let _ = dispatch.set(installed.downgrade());
+        });
+    }
     match provider {
         Some(provider) if installed => {
             // Without a propagator an incoming `traceparent` is ignored and
@@ -346,9 +358,17 @@ impl SpanExporter for CountingExporter {
 /// JSON log lines with the `trace_id` and `span_id` of the span they were
 /// logged in, at the top level where log pipelines look for them.
 ///
-/// The ids come from the OpenTelemetry context the tracing layer activates on
-/// entering a span, so lines outside a traced request carry none.
-struct WithTraceIds(Format<Json>);
+/// The ids are read from the OpenTelemetry data of the current `tracing`
+/// span, through the installed dispatcher (`dispatch`, set by [`init`]).
+/// The OpenTelemetry layer does not activate a context on every span entry
+/// (`with_context_activation(false)`: measured, it cost more instructions
+/// per traced check than the match of its policy), so the ids are looked up
+/// here, for the few lines a request logs, instead of being kept current for
+/// every poll of every future. Lines outside a traced request carry none.
+struct WithTraceIds {
+    format: Format<Json>,
+    dispatch: Arc<OnceLock<WeakDispatch>>,
+}
 
 impl<S, N> FormatEvent<S, N> for WithTraceIds
 where
@@ -361,14 +381,22 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let context = Context::current();
+        let context = ctx
+            .lookup_current()
+            .map(|span| span.id())
+            .zip(self.dispatch.get().and_then(WeakDispatch::upgrade))
+            .and_then(|(id, dispatch)| tracing_opentelemetry::get_otel_context(&id, &dispatch));
+        let Some(context) = context else {
+            return self.format.format_event(ctx, writer, event);
+        };
         let span = context.span();
         let ids = span.span_context();
         if !ids.is_valid() {
-            return self.0.format_event(ctx, writer, event);
+            return self.format.format_event(ctx, writer, event);
         }
         let mut line = String::with_capacity(256);
-        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        self.format
+            .format_event(ctx, Writer::new(&mut line), event)?;
         match line.strip_prefix('{') {
             Some(rest) => write!(
                 writer,
@@ -553,18 +581,32 @@ mod sampling_tests {
     }
 }
 
-/// Disables, for every layer, the debug-level spans and events of a request
-/// not traced ([`slidegate_core::observe::traced_here`] is `Some(false)`):
-/// a layer's `enabled` returning false is the one global "no" in `tracing`,
-/// so such a span is never built (no registry slot, no field formatting),
-/// as with tracing off. Per-layer filters cannot do this: a span every one
-/// of them refuses is still built when any of them is dynamic. Info and
-/// above (what the log shows) always pass.
+/// Disables, for every layer, slidegate's debug-level spans and events of a
+/// request not traced ([`slidegate_core::observe::traced_here`] is
+/// `Some(false)`): a layer's `enabled` returning false is the one global "no"
+/// in `tracing`, so such a span is never built (no registry slot, no field
+/// formatting), as with tracing off. Per-layer filters cannot do this: a
+/// span every one of them refuses is still built when any of them is
+/// dynamic. Info and above (what the log shows) always pass.
+///
+/// It has an opinion on slidegate's own callsites only, the only ones the
+/// OpenTelemetry layer takes: other crates' (actix-http, redis, hyper…)
+/// are left to the other layers, which disable them once, at registration.
+/// Asked about them per call instead, it cost a traced check ~10,000
+/// instructions (actix-http alone hits a trace-level callsite several
+/// times per request); hence also its level hint: it enables nothing itself,
+/// and without a hint the subscriber's would be "everything", TRACE.
 struct UntracedRequests;
+
+impl UntracedRequests {
+    fn gates(metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() > Level::INFO && metadata.target().starts_with("slidegate")
+    }
+}
 
 impl<S: Subscriber> Layer<S> for UntracedRequests {
     fn register_callsite(&self, metadata: &'static tracing::Metadata<'static>) -> Interest {
-        if *metadata.level() > Level::INFO {
+        if Self::gates(metadata) {
             Interest::sometimes()
         } else {
             Interest::always()
@@ -576,7 +618,11 @@ impl<S: Subscriber> Layer<S> for UntracedRequests {
         metadata: &tracing::Metadata<'_>,
         _: tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
-        *metadata.level() <= Level::INFO || slidegate_core::observe::traced_here() != Some(false)
+        !Self::gates(metadata) || slidegate_core::observe::traced_here() != Some(false)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::OFF)
     }
 }
 

@@ -6,7 +6,6 @@ pub mod documents;
 pub mod error;
 pub mod forward_auth;
 pub mod health;
-pub mod root_span;
 pub mod sampling;
 
 use std::sync::Arc;
@@ -23,7 +22,6 @@ use slidegate_core::{Limiter, Store};
 
 pub use error::ApiError;
 pub use forward_auth::ForwardAuth;
-pub use root_span::RootSpan;
 pub use sampling::SampledTracing;
 
 /// What every handler shares: the limiter, its metrics, request-size limits,

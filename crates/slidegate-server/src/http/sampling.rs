@@ -1,25 +1,33 @@
-//! The tracing middleware that decides first: a request not traced skips the root span, its request id and every span below it.
+//! The tracing middleware that decides first: a request not traced builds no span at all; a traced one gets a lean root span that continues the caller's `traceparent`.
 //!
-//! `tracing_actix_web::TracingLogger` builds a root span for every request
-//! (request id, user agent, route, target…) whether or not the trace is
-//! sampled later. At a production sample ratio nearly every request is not,
-//! so this middleware decides before anything is built
+//! At a production sample ratio nearly every request is not traced, so the
+//! decision comes before anything is built
 //! ([`crate::telemetry::request_is_traced`]: the caller's `traceparent`,
-//! else the ratio), records the decision for the request's task
+//! else the ratio) and is recorded for the request's task
 //! ([`slidegate_core::observe::traced_as`], which the OpenTelemetry layer
-//! reads), and sends only traced requests through `TracingLogger`. The two
-//! paths share the one inner service.
+//! reads). An untraced request goes straight to the app.
+//!
+//! A traced request gets the root span built here rather than by
+//! `tracing-actix-web`, whose root span has 17 fields (host, client IP, user
+//! agent, target, a fresh request id…) formatted on every request: measured
+//! with `tests/load/instructions.sh`, building and exporting it was the
+//! largest single cost of a traced check. This one carries what a trace of a
+//! rate-limit check is read for: method, route, status, error type. It never
+//! carries the target or query (they can hold the limiter key) or the
+//! client's address.
 
 use std::rc::Rc;
 
 use actix_web::Error;
-use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use futures_util::future::{Either, LocalBoxFuture, MapOk, TryFutureExt};
+use actix_web::http::header::HeaderMap;
+use futures_util::future::{Either, LocalBoxFuture, Ready, ready};
 use tokio::task::futures::TaskLocalFuture;
-use tracing_actix_web::{StreamSpan, TracingLogger};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::RootSpan;
+use super::ApiError;
 
 /// Wraps an app when tracing is on; `sample_ratio` as `tracing.sample_ratio`.
 #[derive(Debug, Clone, Copy)]
@@ -27,35 +35,8 @@ pub struct SampledTracing {
     pub sample_ratio: f64,
 }
 
-/// The inner service, shared by the traced and the untraced path.
-pub struct Shared<S>(Rc<S>);
-
-impl<S, B> Service<ServiceRequest> for Shared<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-{
-    type Response = ServiceResponse<B>;
-    type Error = Error;
-    type Future = S::Future;
-
-    fn poll_ready(
-        &self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&self, request: ServiceRequest) -> Self::Future {
-        self.0.call(request)
-    }
-}
-
-type Traced<S> = <TracingLogger<RootSpan> as Transform<Shared<S>, ServiceRequest>>::Transform;
-
-/// `T`: the inner service behind `TracingLogger`; `S`: the inner service.
-pub struct SampledTracingMiddleware<T, S> {
-    traced: T,
-    untraced: Shared<S>,
+pub struct SampledTracingMiddleware<S> {
+    service: Rc<S>,
     sample_ratio: f64,
 }
 
@@ -63,49 +44,38 @@ impl<S, B> Transform<S, ServiceRequest> for SampledTracing
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     S::Future: 'static,
-    B: MessageBody + 'static,
+    B: 'static,
 {
-    type Response = ServiceResponse<EitherBody<StreamSpan<B>, B>>;
+    type Response = ServiceResponse<B>;
     type Error = Error;
-    type Transform = SampledTracingMiddleware<Traced<S>, S>;
+    type Transform = SampledTracingMiddleware<S>;
     type InitError = ();
-    type Future = LocalBoxFuture<'static, Result<Self::Transform, Self::InitError>>;
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     /// Once per worker, not per request.
     fn new_transform(&self, service: S) -> Self::Future {
-        let shared = Rc::new(service);
-        let sample_ratio = self.sample_ratio;
-        let traced = TracingLogger::<RootSpan>::new().new_transform(Shared(Rc::clone(&shared)));
-        Box::pin(async move {
-            Ok(SampledTracingMiddleware {
-                traced: traced.await?,
-                untraced: Shared(shared),
-                sample_ratio,
-            })
-        })
+        ready(Ok(SampledTracingMiddleware {
+            service: Rc::new(service),
+            sample_ratio: self.sample_ratio,
+        }))
     }
 }
 
-type Wrapped<B> = ServiceResponse<EitherBody<StreamSpan<B>, B>>;
+type Served<B> = Result<ServiceResponse<B>, Error>;
 
-impl<T, S, B> Service<ServiceRequest> for SampledTracingMiddleware<T, S>
+impl<S, B> Service<ServiceRequest> for SampledTracingMiddleware<S>
 where
-    T: Service<ServiceRequest, Response = ServiceResponse<StreamSpan<B>>, Error = Error>,
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-    B: MessageBody,
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    S::Future: 'static,
+    B: 'static,
 {
-    type Response = Wrapped<B>;
+    type Response = ServiceResponse<B>;
     type Error = Error;
-    #[allow(clippy::type_complexity)]
-    type Future = TaskLocalFuture<
-        bool,
-        Either<
-            MapOk<T::Future, fn(ServiceResponse<StreamSpan<B>>) -> Wrapped<B>>,
-            MapOk<S::Future, fn(ServiceResponse<B>) -> Wrapped<B>>,
-        >,
-    >;
+    /// Untraced: the app's own future, nothing added. Traced: boxed, one
+    /// allocation next to the spans it already builds.
+    type Future = TaskLocalFuture<bool, Either<LocalBoxFuture<'static, Served<B>>, S::Future>>;
 
-    forward_ready!(untraced);
+    forward_ready!(service);
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
         let traceparent = request
@@ -113,19 +83,97 @@ where
             .get("traceparent")
             .map(|value| value.as_bytes());
         let traced = crate::telemetry::request_is_traced(traceparent, self.sample_ratio);
-        // `TracingLogger` builds its root span in `call` itself, before any
-        // future runs: the decision must be in scope for that too.
+        // Handlers and extractors may build spans in `call` itself, before
+        // any future runs: the decision must be in scope for that too.
         let serving = slidegate_core::observe::traced_while(traced, || {
-            if traced {
-                let left: fn(ServiceResponse<StreamSpan<B>>) -> Wrapped<B> =
-                    |response| response.map_body(|_, body| EitherBody::left(body));
-                Either::Left(self.traced.call(request).map_ok(left))
-            } else {
-                let right: fn(ServiceResponse<B>) -> Wrapped<B> =
-                    |response| response.map_body(|_, body| EitherBody::right(body));
-                Either::Right(self.untraced.call(request).map_ok(right))
+            if !traced {
+                return Either::Right(self.service.call(request));
             }
+            let span = root_span(&request);
+            let serving = span.in_scope(|| self.service.call(request));
+            Either::Left(Box::pin(async move {
+                let served = serving.instrument(span.clone()).await;
+                record_outcome(&span, &served);
+                served
+            }) as LocalBoxFuture<'static, Served<B>>)
         });
         slidegate_core::observe::traced_as(traced, serving)
+    }
+}
+
+/// The server span of one traced request, child of the caller's span when
+/// the request carries a `traceparent`. Probes and scrapes get none: they
+/// arrive every few seconds from every load balancer and Prometheus, and
+/// their traces would bury those of checks.
+fn root_span(request: &ServiceRequest) -> Span {
+    let path = request.path();
+    if path.starts_with("/health/") || path == "/metrics" {
+        return Span::none();
+    }
+    let method = request.method().as_str();
+    let route = request.match_pattern();
+    let route = route.as_deref().unwrap_or("default");
+    // Debug level, like the limiter's spans: the log layer (at info) never
+    // formats its fields, while log lines still carry the trace and span
+    // ids, which is what correlating needs. The field names are the ones
+    // `tracing-actix-web` used, so dashboards built on them keep working.
+    let span = tracing::debug_span!(
+        "HTTP request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.method = method,
+        http.route = route,
+        http.status_code = Empty,
+        otel.status_code = Empty,
+        error.type = Empty,
+    );
+    if request.headers().contains_key("traceparent") {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&Headers(request.headers()))
+        });
+        // Fails only for a span already started or not recorded; neither is
+        // a reason to refuse the request.
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// Status, error type and verdict, recorded as the response is ready.
+fn record_outcome<B>(span: &Span, served: &Served<B>) {
+    if span.is_disabled() {
+        return;
+    }
+    let (status, error) = match served {
+        Ok(response) => (response.status(), response.response().error()),
+        Err(error) => (error.as_response_error().status_code(), Some(error)),
+    };
+    span.record("http.status_code", status.as_u16());
+    if let Some(error) = error {
+        // The stable code, not the message: messages can echo what the
+        // client sent, and that may be the key.
+        let code = error
+            .as_error::<ApiError>()
+            .map_or("internal", ApiError::code);
+        span.record("error.type", code);
+    }
+    // A 4xx is the client's doing: the request was served as designed.
+    let verdict = if status.is_server_error() {
+        "ERROR"
+    } else {
+        "OK"
+    };
+    span.record("otel.status_code", verdict);
+}
+
+/// Reads request headers as OpenTelemetry's propagators read a carrier.
+struct Headers<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
     }
 }
