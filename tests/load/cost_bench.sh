@@ -95,27 +95,6 @@ script_source() { # algorithm -> the script's text
   fi
 }
 
-# Sends COUNT EVALSHA calls through one connection; key i of the run is
-# "{bench:<tag>:<i>}:<n>" for each of the script's n keys; FIXED pins i to 0.
-# Prints nothing; dies unless every call was answered without an error.
-pipe_calls() { # sha keys tag first count cost fixed
-  python3 - "$@" >"$WORK/calls.resp" <<'PY'
-import sys
-sha, keys, tag, first, count, cost, fixed = sys.argv[1:8]
-out = sys.stdout
-for i in range(int(first), int(first) + int(count)):
-    index = 0 if fixed == "1" else i
-    args = ["EVALSHA", sha, keys]
-    args += ["{bench:%s:%d}:%d" % (tag, index, n) for n in range(1, int(keys) + 1)]
-    args += [sys.argv[8], sys.argv[9], cost]
-    out.write("*%d\r\n" % len(args))
-    for arg in args:
-        out.write("$%d\r\n%s\r\n" % (len(arg.encode()), arg))
-PY
-  rcli --pipe <"$WORK/calls.resp" >"$WORK/pipe.txt" 2>&1 || die "redis-cli --pipe failed: $(tail -n 3 "$WORK/pipe.txt")"
-  grep -q "errors: 0, replies: $5" "$WORK/pipe.txt" || die "calls failed: $(tail -n 3 "$WORK/pipe.txt")"
-}
-
 usec_per_call() { # -> EVALSHA's usec_per_call since the last RESETSTAT
   rcli INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p'
 }

@@ -106,7 +106,7 @@ start_replica_and_wait() { # log file, NAME=value...
   env SLIDEGATE__SERVER__BIND=127.0.0.1:0 \
     SLIDEGATE__SERVER__SHUTDOWN_TIMEOUT=2s \
     SLIDEGATE__LOG__FORMAT=json \
-    "$@" "$BINARY" --config "$HERE/policies.toml" >"$replica_log" 2>&1 &
+    "$@" "$BINARY" --config "${POLICIES:-$HERE/policies.toml}" >"$replica_log" 2>&1 &
   REPLICA_PID=$!
   local address="" deadline=$((SECONDS + ${READY_DEADLINE_S:-30}))
   while ((SECONDS < deadline)); do
@@ -123,4 +123,27 @@ start_replica_and_wait() { # log file, NAME=value...
     sleep 0.2
   done
   die "the replica was not ready within ${READY_DEADLINE_S:-30} s"
+}
+
+# Sends COUNT EVALSHA calls through one connection; key i of the run is
+# "{bench:<tag>:<i>}:<n>" for each of the script's n keys; FIXED pins i to 0.
+# ARGV of each call: WINDOW LIMIT COST (the limiter scripts' order). Needs
+# WORK (a scratch directory) and REDIS_URL. Prints nothing; dies unless
+# every call was answered without an error.
+pipe_calls() { # sha keys tag first count cost fixed window limit
+  python3 - "$@" >"$WORK/calls.resp" <<'PY'
+import sys
+sha, keys, tag, first, count, cost, fixed = sys.argv[1:8]
+out = sys.stdout
+for i in range(int(first), int(first) + int(count)):
+    index = 0 if fixed == "1" else i
+    args = ["EVALSHA", sha, keys]
+    args += ["{bench:%s:%d}:%d" % (tag, index, n) for n in range(1, int(keys) + 1)]
+    args += [sys.argv[8], sys.argv[9], cost]
+    out.write("*%d\r\n" % len(args))
+    for arg in args:
+        out.write("$%d\r\n%s\r\n" % (len(arg.encode()), arg))
+PY
+  rcli --pipe <"$WORK/calls.resp" >"$WORK/pipe.txt" 2>&1 || die "redis-cli --pipe failed: $(tail -n 3 "$WORK/pipe.txt")"
+  grep -q "errors: 0, replies: $5" "$WORK/pipe.txt" || die "calls failed: $(tail -n 3 "$WORK/pipe.txt")"
 }
