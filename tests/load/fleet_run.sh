@@ -33,6 +33,13 @@
 #                        fleet through nginx with CONNECTIONS connections for
 #                        DURATION seconds on policy load-capacity, 100,000 keys,
 #                        and prints its numbers (no report.md)
+#                        "account": no k6; tests/load/latency_account.py sends
+#                        ACCOUNT_ROUNDS rounds at ACCOUNT_RATE rounds/s, each a
+#                        Redis PING, then GET /health/live and POST /v1/check
+#                        to replica 1 and through nginx, and prints each
+#                        step's p50/p95/p99: where the staged profile's
+#                        latency goes, hop by hop
+#   ACCOUNT_ROUNDS=1000 ACCOUNT_RATE=50   SCENARIO=account only
 #   CONNECTIONS=100 DURATION=20   SCENARIO=wrk only
 #   WRK_RATE=            SCENARIO=wrk only; unset: saturate. A number: each
 #                        connection pauses CONNECTIONS*1000/WRK_RATE ms after
@@ -74,9 +81,14 @@ ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE="$ROOT/tests/load"
 
 SCENARIO=${1:-${SCENARIO:-staged.js}}
+USE_ACCOUNT=0
 if [[ $SCENARIO == wrk ]]; then
   SCENARIO=$HERE/check.lua
   USE_WRK=1
+elif [[ $SCENARIO == account ]]; then
+  SCENARIO=$HERE/latency_account.py
+  USE_WRK=0
+  USE_ACCOUNT=1
 else
   USE_WRK=0
 fi
@@ -149,7 +161,8 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   log "cargo build ${build_flags[*]}"
   (cd "$ROOT" && cargo build "${build_flags[@]}" --quiet --bin slidegate)
 fi
-BINARY="$ROOT/target/$PROFILE/slidegate"
+# BINARY=path runs that binary instead (e.g. an earlier commit's build, for a comparison).
+BINARY=${BINARY:-$ROOT/target/$PROFILE/slidegate}
 [[ -x $BINARY ]] || die "$BINARY is missing; build it or unset SKIP_BUILD"
 
 # --- state and cleanup ---------------------------------------------------------
@@ -316,6 +329,15 @@ if ((USE_WRK)); then
     exit (errors > 0)
   }' | tee "$OUT/wrk-summary.txt"
   exit "${PIPESTATUS[1]}"
+fi
+
+if ((USE_ACCOUNT)); then
+  redis_port=${REDIS_HOST##*:}
+  log "latency account: ${ACCOUNT_ROUNDS:-1000} rounds at ${ACCOUNT_RATE:-50}/s (Redis $REDIS_HOST, replica 1 on ${PORTS[0]}, nginx on $LB_PORT)"
+  run_child "$OUT/account.txt" python3 "$SCENARIO" "$redis_port" "${PORTS[0]}" "$LB_PORT" \
+    "${ACCOUNT_ROUNDS:-1000}" "${ACCOUNT_RATE:-50}" || die "the latency account failed: $(tail -n 3 "$OUT/account.txt")"
+  cat "$OUT/account.txt"
+  exit 0
 fi
 
 log "k6 run $(basename "$SCENARIO") (STAGE_SCALE=$STAGE_SCALE, bounded to ${K6_TIMEOUT_S}s)"
