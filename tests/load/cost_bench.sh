@@ -75,17 +75,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-PORT=$(free_port)
-redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
-  --logfile "$WORK/redis.log" &
-REDIS_PID=$!
-REDIS_URL="redis://127.0.0.1:$PORT"
-for _ in $(seq 100); do
-  rcli PING 2>/dev/null | grep -q PONG && break
-  sleep 0.05
-done
-rcli PING | grep -q PONG || die "the private redis-server did not start: $(tail -n 5 "$WORK/redis.log")"
-REDIS_VERSION=$(rcli INFO server | tr -d '\r' | sed -n 's/^redis_version://p')
+start_private_redis
 
 script_source() { # algorithm -> the script's text
   if [[ -n $SCRIPTS_FROM ]]; then

@@ -147,3 +147,21 @@ PY
   rcli --pipe <"$WORK/calls.resp" >"$WORK/pipe.txt" 2>&1 || die "redis-cli --pipe failed: $(tail -n 3 "$WORK/pipe.txt")"
   grep -q "errors: 0, replies: $5" "$WORK/pipe.txt" || die "calls failed: $(tail -n 3 "$WORK/pipe.txt")"
 }
+
+# Starts a redis-server of its own on a free 127.0.0.1 port, keeping nothing
+# on disk, and waits for its PONG. Sets REDIS_PID (the caller stops it),
+# REDIS_URL and REDIS_VERSION. Needs WORK (its directory and log).
+start_private_redis() {
+  local port
+  port=$(free_port)
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
+    --logfile "$WORK/redis.log" &
+  REDIS_PID=$!
+  REDIS_URL="redis://127.0.0.1:$port"
+  for _ in $(seq 100); do
+    rcli PING 2>/dev/null | grep -q PONG && break
+    sleep 0.05
+  done
+  rcli PING | grep -q PONG || die "the private redis-server did not start: $(tail -n 5 "$WORK/redis.log")"
+  REDIS_VERSION=$(rcli INFO server | tr -d '\r' | sed -n 's/^redis_version://p')
+}

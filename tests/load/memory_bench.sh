@@ -125,17 +125,7 @@ fi
 
 REDIS_ROWS=()
 if [[ ${SKIP_REDIS:-0} != 1 ]]; then
-  PORT=$(free_port)
-  redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
-    --logfile "$WORK/redis.log" &
-  REDIS_PID=$!
-  REDIS_URL="redis://127.0.0.1:$PORT"
-  for _ in $(seq 100); do
-    rcli PING 2>/dev/null | grep -q PONG && break
-    sleep 0.05
-  done
-  rcli PING | grep -q PONG || die "the private redis-server did not start: $(tail -n 5 "$WORK/redis.log")"
-  REDIS_VERSION=$(rcli INFO server | tr -d '\r' | sed -n 's/^redis_version://p')
+  start_private_redis
   used_memory() { rcli INFO memory | tr -d '\r' | sed -n 's/^used_memory://p'; }
   for algorithm in $ALGORITHMS; do
     script="$ROOT/crates/slidegate-redis/lua/$algorithm.lua"
