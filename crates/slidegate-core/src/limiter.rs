@@ -285,10 +285,11 @@ impl<S: Store> Limiter<S> {
 
     /// Checks `cost` units (the policy's default cost when `None`) of `key` against `policy`.
     ///
-    /// Spans (created at debug level, so a replica that neither traces nor
-    /// logs at debug skips them at the cost of one atomic load each):
-    /// `limiter.decide` around the store's call, which never records the key:
-    /// keys may identify people.
+    /// Traces: no span of its own. The decision (policy, algorithm, cost,
+    /// outcome, remaining; never the key, which may identify people) is
+    /// recorded on the span of the request it serves, when that span declares
+    /// the fields ([`crate::observe::record_decision`]); the store's client
+    /// span, if it has one, is a child of that span.
     ///
     /// # Errors
     /// Unknown policy, invalid key, a cost above the limit, or a store failure.
@@ -318,58 +319,41 @@ impl<S: Store> Limiter<S> {
     ) -> Result<Checked, CheckError> {
         let snapshot = self.snapshot.load();
         // No span of its own: matching is a map lookup that takes well under
-        // a microsecond, and a span for it cost more than the match. The
-        // policy is on `limiter.decide`; a match that fails is the root
-        // span's `error.type`.
+        // a microsecond, and a span for it cost more than the match. A match
+        // that fails is the request span's `error.type`.
         let (entry, policy, key, cost) = match_check(&snapshot, api_key, policy, key, cost)?;
 
-        let deciding = tracing::debug_span!(
-            "limiter.decide",
-            slidegate.policy = policy.name().as_str(),
-            slidegate.algorithm = policy.algorithm().as_str(),
-            slidegate.store = self.store.kind(),
-            slidegate.cost = cost,
-            slidegate.outcome = Empty,
-            slidegate.remaining = Empty,
-            error.type = Empty,
-            otel.status_code = Empty,
-        );
+        // No span of its own either: the decision is recorded on the
+        // request's span (see `observe::record_decision`), and the store's
+        // client span, if it has one, hangs from that.
         let started = Instant::now();
-        let decided = async {
-            match &self.failover {
-                Some(failover) => {
-                    failover
-                        .decide(&self.store, &policy, key, cost, snapshot.generation)
-                        .await
-                }
-                None => self
-                    .store
-                    .check(&policy, key, cost)
+        let decided = match &self.failover {
+            Some(failover) => {
+                failover
+                    .decide(&self.store, &policy, key, cost, snapshot.generation)
                     .await
-                    .map(|outcome| Decision::from_outcome(outcome, policy.limit())),
             }
-        }
-        .instrument(deciding.clone())
-        .await;
+            None => self
+                .store
+                .check(&policy, key, cost)
+                .await
+                .map(|outcome| Decision::from_outcome(outcome, policy.limit())),
+        };
         let elapsed = started.elapsed();
+        let request = tracing::Span::current();
+        crate::observe::record_decision(&request, &policy, cost, decided.as_ref());
         let decision = match decided {
             Ok(decision) => decision,
-            Err(error) => return Err(self.store_failed(&deciding, error)),
+            Err(error) => {
+                self.store_errors.failed(&error);
+                return Err(error.into());
+            }
         };
         // A shadow policy's denials are counted apart (`shadow`): that is
         // what operators watch before they enforce it.
         entry
             .recorder
             .decided(&decision, policy.is_shadow(), elapsed);
-        if !deciding.is_disabled() {
-            let verdict = if decision.allowed {
-                "allowed"
-            } else {
-                "denied"
-            };
-            deciding.record("slidegate.outcome", verdict);
-            deciding.record("slidegate.remaining", decision.remaining);
-        }
         Ok(Checked { policy, decision })
     }
 

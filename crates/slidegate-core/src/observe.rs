@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Decision, StoreError};
+use super::{Decision, FailureMode, Policy, StoreError};
 
 /// Receives what the limiter does. Every method has a default that does nothing.
 pub trait Observer: Send + Sync + 'static {
@@ -98,4 +98,92 @@ pub fn traced_while<R>(traced: bool, starting: impl FnOnce() -> R) -> R {
 /// background task).
 pub fn traced_here() -> Option<bool> {
     TRACED.try_with(|traced| *traced).ok()
+}
+
+/// Records one check's decision on `span`, the span of the request it
+/// serves, when that span declares the decision's fields (empty until now):
+///
+/// `slidegate.policy`, `slidegate.algorithm`, `slidegate.cost`,
+/// `slidegate.outcome` (`allowed`, `denied` or `error`),
+/// `slidegate.remaining`, `slidegate.fallback` (the failure mode that
+/// answered, when the shared store could not) and `slidegate.store_error`
+/// (the [`StoreError::kind`] of a check that could not be decided).
+///
+/// A single check has no span of its own: it would be a second span per
+/// request, for the same duration as the store's client span below it,
+/// and a span costs more to build and export than everything else a
+/// traced check does (`tests/load/instructions.sh`). A front end that
+/// declares none of these fields (Envoy's gRPC call, whose own outcome is
+/// the overall code) gets nothing recorded. All fields are recorded in one
+/// call: each `record` is a trip through every layer.
+pub fn record_decision(
+    span: &tracing::Span,
+    policy: &Policy,
+    cost: u64,
+    decided: Result<&Decision, &StoreError>,
+) {
+    if span.is_disabled() {
+        return;
+    }
+    let Some(fields) = span.metadata().map(tracing::Metadata::fields) else {
+        return;
+    };
+    let (
+        Some(policy_field),
+        Some(algorithm),
+        Some(cost_field),
+        Some(outcome),
+        Some(remaining),
+        Some(fallback),
+        Some(store_error),
+    ) = (
+        fields.field("slidegate.policy"),
+        fields.field("slidegate.algorithm"),
+        fields.field("slidegate.cost"),
+        fields.field("slidegate.outcome"),
+        fields.field("slidegate.remaining"),
+        fields.field("slidegate.fallback"),
+        fields.field("slidegate.store_error"),
+    )
+    else {
+        return;
+    };
+    let (verdict, left, answered_by, error) = match decided {
+        Ok(decision) => (
+            if decision.allowed {
+                "allowed"
+            } else {
+                "denied"
+            },
+            Some(decision.remaining),
+            decision.fallback.map(FailureMode::as_str),
+            None,
+        ),
+        Err(error) => ("error", None, None, Some(error.kind())),
+    };
+    let name = policy.name().as_str();
+    let algorithm_name = policy.algorithm().as_str();
+    // As i64: `tracing-opentelemetry` exports an i64 as an integer, but a
+    // u64 through its `Debug` as a string, formatted per span. Costs and
+    // limits are at most `MAX_LIMIT`, far inside i64.
+    let cost = i64::try_from(cost).unwrap_or(i64::MAX);
+    let left = left.map(|left| i64::try_from(left).unwrap_or(i64::MAX));
+    span.record_all(&fields.value_set(&[
+        (&policy_field, Some(&name as &dyn tracing::Value)),
+        (&algorithm, Some(&algorithm_name as &dyn tracing::Value)),
+        (&cost_field, Some(&cost as &dyn tracing::Value)),
+        (&outcome, Some(&verdict as &dyn tracing::Value)),
+        (
+            &remaining,
+            left.as_ref().map(|left| left as &dyn tracing::Value),
+        ),
+        (
+            &fallback,
+            answered_by.as_ref().map(|mode| mode as &dyn tracing::Value),
+        ),
+        (
+            &store_error,
+            error.as_ref().map(|kind| kind as &dyn tracing::Value),
+        ),
+    ]));
 }

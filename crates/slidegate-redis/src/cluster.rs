@@ -476,7 +476,7 @@ impl Store for ClusterStore {
         cost: u64,
     ) -> Result<Outcome, StoreError> {
         let started = Instant::now();
-        let result = traced_decision(policy, self.decide(policy, key, cost)).await;
+        let result = traced_decision(self.decide(policy, key, cost)).await;
         self.node_counters[self.failure_domain(policy, key)].record(&result, 1, started.elapsed());
         result
     }

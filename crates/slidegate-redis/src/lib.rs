@@ -32,7 +32,6 @@ use bb8::{ManageConnection, Pool, RunError};
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, RedisResult, Script, ScriptInvocation, ServerErrorKind};
 use thread_local::ThreadLocal;
-use tracing::Instrument;
 use tracing::field::Empty;
 
 use slidegate_core::{
@@ -794,11 +793,11 @@ fn describe_value(value: &redis::Value) -> String {
     }
 }
 
-/// The client span of one decision, `EVALSHA`, with the database and the
-/// algorithm but never the Redis keys (they contain the limiter key); marks
-/// a failed one with its error's kind.
+/// The client span of one decision, `EVALSHA`, with the database but never
+/// the Redis keys (they contain the limiter key); marks a failed one with
+/// its error's kind. The policy and its algorithm are on the parent, the
+/// request's span (see `slidegate_core::observe::record_decision`).
 async fn traced_decision(
-    policy: &Policy,
     decide: impl Future<Output = Result<Outcome, StoreError>>,
 ) -> Result<Outcome, StoreError> {
     let span = tracing::debug_span!(
@@ -809,7 +808,6 @@ async fn traced_decision(
         db.system = "redis",
         db.system.name = "redis",
         db.operation.name = "EVALSHA",
-        slidegate.algorithm = policy.algorithm().as_str(),
         error.type = Empty,
         otel.status_code = Empty,
     );
@@ -840,12 +838,18 @@ async fn traced_checks<T>(
     traced(span, call).await
 }
 
-/// Runs `call` in `span`, marking the span with the error's kind if it fails.
+/// Runs `call` while `span` is open, marking the span with the error's kind
+/// if it fails; the span ends when the call does.
 async fn traced<T>(
     span: tracing::Span,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    let result = call.instrument(span.clone()).await;
+    // Created, never entered: its start and end are what the trace shows,
+    // and nothing inside the call builds a span or logs a line that needs
+    // it as its parent (a line logged there carries the request's span and
+    // trace). Entering it on every poll, and again to drop the future, cost
+    // about a thousand instructions each time (`tests/load/instructions.sh`).
+    let result = call.await;
     if let Err(error) = &result
         && !span.is_disabled()
     {
@@ -863,7 +867,7 @@ impl Store for RedisStore {
         key: LimiterKey<'_>,
         cost: u64,
     ) -> Result<Outcome, StoreError> {
-        traced_decision(policy, self.evalsha(policy, key, cost)).await
+        traced_decision(self.evalsha(policy, key, cost)).await
     }
 
     /// All or nothing, atomically: one `EVALSHA` of `check_all.lua` decides

@@ -117,15 +117,26 @@ fn root_span(request: &ServiceRequest) -> Span {
     // formats its fields, while log lines still carry the trace and span
     // ids, which is what correlating needs. The field names are the ones
     // `tracing-actix-web` used, so dashboards built on them keep working.
+    let name = span_name(method, route);
     let span = tracing::debug_span!(
         "HTTP request",
-        otel.name = %format_args!("{method} {route}"),
+        otel.name = name.as_ref(),
         otel.kind = "server",
         http.method = method,
         http.route = route,
         http.status_code = Empty,
         otel.status_code = Empty,
         error.type = Empty,
+        // A single check's decision, recorded by the limiter
+        // (`slidegate_core::observe::record_decision`): the check has no
+        // span of its own, which saves a span per traced request.
+        slidegate.policy = Empty,
+        slidegate.algorithm = Empty,
+        slidegate.cost = Empty,
+        slidegate.outcome = Empty,
+        slidegate.remaining = Empty,
+        slidegate.fallback = Empty,
+        slidegate.store_error = Empty,
     );
     if request.headers().contains_key("traceparent") {
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
@@ -138,6 +149,15 @@ fn root_span(request: &ServiceRequest) -> Span {
     span
 }
 
+/// `"{method} {route}"`, as OpenTelemetry names server spans; not
+/// formatted for `POST /v1/check`, the route of nearly every traced request.
+fn span_name(method: &str, route: &str) -> std::borrow::Cow<'static, str> {
+    match (method, route) {
+        ("POST", "/v1/check") => "POST /v1/check".into(),
+        _ => format!("{method} {route}").into(),
+    }
+}
+
 /// Status, error type and verdict, recorded as the response is ready.
 fn record_outcome<B>(span: &Span, served: &Served<B>) {
     if span.is_disabled() {
@@ -147,7 +167,8 @@ fn record_outcome<B>(span: &Span, served: &Served<B>) {
         Ok(response) => (response.status(), response.response().error()),
         Err(error) => (error.as_response_error().status_code(), Some(error)),
     };
-    span.record("http.status_code", status.as_u16());
+    // An i64: `tracing-opentelemetry` would export a u16 as a formatted string.
+    span.record("http.status_code", i64::from(status.as_u16()));
     if let Some(error) = error {
         // The stable code, not the message: messages can echo what the
         // client sent, and that may be the key.

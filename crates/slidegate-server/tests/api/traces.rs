@@ -235,10 +235,9 @@ async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_caller
     assert_eq!(response.status(), 200);
 
     let spans = receiver
-        .wait_for_trace(&trace_id, &["POST /v1/check", "limiter.decide", "EVALSHA"])
+        .wait_for_trace(&trace_id, &["POST /v1/check", "EVALSHA"])
         .await;
     let root = span(&spans, "POST /v1/check");
-    let deciding = span(&spans, "limiter.decide");
     let redis = span(&spans, "EVALSHA");
     // Spans are exported in the order they end: the probes' would have come first.
     let untraced: Vec<String> = receiver
@@ -258,8 +257,7 @@ async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_caller
 
     // One tree, hanging from the caller's span.
     assert_eq!(root.parent_span_id, caller_span);
-    assert_eq!(deciding.parent_span_id, root.span_id);
-    assert_eq!(redis.parent_span_id, deciding.span_id);
+    assert_eq!(redis.parent_span_id, root.span_id);
     assert_eq!(root.kind, SpanKind::Server as i32);
     assert_eq!(redis.kind, SpanKind::Client as i32);
 
@@ -269,11 +267,12 @@ async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_caller
     assert_eq!(root.attributes["http.status_code"], "200");
     assert_eq!(root.status, StatusCode::Ok as i32);
 
-    // Three spans, no more: matching the policy has none of its own (it
-    // costs less than a span), and the root is this service's, not a
-    // middleware's with the client's address, target and user agent.
+    // Two spans, no more: a single check has no span of its own (its
+    // decision is on the root, and the Redis call is the client span), and
+    // the root is this service's, not a middleware's with the client's
+    // address, target and user agent.
     let in_trace: Vec<&str> = spans.iter().map(|span| span.name.as_str()).collect();
-    assert_eq!(in_trace.len(), 3, "{in_trace:?}");
+    assert_eq!(in_trace.len(), 2, "{in_trace:?}");
     for never in [
         "http.target",
         "http.client_ip",
@@ -288,13 +287,15 @@ async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_caller
     for (attribute, expected) in [
         ("slidegate.policy", "api"),
         ("slidegate.algorithm", "sliding_log"),
-        ("slidegate.store", "redis"),
         ("slidegate.outcome", "allowed"),
         ("slidegate.remaining", "4"),
         ("slidegate.cost", "1"),
     ] {
-        assert_eq!(deciding.attributes[attribute], expected, "{attribute}");
+        assert_eq!(root.attributes[attribute], expected, "{attribute}");
     }
+    // Redis answered: no failure mode stood in, no store error.
+    assert!(!root.attributes.contains_key("slidegate.fallback"));
+    assert!(!root.attributes.contains_key("slidegate.store_error"));
     assert_eq!(redis.attributes["db.system"], "redis");
     assert_eq!(redis.attributes["db.operation.name"], "EVALSHA");
 
@@ -542,11 +543,13 @@ async fn spans_still_queued_at_shutdown_are_exported_before_the_process_exits() 
 
     assert!(replica.terminate().await.success());
     let spans = receiver
-        .wait_for_trace(&trace_id, &["POST /v1/check", "limiter.decide"])
+        .wait_for_trace(&trace_id, &["POST /v1/check"])
         .await;
+    // The embedded store makes no client span: the root is the whole trace.
+    assert_eq!(spans.len(), 1, "{spans:#?}");
     assert_eq!(
-        span(&spans, "limiter.decide").attributes["slidegate.store"],
-        "memory"
+        span(&spans, "POST /v1/check").attributes["slidegate.outcome"],
+        "allowed"
     );
 }
 
@@ -603,10 +606,10 @@ window = "1m"
         .await
         .unwrap();
     let samples = parse_exposition(&metrics);
-    // 50 checks on the embedded store make 100 spans (the root and
-    // `limiter.decide`); at most 8 fit in the queue.
+    // 50 checks on the embedded store make 50 spans (the root: a single
+    // check has none of its own); at most 8 fit in the queue.
     let dropped = value(&samples, "slidegate_trace_spans_dropped_total", &[]);
-    assert!(dropped >= 92.0, "dropped {dropped}");
+    assert!(dropped >= 42.0, "dropped {dropped}");
     assert_eq!(
         value(&samples, "slidegate_trace_spans_exported_total", &[]),
         0.0
@@ -651,7 +654,7 @@ async fn log_lines_written_during_a_traced_request_carry_its_trace_and_span_ids(
     assert_eq!(line["trace_id"], trace_id.as_str(), "{line}");
     let span_id = line["span_id"].as_str().expect("a span_id");
     let spans = receiver
-        .wait_for_trace(&trace_id, &["POST /v1/check", "limiter.decide"])
+        .wait_for_trace(&trace_id, &["POST /v1/check"])
         .await;
     assert!(
         spans.iter().any(|span| span.span_id == span_id),
@@ -661,11 +664,12 @@ async fn log_lines_written_during_a_traced_request_carry_its_trace_and_span_ids(
     assert_eq!(root.attributes["http.status_code"], "503");
     assert_eq!(root.attributes["error.type"], "limiter_unavailable");
     assert_eq!(root.status, StatusCode::Error as i32);
-    let deciding = span(&spans, "limiter.decide");
-    assert_eq!(deciding.attributes["slidegate.outcome"], "error");
-    let kind = deciding.attributes["error.type"].as_str();
+    // The decision that could not be made, with the store's reason.
+    assert_eq!(root.attributes["slidegate.policy"], "api");
+    assert_eq!(root.attributes["slidegate.outcome"], "error");
+    let kind = root.attributes["slidegate.store_error"].as_str();
     assert!(["timeout", "unavailable"].contains(&kind), "{kind}");
-    assert_eq!(deciding.status, StatusCode::Error as i32);
+    assert!(!root.attributes.contains_key("slidegate.remaining"));
 
     // Losing Redis is one line, whatever the number of failed checks.
     let lost = |logs: &[serde_json::Value]| {
@@ -698,4 +702,47 @@ async fn log_lines_written_during_a_traced_request_carry_its_trace_and_span_ids(
     let logs = serde_json::to_string(&replica.logs()).unwrap();
     assert!(!logs.contains(password), "the Redis password was logged");
     assert!(!logs.contains(PERSONAL_KEY), "the limiter key was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_answered_by_its_failure_mode_says_so_on_the_root_span() {
+    let receiver = OtlpReceiver::start().await;
+    let closed_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = tracing_env(&receiver, "slidegate-fallback");
+    env.push((
+        "SLIDEGATE__REDIS__URL",
+        format!("redis://127.0.0.1:{closed_port}"),
+    ));
+    let config = r#"
+[[policies]]
+name = "api"
+algorithm = "gcra"
+limit = 5
+window = "1m"
+failure_mode = "open"
+"#;
+    let replica = Replica::spawn(config, &env).await;
+
+    let (trace_id, caller_span) = caller_ids();
+    let response = replica
+        .client
+        .post(format!("{}/v1/check", replica.address))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&serde_json::json!({"policy": "api", "key": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let spans = receiver
+        .wait_for_trace(&trace_id, &["POST /v1/check"])
+        .await;
+    let root = span(&spans, "POST /v1/check");
+    assert_eq!(root.attributes["slidegate.outcome"], "allowed");
+    assert_eq!(root.attributes["slidegate.fallback"], "open");
+    assert_eq!(root.status, StatusCode::Ok as i32);
 }
