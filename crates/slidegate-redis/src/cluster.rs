@@ -95,9 +95,21 @@ impl ClusterStore {
     /// # Errors
     /// When a node URL does not parse (the message never repeats it).
     pub fn new(options: ClusterOptions) -> Result<Self, StoreError> {
+        // redis-rs waits at least 1.28 s before it repeats a call answered
+        // TRYAGAIN, CLUSTERDOWN, MASTERDOWN or LOADING: far past any command
+        // timeout. TRYAGAIN is what a check gets while its slot migrates (a
+        // script's keys, some moved and some not: `sliding_log` names two),
+        // for the few milliseconds the move takes; with that back-off every
+        // such check timed out and got its failure mode during a routine
+        // reshard. Waits of 1 ms, doubling to a quarter of the timeout,
+        // repeat it within the timeout instead.
+        let command_ms = u64::try_from(options.command_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut builder = ClusterClientBuilder::new(options.nodes.iter().map(String::as_str))
             .connection_timeout(options.connect_timeout)
-            .response_timeout(options.command_timeout);
+            .response_timeout(options.command_timeout)
+            .min_retry_wait(1)
+            .max_retry_wait((command_ms / 4).max(2))
+            .retry_wait_formula(1, 2);
         if options
             .nodes
             .iter()

@@ -721,3 +721,117 @@ async fn a_cluster_over_tls_with_a_password_is_decided_exactly_and_refuses_what_
     let error = redis_error_naming(&wrong, "AuthenticationFailed").await;
     assert!(!error.contains("not-the-password"), "{error}");
 }
+
+/// `INFO errorstats` count of `code` replies `node` has sent.
+async fn replies_of(node: &crate::private_redis::PrivateRedis, code: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("errorstats")
+        .query_async(&mut node.connection().await)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("errorstat_{code}:count=")))
+        .and_then(|count| count.split(',').next()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_on_a_slot_in_mid_migration_waits_out_tryagain_and_is_answered_by_redis() {
+    let cluster = PrivateCluster::start(3, 0).await;
+    let prefix = unique_prefix();
+    let apps = replicas_with(
+        &cluster,
+        1,
+        policy("shared", "sliding_log", 100, "1h"),
+        &prefix,
+    )
+    .await;
+    let app = &apps[0];
+    let first = app.check("shared", "moving", None).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+
+    // The master holding the key, and its slot.
+    let mut holder = None;
+    for (index, node) in cluster.nodes().iter().enumerate() {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut node.connection().await)
+            .await
+            .unwrap();
+        // The limiter's log, not the replicas' heartbeat set.
+        if let Some(key) = keys.into_iter().find(|key| key.ends_with(":wlog")) {
+            holder = Some((index, key));
+        }
+    }
+    let (source, key) = holder.expect("one master holds the log");
+    let target = (source + 1) % cluster.nodes().len();
+    let node = |index: usize| &cluster.nodes()[index];
+    let id = |index: usize| async move {
+        let id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut node(index).connection().await)
+            .await
+            .unwrap();
+        id
+    };
+    let (source_id, target_id) = (id(source).await, id(target).await);
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&key)
+        .query_async(&mut node(source).connection().await)
+        .await
+        .unwrap();
+    let setslot = |index: usize, state: &'static str, id: String| async move {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(state)
+            .arg(id)
+            .query_async(&mut node(index).connection().await)
+            .await
+            .unwrap();
+    };
+    // The slot's move begins, as `redis-cli --cluster reshard` begins it.
+    setslot(target, "IMPORTING", source_id.clone()).await;
+    setslot(source, "MIGRATING", target_id.clone()).await;
+
+    // The script names the log and the log of the previous layout (which
+    // does not exist): a source that holds one of a call's keys but not the
+    // other answers TRYAGAIN until the move completes.
+    let tryagain_before = replies_of(node(source), "TRYAGAIN").await;
+    let checking = {
+        let apps = Arc::clone(&apps);
+        tokio::spawn(async move { apps[0].check("shared", "moving", None).await })
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the source to answer TRYAGAIN",
+        || async { (replies_of(node(source), "TRYAGAIN").await > tryagain_before).then_some(()) },
+    )
+    .await;
+
+    // The move completes: the key goes to the target, then every master
+    // learns the slot's new owner (target first, as redis-cli does).
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(node(target).port())
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&key)
+        .query_async(&mut node(source).connection().await)
+        .await
+        .unwrap();
+    setslot(target, "NODE", target_id.clone()).await;
+    for index in (0..cluster.nodes().len()).filter(|&index| index != target) {
+        setslot(index, "NODE", target_id.clone()).await;
+    }
+
+    // Within the command timeout: retried, not given up on or left waiting
+    // for redis-rs's default back-off (over a second).
+    let answered = checking.await.unwrap();
+    assert_eq!(answered.status, 200, "{}", answered.body);
+    assert!(answered.body["fallback"].is_null(), "{}", answered.body);
+    assert_eq!(answered.body["remaining"], 98, "{}", answered.body);
+}
