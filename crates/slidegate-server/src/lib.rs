@@ -25,6 +25,7 @@ pub mod client_ip;
 pub mod configuration;
 pub mod http;
 pub mod metrics;
+pub mod otlp;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
