@@ -196,6 +196,21 @@ fn tracing_env(receiver: &OtlpReceiver, service: &str) -> Vec<(&'static str, Str
     ]
 }
 
+/// `POST /v1/check` of `key` under policy `api`, sampled, as a child of
+/// `caller_span` in `trace_id`; its status.
+async fn traced_check(replica: &Replica, trace_id: &str, caller_span: &str, key: &str) -> u16 {
+    replica
+        .client
+        .post(format!("{}/v1/check", replica.address))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&serde_json::json!({"policy": "api", "key": key}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn span<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
     let found: Vec<_> = spans.iter().filter(|span| span.name == name).collect();
     assert_eq!(found.len(), 1, "{name}: {spans:#?}");
@@ -224,15 +239,8 @@ async fn a_check_with_a_traceparent_is_exported_as_a_span_tree_inside_the_caller
     }
 
     let (trace_id, caller_span) = caller_ids();
-    let response = replica
-        .client
-        .post(format!("{}/v1/check", replica.address))
-        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .json(&serde_json::json!({"policy": "api", "key": PERSONAL_KEY}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let status = traced_check(&replica, &trace_id, &caller_span, PERSONAL_KEY).await;
+    assert_eq!(status, 200);
 
     let spans = receiver
         .wait_for_trace(&trace_id, &["POST /v1/check", "EVALSHA"])
@@ -530,15 +538,8 @@ async fn spans_still_queued_at_shutdown_are_exported_before_the_process_exits() 
     let mut replica = Replica::spawn(POLICY, &env).await;
 
     let (trace_id, caller_span) = caller_ids();
-    let response = replica
-        .client
-        .post(format!("{}/v1/check", replica.address))
-        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .json(&serde_json::json!({"policy": "api", "key": "k"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let status = traced_check(&replica, &trace_id, &caller_span, "k").await;
+    assert_eq!(status, 200);
     assert!(receiver.received.spans.lock().unwrap().is_empty());
 
     assert!(replica.terminate().await.success());
@@ -636,15 +637,8 @@ async fn log_lines_written_during_a_traced_request_carry_its_trace_and_span_ids(
     let replica = Replica::spawn(POLICY, &env).await;
 
     let (trace_id, caller_span) = caller_ids();
-    let response = replica
-        .client
-        .post(format!("{}/v1/check", replica.address))
-        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .json(&serde_json::json!({"policy": "api", "key": PERSONAL_KEY}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 503);
+    let status = traced_check(&replica, &trace_id, &caller_span, PERSONAL_KEY).await;
+    assert_eq!(status, 503);
 
     let line = replica
         .wait_for_log("the store failure to be logged", |line| {
@@ -728,15 +722,8 @@ failure_mode = "open"
     let replica = Replica::spawn(config, &env).await;
 
     let (trace_id, caller_span) = caller_ids();
-    let response = replica
-        .client
-        .post(format!("{}/v1/check", replica.address))
-        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .json(&serde_json::json!({"policy": "api", "key": "k"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let status = traced_check(&replica, &trace_id, &caller_span, "k").await;
+    assert_eq!(status, 200);
 
     let spans = receiver
         .wait_for_trace(&trace_id, &["POST /v1/check"])
