@@ -112,10 +112,11 @@ pub fn traced_here() -> Option<bool> {
 /// A single check has no span of its own: it would be a second span per
 /// request, for the same duration as the store's client span below it,
 /// and a span costs more to build and export than everything else a
-/// traced check does (`tests/load/instructions.sh`). A front end that
-/// declares none of these fields (Envoy's gRPC call, whose own outcome is
-/// the overall code) gets nothing recorded. All fields are recorded in one
-/// call: each `record` is a trip through every layer.
+/// traced check does (`tests/load/instructions.sh`). A front end with an
+/// outcome of its own (Envoy's gRPC call: the overall code) leaves out
+/// `slidegate.outcome` and gets the others; one that declares none of them
+/// gets nothing. All fields are recorded in one call: each `record` is a
+/// trip through every layer.
 pub fn record_decision(
     span: &tracing::Span,
     policy: &Policy,
@@ -132,7 +133,6 @@ pub fn record_decision(
         Some(policy_field),
         Some(algorithm),
         Some(cost_field),
-        Some(outcome),
         Some(remaining),
         Some(fallback),
         Some(store_error),
@@ -140,7 +140,6 @@ pub fn record_decision(
         fields.field("slidegate.policy"),
         fields.field("slidegate.algorithm"),
         fields.field("slidegate.cost"),
-        fields.field("slidegate.outcome"),
         fields.field("slidegate.remaining"),
         fields.field("slidegate.fallback"),
         fields.field("slidegate.store_error"),
@@ -148,6 +147,11 @@ pub fn record_decision(
     else {
         return;
     };
+    // A value set has a fixed number of entries: a span without the outcome
+    // field gets the policy field there, with no value (entries without a
+    // value are not recorded).
+    let outcome = fields.field("slidegate.outcome");
+    let outcome_field = outcome.as_ref().unwrap_or(&policy_field);
     let (verdict, left, answered_by, error) = match decided {
         Ok(decision) => (
             if decision.allowed {
@@ -172,7 +176,10 @@ pub fn record_decision(
         (&policy_field, Some(&name as &dyn tracing::Value)),
         (&algorithm, Some(&algorithm_name as &dyn tracing::Value)),
         (&cost_field, Some(&cost as &dyn tracing::Value)),
-        (&outcome, Some(&verdict as &dyn tracing::Value)),
+        (
+            outcome_field,
+            outcome.is_some().then_some(&verdict as &dyn tracing::Value),
+        ),
         (
             &remaining,
             left.as_ref().map(|left| left as &dyn tracing::Value),

@@ -138,6 +138,15 @@ impl<S: Store> RateLimitService for RlsService<S> {
                 slidegate.outcome = Empty,
                 error.type = Empty,
                 otel.status_code = Empty,
+                // A call of one descriptor makes one check, whose decision
+                // the limiter records here (`observe::record_decision`);
+                // `slidegate.outcome` stays the call's overall code.
+                slidegate.policy = Empty,
+                slidegate.algorithm = Empty,
+                slidegate.cost = Empty,
+                slidegate.remaining = Empty,
+                slidegate.fallback = Empty,
+                slidegate.store_error = Empty,
             );
             if !span.is_disabled() {
                 if let Some(tracing) = &self.tracing {

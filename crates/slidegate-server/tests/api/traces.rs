@@ -464,9 +464,15 @@ async fn a_request_not_sampled_builds_no_span_and_the_callers_decision_beats_the
     assert_eq!(check(Some(sampled.clone())).await.unwrap().status(), 200);
     rls.should_rate_limit(call(Some(sampled))).await.unwrap();
     let root_name = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
-    receiver
+    let spans = receiver
         .wait_for_trace(&trace_id, &["POST /v1/check", root_name, "EVALSHA"])
         .await;
+    // One descriptor is one check: its decision is on the call's span, whose
+    // own outcome stays the call's overall code.
+    let call_span = span(&spans, root_name);
+    assert_eq!(call_span.attributes["slidegate.policy"], "rls.edge.user");
+    assert_eq!(call_span.attributes["slidegate.outcome"], "ok");
+    assert!(call_span.attributes.contains_key("slidegate.remaining"));
 
     // Spans are exported in the order they end, the unsampled requests came
     // first, and they built none: every span received is of the sampled trace.
